@@ -1,0 +1,6 @@
+// tether.hpp - the whole toolkit: includes every public header, nothing else.
+#pragma once
+
+#include "tether/bounded_mpsc_queue.hpp"
+#include "tether/mpsc_queue.hpp"
+#include "tether/result.hpp"

@@ -1,0 +1,305 @@
+// tether/bounded_mpsc_queue.hpp - fixed-capacity ring: many producers, one consumer,
+// backpressure.
+//
+// Who may call what:
+//   try_push / push / push_for / push_until / try_emplace / close / is_closed /
+//   size_approx / capacity                                       - any thread, concurrently.
+//   try_pop / pop / pop_for / pop_until / *_bulk / drain          - one consumer thread at a
+//     time (debug builds throw std::logic_error when two threads consume at once).
+//
+// Each slot carries a sequence number saying whose turn it is: `pos` means free for the
+// producer of position pos, `pos + 1` means holding that producer's item, and the consumer
+// hands the slot to the next lap by storing `pos + capacity`. Producers claim positions with
+// one compare-and-swap on the tail, so try_push can fail fast when the slot is still full.
+// A full queue parks blocked producers; the consumer wakes them as it frees slots.
+//
+// Memory ordering: a producer's release store of `pos + 1` publishes the item to the
+// consumer's acquire load; the consumer's release store of `pos + capacity` hands the
+// emptied slot to the producer's acquire load. Waking parked threads is the parker's
+// handshake (detail/parker.hpp).
+//
+// After D. Vyukov's bounded MPMC queue (per-slot sequence numbers), with one consumer,
+// close, and parking instead of spinning.
+#pragma once
+
+#include <atomic>
+#include <bit>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <new>
+#include <optional>
+#include <stdexcept>
+#include <type_traits>
+#include <utility>
+
+#include "detail/config.hpp"
+#include "detail/consumer_check.hpp"
+#include "detail/consumer_ops.hpp"
+#include "detail/futex.hpp"
+#include "detail/parker.hpp"
+#include "result.hpp"
+
+namespace tether {
+
+template <class T>
+class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T> {
+  friend class detail::consumer_ops<bounded_mpsc_queue<T>, T>;
+  static_assert(std::is_nothrow_destructible_v<T>, "tether::bounded_mpsc_queue<T>: T's destructor must not throw");
+  static_assert(std::is_move_constructible_v<T>, "tether::bounded_mpsc_queue<T>: T must be move-constructible");
+
+ public:
+  using value_type = T;
+
+  // Holds at least `capacity` items: the ring is rounded up to a power of two (at least 2);
+  // capacity() says how many. Throws std::invalid_argument for 0.
+  explicit bounded_mpsc_queue(std::size_t capacity)
+      : mask_(ring_size(capacity) - 1), slots_(std::make_unique<slot[]>(mask_ + 1)) {
+    for (std::size_t i = 0; i <= mask_; ++i) slots_[i].seq.store(i, std::memory_order_relaxed);
+  }
+  bounded_mpsc_queue(const bounded_mpsc_queue&) = delete;
+  bounded_mpsc_queue& operator=(const bounded_mpsc_queue&) = delete;
+
+  // Destroys the items still queued (no producer or consumer may be running).
+  ~bounded_mpsc_queue() {
+    const std::uint64_t tail = tail_.load(std::memory_order_relaxed) >> index_shift;
+    for (std::uint64_t pos = head_; pos != tail; ++pos) {
+      slot& s = slots_[pos & mask_];
+      if (s.seq.load(std::memory_order_relaxed) == pos + 1 && !s.abandoned) s.value()->~T();
+    }
+  }
+
+  // ---- producers (any thread) ------------------------------------------------------------
+
+  // Enqueues v if there is room; never blocks. status ok, full or closed; on full or closed
+  // v is untouched (not moved from). Thread-safe.
+  push_result try_push(T&& v) { return try_emplace(std::move(v)); }
+  push_result try_push(const T& v) { return try_emplace(v); }
+
+  // Constructs an item in place if there is room; never blocks. As try_push. If T's
+  // constructor throws, the slot is skipped and the exception propagates.
+  template <class... Args>
+  push_result try_emplace(Args&&... args) {
+    std::uint64_t pos;
+    const status s = claim(pos);
+    if (s == status::ok) publish(pos, std::forward<Args>(args)...);
+    return s;
+  }
+
+  // Enqueues v, parking while the queue is full. Returns false if the queue is (or becomes)
+  // closed, with v untouched. Thread-safe.
+  bool push(T&& v) { return push_until(std::move(v), detail::no_deadline) == status::ok; }
+  bool push(const T& v) { return push_until(v, detail::no_deadline) == status::ok; }
+
+  // As push(), giving up at the deadline: status ok, timeout or closed; on timeout or closed
+  // v is untouched. Thread-safe.
+  template <class U, class Rep, class Period>
+  push_result push_for(U&& v, const std::chrono::duration<Rep, Period>& timeout) {
+    return push_until(std::forward<U>(v), detail::deadline_after(timeout));
+  }
+  template <class U, class Clock, class Duration>
+  push_result push_until(U&& v, const std::chrono::time_point<Clock, Duration>& deadline) {
+    return push_until(std::forward<U>(v), detail::to_steady(deadline));
+  }
+
+  // Closes the queue: later pushes fail (handing their item back) and blocked producers wake
+  // with status::closed; the consumer still receives everything pushed before, then sees
+  // closed. Returns true if this call closed it. Thread-safe; never blocks.
+  bool close() noexcept {
+    const std::uint64_t prev = tail_.fetch_or(closed_bit, std::memory_order_seq_cst);
+    closed_.store(true, std::memory_order_seq_cst);  // seq_cst: the parker handshake's store half
+    consumer_wait_.notify_all();
+    space_wait_.notify_all();
+    return (prev & closed_bit) == 0;
+  }
+
+  bool is_closed() const noexcept { return (tail_.load(std::memory_order_seq_cst) & closed_bit) != 0; }
+
+  std::size_t capacity() const noexcept { return mask_ + 1; }
+
+  // Items pushed and not yet popped; stale as soon as it returns. Thread-safe.
+  std::size_t size_approx() const noexcept {
+    // relaxed: a statistic; no decision that needs ordering is made from it.
+    const std::uint64_t tail = tail_.load(std::memory_order_relaxed) >> index_shift;
+    const std::uint64_t head = head_published_.load(std::memory_order_relaxed);
+    return tail > head ? static_cast<std::size_t>(tail - head) : 0;
+  }
+  bool empty_approx() const noexcept { return size_approx() == 0; }
+
+  // Consumer side (one thread at a time), from detail::consumer_ops: try_pop, pop, pop_for,
+  // pop_until, try_pop_bulk, pop_bulk, drain.
+
+ private:
+  using head_state = detail::head_state;
+
+  static constexpr std::uint64_t closed_bit = 1;  // bit 0 of tail_
+  static constexpr unsigned index_shift = 1;
+  static constexpr std::uint64_t index_step = std::uint64_t{1} << index_shift;
+
+  struct slot {
+    // Turn counter (see the banner). Written by the producer that claimed the slot and by
+    // the consumer; read by both.
+    std::atomic<std::uint64_t> seq{0};
+    // Set by a producer whose constructor threw, before its seq store; read by the consumer.
+    bool abandoned = false;
+    alignas(T) unsigned char storage[sizeof(T)];
+    T* value() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
+  };
+
+  static std::size_t ring_size(std::size_t capacity) {
+    if (capacity == 0) throw std::invalid_argument("tether::bounded_mpsc_queue: capacity must be at least 1");
+    if (capacity > (std::size_t{1} << 40)) throw std::invalid_argument("tether::bounded_mpsc_queue: capacity too large");
+    return std::bit_ceil(capacity < 2 ? std::size_t{2} : capacity);
+  }
+
+  // Claims the tail position if its slot is free. status ok (pos set), full or closed.
+  status claim(std::uint64_t& pos) {
+    // relaxed: the slot's seq (acquire) is what orders our access to the slot.
+    std::uint64_t tail = tail_.load(std::memory_order_relaxed);
+    for (;;) {
+      if (tail & closed_bit) return status::closed;
+      pos = tail >> index_shift;
+      slot& s = slots_[pos & mask_];
+      // acquire: pairs with the consumer's store of pos (the slot's previous item is gone).
+      const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
+      const auto turn = static_cast<std::int64_t>(seq - pos);
+      if (turn == 0) {
+        // seq_cst claim; on failure relaxed (re-read as above).
+        if (tail_.compare_exchange_weak(tail, tail + index_step, std::memory_order_seq_cst,
+                                        std::memory_order_relaxed))
+          return status::ok;
+      } else if (turn < 0) {
+        // The slot still holds the item from one lap ago. Full - unless the tail moved on.
+        const std::uint64_t now = tail_.load(std::memory_order_relaxed);  // relaxed: as above
+        if (now == tail) return (now & closed_bit) ? status::closed : status::full;
+        tail = now;
+      } else {
+        tail = tail_.load(std::memory_order_relaxed);  // another producer claimed pos
+      }
+    }
+  }
+
+  template <class... Args>
+  void publish(std::uint64_t pos, Args&&... args) {
+    slot& s = slots_[pos & mask_];
+    try {
+      ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
+    } catch (...) {
+      s.abandoned = true;
+      s.seq.store(pos + 1, std::memory_order_release);  // release: as below
+      consumer_wait_.notify_one();
+      throw;
+    }
+    // release: publishes the item; pairs with the consumer's acquire in probe(). The parker
+    // handshake's fence is in notify_one() (light) and prepare_wait() (heavy).
+    s.seq.store(pos + 1, std::memory_order_release);
+    consumer_wait_.notify_one();
+  }
+
+  // The condition a blocked producer waits for: the tail slot is free, or closed.
+  bool tail_ready() const noexcept {
+    const std::uint64_t tail = tail_.load(std::memory_order_seq_cst);
+    if (tail & closed_bit) return true;
+    const std::uint64_t pos = tail >> index_shift;
+    return static_cast<std::int64_t>(slots_[pos & mask_].seq.load(std::memory_order_seq_cst) - pos) >= 0;
+  }
+
+  template <class U>
+  push_result push_until(U&& v, detail::steady_time deadline) {
+    for (;;) {
+      std::uint64_t pos;
+      const status s = claim(pos);
+      if (s == status::ok) {
+        publish(pos, std::forward<U>(v));
+        return status::ok;
+      }
+      if (s == status::closed) return s;
+      if (!detail::park_until(space_wait_, [this] { return tail_ready(); }, deadline)) {
+        return status::timeout;
+      }
+    }
+  }
+
+  // ---- consumer primitives (see detail/consumer_ops.hpp) ----
+
+  slot& head_slot() noexcept { return slots_[head_ & mask_]; }
+
+  head_state probe() noexcept {
+    // acquire: pairs with the release publish.
+    if (head_slot().seq.load(std::memory_order_acquire) == head_ + 1) return head_state::ready;
+    const std::uint64_t tail = tail_.load(std::memory_order_seq_cst);
+    if ((tail >> index_shift) != head_) return head_state::in_flight;
+    return (tail & closed_bit) ? head_state::closed : head_state::empty;
+  }
+
+  bool head_ready() noexcept {
+    if (head_slot().seq.load(std::memory_order_seq_cst) == head_ + 1) return true;
+    // The tail line is hot with producers: read it only once closed.
+    if (!closed_.load(std::memory_order_seq_cst)) return false;
+    const std::uint64_t tail = tail_.load(std::memory_order_seq_cst);
+    return (tail >> index_shift) == head_;
+  }
+
+  // Hands the head slot to the producer one lap ahead and moves on.
+  void release_head(slot& s) noexcept {
+    s.abandoned = false;
+    // release: hands the slot over; pairs with claim()'s acquire. The parker handshake's
+    // fence is in notify_all() (light) and prepare_wait() (heavy).
+    s.seq.store(head_ + mask_ + 1, std::memory_order_release);
+    ++head_;
+    head_published_.store(head_, std::memory_order_relaxed);  // relaxed: only size_approx() reads it
+    space_wait_.notify_all();
+  }
+
+  std::optional<T> take() {
+    slot& s = head_slot();
+    if (s.abandoned) {
+      release_head(s);
+      return std::nullopt;
+    }
+    std::optional<T> v(std::move(*s.value()));  // if this throws, the item stays queued
+    s.value()->~T();
+    release_head(s);
+    return v;
+  }
+
+  template <class Sink>
+  std::size_t take_ready(std::size_t max, Sink&& sink) {
+    std::size_t n = 0;
+    while (n < max) {
+      slot& s = head_slot();
+      // acquire: pairs with the release publish.
+      if (s.seq.load(std::memory_order_acquire) != head_ + 1) break;
+      if (s.abandoned) {
+        release_head(s);
+        continue;
+      }
+      T v(std::move(*s.value()));
+      s.value()->~T();
+      release_head(s);
+      ++n;
+      sink(std::move(v));
+    }
+    return n;
+  }
+
+  // Producer side: written by every claim (CAS) and close; read by everyone.
+  alignas(detail::cache_line) std::atomic<std::uint64_t> tail_{0};
+
+  // Consumer side.
+  alignas(detail::cache_line) std::uint64_t head_ = 0;  // consumer only: next position to pop
+  // A copy of head_ for size_approx(): written by the consumer, read by any thread.
+  std::atomic<std::uint64_t> head_published_{0};
+  detail::consumer_check check_;
+
+  const std::size_t mask_;
+  const std::unique_ptr<slot[]> slots_;
+
+  // A copy of the closed bit off the hot tail line, for waiters: set once by close().
+  alignas(detail::cache_line) std::atomic<bool> closed_{false};
+  detail::parker consumer_wait_;  // the consumer waits for items
+  alignas(detail::cache_line) detail::parker space_wait_;     // producers wait for room
+};
+
+}  // namespace tether

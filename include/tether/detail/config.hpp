@@ -1,0 +1,45 @@
+// tether/detail/config.hpp - cache-line size, CPU pause, version and the annotation seam.
+//
+// Nothing here changes what a header means: the macros below only add attributes that
+// clang's -Wthread-safety understands and that other compilers never see.
+#pragma once
+
+#include <cstddef>
+#include <new>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#define TETHER_VERSION_MAJOR 0
+#define TETHER_VERSION_MINOR 1
+#define TETHER_VERSION_PATCH 0
+
+// Clang thread-safety capability attributes (empty on other compilers).
+#if defined(__clang__)
+#define TETHER_THREAD_ANNOTATION(x) __attribute__((x))
+#else
+#define TETHER_THREAD_ANNOTATION(x)
+#endif
+#define TETHER_CAPABILITY(name) TETHER_THREAD_ANNOTATION(capability(name))
+#define TETHER_REQUIRES(...) TETHER_THREAD_ANNOTATION(requires_capability(__VA_ARGS__))
+#define TETHER_ASSERT_CAPABILITY(x) TETHER_THREAD_ANNOTATION(assert_capability(x))
+#define TETHER_GUARDED_BY(x) TETHER_THREAD_ANNOTATION(guarded_by(x))
+
+namespace tether::detail {
+
+// 64 bytes on every x86-64 and most AArch64 parts. std::hardware_destructive_interference_size
+// is not used: g++ warns that its value may change between compiler versions (ABI hazard).
+inline constexpr std::size_t cache_line = 64;
+
+// One iteration of a spin-wait: tells the CPU we are spinning (saves power, frees the
+// sibling hyper-thread) without giving up the time slice.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+}  // namespace tether::detail

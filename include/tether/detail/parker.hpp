@@ -1,0 +1,134 @@
+// tether/detail/parker.hpp - spin briefly, then sleep until notified: the one wait strategy.
+//
+// parker is an event count (after Dekker's handshake as used by folly's EventCount and
+// Vyukov's eventcount): waiters announce themselves before their final re-check of the
+// condition, and notifiers look for waiters only after publishing the condition. Either the
+// waiter sees the condition, or the notifier sees the waiter; a wake-up cannot be lost.
+// notify_*() costs one load when nobody waits, so producers pay no system call in the
+// common case.
+//
+// Who may call what: any number of threads may wait and notify, concurrently.
+//
+// Memory ordering: the handshake needs a full fence between the waiter's announcement and
+// its re-check, and between the notifier's publish and its waiters_ load. The waiter takes
+// heavy_fence(), the notifier light_fence() (see fence.hpp): publishing stays a plain release
+// store. The waiter's sleep/wake on epoch_ is release/acquire through the epoch bump.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <thread>
+
+#include "config.hpp"
+#include "fence.hpp"
+#include "futex.hpp"
+
+namespace tether::detail {
+
+// How many times a waiter re-checks its condition (with a CPU pause) before it sleeps.
+// A hand-off between two running threads takes well under a microsecond; a futex sleep and
+// wake costs tens of microseconds on virtual machines. Spinning this long catches the first
+// case and bounds the CPU spent in the second (measured in bench/README.md).
+inline constexpr int spin_limit = 2000;
+// Pauses between the first two re-checks, and the most between any two.
+inline constexpr int spin_pause_first = 4;
+inline constexpr int spin_pause_max = 64;
+
+class parker {
+ public:
+  // Announces a waiter; returns the key to pass to wait(). The caller must re-check its
+  // condition after this call and then either cancel_wait() or wait().
+  std::uint32_t prepare_wait() noexcept {
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
+    heavy_fence();  // the waiter's half of the handshake (see fence.hpp)
+    return epoch_.load(std::memory_order_seq_cst);
+  }
+
+  void cancel_wait() noexcept {
+    // relaxed: only counts; a stale non-zero count costs a notifier one extra wake.
+    waiters_.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  // Sleeps until notified after prepare_wait() (or spuriously). Returns false when the
+  // deadline passed. Always retires the waiter announced by prepare_wait().
+  bool wait(std::uint32_t key, steady_time deadline) noexcept {
+    bool in_time = true;
+    while (epoch_.load(std::memory_order_acquire) == key) {  // acquire: pairs with the release of notify's epoch bump
+      if (deadline != no_deadline && std::chrono::steady_clock::now() >= deadline) {
+        in_time = false;
+        break;
+      }
+      if (!futex_wait(epoch_, key, deadline)) {
+        in_time = false;
+        break;
+      }
+    }
+    waiters_.fetch_sub(1, std::memory_order_relaxed);  // relaxed: see cancel_wait()
+    return in_time;
+  }
+
+  // Wakes one waiter (or all). Call after publishing the condition (any release store).
+  void notify_one() noexcept { notify(1); }
+  void notify_all() noexcept { notify(INT32_MAX); }
+
+  bool has_waiters() const noexcept { return waiters_.load(std::memory_order_seq_cst) != 0; }
+
+ private:
+  void notify(int count) noexcept {
+    light_fence();  // the notifier's half of the handshake (see fence.hpp)
+    if (waiters_.load(std::memory_order_seq_cst) == 0) return;
+    epoch_.fetch_add(1, std::memory_order_seq_cst);
+    futex_wake(epoch_, count);
+  }
+
+  // Written by waiters (announce / retire), read by every notifier.
+  std::atomic<std::uint32_t> waiters_{0};
+  // Bumped by notifiers that found a waiter; the futex word waiters sleep on.
+  std::atomic<std::uint32_t> epoch_{0};
+};
+
+// The single deadline loop behind every blocking call: spin on ready() for spin_limit
+// rounds, then announce, re-check, and sleep on the parker. Returns ready()'s verdict:
+// true as soon as it holds, false only when the deadline passed first.
+//
+// Outline:
+//   1. spin: re-check ready() with a CPU pause; most hand-offs end here;
+//   2. prepare_wait(), re-check (the handshake), sleep until notified or the deadline;
+//   3. woken: re-check; a spurious or stale wake-up goes round again.
+template <class Ready>
+bool park_until(parker& p, Ready&& ready, steady_time deadline) {
+  // Re-checks back off exponentially: each check may pull a cache line the other side is
+  // writing, so polling it flat out would slow down the very producer we wait for.
+  for (int i = 0, pause = spin_pause_first; i < spin_limit; i += pause, pause = pause < spin_pause_max ? pause * 2 : pause) {
+    if (ready()) return true;
+    for (int k = 0; k < pause; ++k) cpu_relax();
+  }
+  for (;;) {
+    const std::uint32_t key = p.prepare_wait();
+    if (ready()) {
+      p.cancel_wait();
+      return true;
+    }
+    if (!p.wait(key, deadline)) return ready();
+    if (ready()) return true;
+  }
+}
+
+// Short backoff for a thread that must let another finish a few instructions (a producer
+// waiting for a segment install): pause, then give the core away. Never sleeps.
+class backoff {
+ public:
+  void snooze() noexcept {
+    if (step_ < 6) {
+      for (int i = 0; i < (1 << step_); ++i) cpu_relax();
+      ++step_;
+    } else {
+      std::this_thread::yield();
+    }
+  }
+
+ private:
+  int step_ = 0;
+};
+
+}  // namespace tether::detail
