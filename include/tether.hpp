@@ -4,3 +4,4 @@
 #include "tether/bounded_mpsc_queue.hpp"
 #include "tether/mpsc_queue.hpp"
 #include "tether/result.hpp"
+#include "tether/version.hpp"

@@ -11,7 +11,9 @@
 // producer of position pos, `pos + 1` means holding that producer's item, and the consumer
 // hands the slot to the next lap by storing `pos + capacity`. Producers claim positions with
 // one compare-and-swap on the tail, so try_push can fail fast when the slot is still full.
-// A full queue parks blocked producers; the consumer wakes them as it frees slots.
+// A full queue parks blocked producers. The consumer wakes them once it has freed a batch of
+// slots (capacity / 8), or as soon as it runs out of items: waking them for every freed slot
+// would make them all race for it and park again, a system call each time.
 //
 // Memory ordering: a producer's release store of `pos + 1` publishes the item to the
 // consumer's acquire load; the consumer's release store of `pos + capacity` hands the
@@ -228,9 +230,12 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   head_state probe() noexcept {
     // acquire: pairs with the release publish.
     if (head_slot().seq.load(std::memory_order_acquire) == head_ + 1) return head_state::ready;
+    wake_producers();  // out of items: hand over whatever room we made
+    // Not ready. The tail line is hot with producers: read it only once closed. (A close
+    // that has claimed the tail but not yet set closed_ reads as "not closed yet".)
+    if (!closed_.load(std::memory_order_seq_cst)) return head_state::empty;
     const std::uint64_t tail = tail_.load(std::memory_order_seq_cst);
-    if ((tail >> index_shift) != head_) return head_state::in_flight;
-    return (tail & closed_bit) ? head_state::closed : head_state::empty;
+    return (tail >> index_shift) != head_ ? head_state::in_flight : head_state::closed;
   }
 
   bool head_ready() noexcept {
@@ -249,6 +254,12 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     s.seq.store(head_ + mask_ + 1, std::memory_order_release);
     ++head_;
     head_published_.store(head_, std::memory_order_relaxed);  // relaxed: only size_approx() reads it
+    if (++freed_since_wake_ >= wake_batch_) wake_producers();
+  }
+
+  void wake_producers() noexcept {
+    if (freed_since_wake_ == 0) return;
+    freed_since_wake_ = 0;
     space_wait_.notify_all();
   }
 
@@ -270,7 +281,10 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     while (n < max) {
       slot& s = head_slot();
       // acquire: pairs with the release publish.
-      if (s.seq.load(std::memory_order_acquire) != head_ + 1) break;
+      if (s.seq.load(std::memory_order_acquire) != head_ + 1) {
+        wake_producers();  // out of items: hand over whatever room we made
+        break;
+      }
       if (s.abandoned) {
         release_head(s);
         continue;
@@ -292,8 +306,10 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   // A copy of head_ for size_approx(): written by the consumer, read by any thread.
   std::atomic<std::uint64_t> head_published_{0};
   detail::consumer_check check_;
+  std::size_t freed_since_wake_ = 0;  // consumer only: slots freed since producers were woken
 
   const std::size_t mask_;
+  const std::size_t wake_batch_ = (mask_ + 1) / 8 > 0 ? (mask_ + 1) / 8 : 1;
   const std::unique_ptr<slot[]> slots_;
 
   // A copy of the closed bit off the hot tail line, for waiters: set once by close().

@@ -239,9 +239,11 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   head_state probe() noexcept {
     // acquire: pairs with the release publish in publish().
     if (head_slot().state.load(std::memory_order_acquire) != slot_empty) return head_state::ready;
+    // Not ready. The tail line is hot with producers: read it only once closed. (A close
+    // that has claimed the tail but not yet set closed_ reads as "not closed yet".)
+    if (!closed_.load(std::memory_order_seq_cst)) return head_state::empty;
     const std::uint64_t tail = tail_index_.load(std::memory_order_seq_cst);
-    if ((tail >> index_shift) != head_) return head_state::in_flight;
-    return (tail & closed_bit) ? head_state::closed : head_state::empty;
+    return (tail >> index_shift) != head_ ? head_state::in_flight : head_state::closed;
   }
 
   // The condition a parked consumer waits for: the head slot is published, or the queue is

@@ -1,4 +1,4 @@
-// tether/detail/config.hpp - cache-line size, CPU pause, version and the annotation seam.
+// tether/detail/config.hpp - cache-line size, CPU pause and the annotation seam.
 //
 // Nothing here changes what a header means: the macros below only add attributes that
 // clang's -Wthread-safety understands and that other compilers never see.
@@ -7,13 +7,11 @@
 #include <cstddef>
 #include <new>
 
+#include "../version.hpp"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
-
-#define TETHER_VERSION_MAJOR 0
-#define TETHER_VERSION_MINOR 1
-#define TETHER_VERSION_PATCH 0
 
 // Clang thread-safety capability attributes (empty on other compilers).
 #if defined(__clang__)

@@ -25,6 +25,8 @@
 
 namespace tether::detail {
 
+// What the consumer finds at the head: an item, nothing (yet), an item still being written
+// after close, or the end (closed and drained).
 enum class head_state { ready, empty, in_flight, closed };
 
 template <class Queue, class T>
