@@ -91,18 +91,18 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
 
   // Enqueues v, parking while the queue is full. Returns false if the queue is (or becomes)
   // closed, with v untouched. Thread-safe.
-  bool push(T&& v) { return push_until(std::move(v), detail::no_deadline) == status::ok; }
-  bool push(const T& v) { return push_until(v, detail::no_deadline) == status::ok; }
+  bool push(T&& v) { return push_until_steady(std::move(v), detail::no_deadline) == status::ok; }
+  bool push(const T& v) { return push_until_steady(v, detail::no_deadline) == status::ok; }
 
   // As push(), giving up at the deadline: status ok, timeout or closed; on timeout or closed
   // v is untouched. Thread-safe.
   template <class U, class Rep, class Period>
   push_result push_for(U&& v, const std::chrono::duration<Rep, Period>& timeout) {
-    return push_until(std::forward<U>(v), detail::deadline_after(timeout));
+    return push_until_steady(std::forward<U>(v), detail::deadline_after(timeout));
   }
   template <class U, class Clock, class Duration>
   push_result push_until(U&& v, const std::chrono::time_point<Clock, Duration>& deadline) {
-    return push_until(std::forward<U>(v), detail::to_steady(deadline));
+    return push_until_steady(std::forward<U>(v), detail::to_steady(deadline));
   }
 
   // Closes the queue: later pushes fail (handing their item back) and blocked producers wake
@@ -208,7 +208,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   }
 
   template <class U>
-  push_result push_until(U&& v, detail::steady_time deadline) {
+  push_result push_until_steady(U&& v, detail::steady_time deadline) {
     for (;;) {
       std::uint64_t pos;
       const status s = claim(pos);

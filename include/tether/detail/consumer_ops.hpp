@@ -29,6 +29,8 @@ namespace tether::detail {
 // after close, or the end (closed and drained).
 enum class head_state { ready, empty, in_flight, closed };
 
+struct source_access;  // a poller's view of a consumer (detail/source_access.hpp)
+
 template <class Queue, class T>
 class consumer_ops {
  public:
@@ -50,16 +52,16 @@ class consumer_ops {
 
   // Blocks (spins briefly, then parks) until an item arrives or the queue is closed and
   // drained; an empty optional means closed and drained. Consumer thread only.
-  std::optional<T> pop() { return pop_until(no_deadline).take(); }
+  std::optional<T> pop() { return pop_until_steady(no_deadline).take(); }
 
   // As pop(), giving up at the deadline: status ok, timeout or closed. Consumer thread only.
   template <class Rep, class Period>
   pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return pop_until(deadline_after(timeout));
+    return pop_until_steady(deadline_after(timeout));
   }
   template <class Clock, class Duration>
   pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    return pop_until(to_steady(deadline));
+    return pop_until_steady(to_steady(deadline));
   }
 
   // Moves up to max ready items to out, oldest first; never blocks. Returns how many.
@@ -106,13 +108,23 @@ class consumer_ops {
   consumer_ops() = default;
 
  private:
+  friend struct source_access;
+
   Queue& q() noexcept { return static_cast<Queue&>(*this); }
+
+  // For a poller watching this queue (select.hpp): the parker it hangs its listener on, and
+  // the parker's condition (an item is ready, or closed and drained). Consumer thread only.
+  parker& watched_parker() noexcept { return q().consumer_wait_; }
+  bool watched_ready() {
+    consumer_check::scope scope(q().check_);
+    return q().head_ready();
+  }
 
   bool wait_for_head(steady_time deadline) {
     return park_until(q().consumer_wait_, [this] { return q().head_ready(); }, deadline);
   }
 
-  pop_result<T> pop_until(steady_time deadline) {
+  pop_result<T> pop_until_steady(steady_time deadline) {
     consumer_check::scope scope(q().check_);
     for (;;) {
       switch (q().probe()) {

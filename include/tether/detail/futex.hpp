@@ -94,15 +94,23 @@ inline void futex_wake(std::atomic<std::uint32_t>& word, int) noexcept {
 
 #endif
 
-// Converts any clock's time point to a steady_clock deadline (system_clock deadlines are
-// honoured as "this much time from now").
+// Converts any clock's time point to a steady_clock deadline (other clocks' deadlines are
+// honoured as "this much time from now"). Saturates instead of overflowing: a deadline in
+// the past is "now", one centuries away is no_deadline.
 template <class Clock, class Duration>
 steady_time to_steady(const std::chrono::time_point<Clock, Duration>& t) {
-  if constexpr (std::is_same_v<Clock, std::chrono::steady_clock>) {
-    return std::chrono::time_point_cast<std::chrono::steady_clock::duration>(t);
+  using namespace std::chrono;
+  if constexpr (std::is_same_v<Clock, steady_clock> && std::is_same_v<Duration, steady_clock::duration>) {
+    return t;
   } else {
-    return std::chrono::steady_clock::now() +
-           std::chrono::duration_cast<std::chrono::steady_clock::duration>(t - Clock::now());
+    const auto now = Clock::now();
+    // Decide in floating point, where no time point can overflow.
+    const double ahead = duration<double>(t.time_since_epoch()).count() -
+                         duration<double>(now.time_since_epoch()).count();
+    const auto steady_now = steady_clock::now();
+    if (ahead <= 0) return steady_now;
+    if (ahead > 3e9) return no_deadline;  // about 95 years
+    return steady_now + ceil<steady_clock::duration>(t - now);  // |t - now| is small here
   }
 }
 

@@ -1,0 +1,264 @@
+// Unit tests for tether::detail::parker and detail::park_until, the one wait strategy every
+// blocking call goes through: notify wakes a parked waiter, deadlines are honoured, no
+// wake-up is lost however notify and wait interleave, and a notify nobody waits for is
+// harmless.
+#include <tether/detail/parker.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <latch>
+#include <thread>
+#include <vector>
+
+#include "catch.hpp"
+#include "queue_test_support.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using tether::detail::no_deadline;
+using tether::detail::park_until;
+using tether::detail::parker;
+using clock_type = std::chrono::steady_clock;
+
+// Test-side only: polls pred (1 ms apart) for up to `limit`; true if it came to hold.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
+  const auto end = clock_type::now() + limit;
+  while (!pred()) {
+    if (clock_type::now() >= end) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("park_until returns at once when the condition already holds", "[parker]") {
+  parker p;
+  int calls = 0;
+  CHECK(park_until(p, [&] { return ++calls > 0; }, no_deadline));
+  CHECK(calls == 1);
+  CHECK_FALSE(p.has_waiters());
+}
+
+TEST_CASE("parker: prepare_wait announces a waiter, cancel_wait and wait retire it", "[parker]") {
+  parker p;
+  CHECK_FALSE(p.has_waiters());
+  const auto key = p.prepare_wait();
+  CHECK(p.has_waiters());
+  p.cancel_wait();
+  CHECK_FALSE(p.has_waiters());
+  const auto key2 = p.prepare_wait();
+  CHECK(key2 == key);  // nobody notified in between
+  CHECK_FALSE(p.wait(key2, clock_type::now()));  // deadline already passed
+  CHECK_FALSE(p.has_waiters());
+}
+
+TEST_CASE("parker: notify wakes a waiter parked in park_until", "[parker]") {
+  parker p;
+  std::atomic<bool> flag{false};
+  auto waiter = tether_test::run_async([&] {
+    const auto cpu0 = tether_test::thread_cpu_time();
+    const bool ok = park_until(p, [&] { return flag.load(); }, no_deadline);
+    return std::make_pair(ok, tether_test::thread_cpu_time() - cpu0);
+  });
+  REQUIRE(eventually([&] { return p.has_waiters(); }));  // past the spin phase, parked
+  std::this_thread::sleep_for(50ms);
+  flag.store(true);
+  p.notify_one();
+  const auto [ok, cpu] = tether_test::finish_or_abort(waiter, "waiter parked in park_until");
+  CHECK(ok);
+  CHECK(cpu < 40ms);  // it slept rather than spun
+  CHECK_FALSE(p.has_waiters());
+}
+
+TEST_CASE("parker: notify_all wakes every parked waiter", "[parker]") {
+  constexpr int waiters = 6;
+  parker p;
+  std::atomic<bool> flag{false};
+  std::atomic<int> woke{0};
+  std::latch started(waiters);
+  {
+    tether_test::thread_group threads;
+    for (int i = 0; i < waiters; ++i)
+      threads.spawn([&] {
+        started.count_down();
+        if (park_until(p, [&] { return flag.load(); }, clock_type::now() + 30s)) woke.fetch_add(1);
+      });
+    started.wait();
+    REQUIRE(eventually([&] { return p.has_waiters(); }));
+    std::this_thread::sleep_for(50ms);
+    flag.store(true);
+    p.notify_all();
+  }
+  CHECK(woke.load() == waiters);
+  CHECK_FALSE(p.has_waiters());
+}
+
+TEST_CASE("parker: a notify between prepare_wait and wait is not lost", "[parker]") {
+  parker p;
+  std::latch announced(1);
+  std::latch notified(1);
+  auto waiter = tether_test::run_async([&] {
+    const auto key = p.prepare_wait();
+    announced.count_down();
+    notified.wait();  // the notify has already happened when we go to sleep
+    const auto t0 = clock_type::now();
+    const bool in_time = p.wait(key, clock_type::now() + 20s);
+    return std::make_pair(in_time, clock_type::now() - t0);
+  });
+  announced.wait();
+  p.notify_one();
+  notified.count_down();
+  const auto [in_time, waited] = tether_test::finish_or_abort(waiter, "waiter");
+  CHECK(in_time);
+  CHECK(waited < 10s);
+  CHECK_FALSE(p.has_waiters());
+}
+
+TEST_CASE("park_until times out at the deadline and returns false", "[parker][timeout]") {
+  parker p;
+  SECTION("a future deadline") {
+    const auto deadline = clock_type::now() + 50ms;
+    const bool ok = park_until(p, [] { return false; }, deadline);
+    const auto now = clock_type::now();
+    CHECK_FALSE(ok);
+    CHECK(now >= deadline);
+    CHECK(now - deadline < 10s);
+  }
+  SECTION("a deadline already passed") {
+    const auto t0 = clock_type::now();
+    CHECK_FALSE(park_until(p, [] { return false; }, t0 - 1s));
+    CHECK(clock_type::now() - t0 < 5s);
+  }
+  SECTION("a condition that comes true before the deadline wins") {
+    std::atomic<bool> flag{false};
+    auto waiter = tether_test::run_async([&] { return park_until(p, [&] { return flag.load(); }, clock_type::now() + 30s); });
+    REQUIRE(eventually([&] { return p.has_waiters(); }));
+    flag.store(true);
+    p.notify_one();
+    CHECK(tether_test::finish_or_abort(waiter, "waiter"));
+  }
+  CHECK_FALSE(p.has_waiters());  // every timed-out waiter retired itself
+}
+
+TEST_CASE("parker: notify with no waiter is harmless and leaves nothing behind", "[parker]") {
+  parker p;
+  for (int i = 0; i < 1000; ++i) {
+    p.notify_one();
+    p.notify_all();
+  }
+  CHECK_FALSE(p.has_waiters());
+  // The notifies above must not satisfy a later wait.
+  const auto key = p.prepare_wait();
+  CHECK_FALSE(p.wait(key, clock_type::now() + 20ms));
+  const auto t0 = clock_type::now();
+  CHECK_FALSE(park_until(p, [] { return false; }, t0 + 20ms));
+  CHECK(clock_type::now() - t0 >= 20ms);
+  // And a real waiter is still woken afterwards.
+  std::atomic<bool> flag{false};
+  auto waiter = tether_test::run_async([&] { return park_until(p, [&] { return flag.load(); }, clock_type::now() + 30s); });
+  REQUIRE(eventually([&] { return p.has_waiters(); }));
+  flag.store(true);
+  p.notify_one();
+  CHECK(tether_test::finish_or_abort(waiter, "waiter"));
+}
+
+TEST_CASE("park_until loses no wake-up in a tight ping-pong of many rounds", "[parker][lost_wakeup]") {
+  // Two threads take turns: each waits for its turn, passes it on, notifies the other.
+  // A lost wake-up strands a thread until its (generous) deadline, which we count.
+  const std::uint64_t rounds = tether_test::scaled(20000, 2000);
+  parker ping, pong;
+  std::atomic<std::uint64_t> turn{0};
+  std::atomic<std::uint64_t> stranded{0};
+  auto player = [&](parker& mine, parker& other, std::uint64_t parity) {
+    for (std::uint64_t r = 0; r < rounds; ++r) {
+      const std::uint64_t my_turn = 2 * r + parity;
+      if (!park_until(mine, [&] { return turn.load() == my_turn; }, clock_type::now() + 10s)) {
+        stranded.fetch_add(1);
+        return;
+      }
+      turn.store(my_turn + 1);
+      other.notify_one();
+    }
+  };
+  {
+    tether_test::thread_group threads;
+    threads.spawn([&] { player(ping, pong, 0); });
+    threads.spawn([&] { player(pong, ping, 1); });
+  }
+  CHECK(stranded.load() == 0);
+  CHECK(turn.load() == 2 * rounds);
+}
+
+TEST_CASE("parker loses no wake-up when every round goes through prepare_wait and wait", "[parker][lost_wakeup]") {
+  // No spin phase: every round takes the announce / re-check / sleep path, so the
+  // notifier's publish races the waiter's announcement every time.
+  const std::uint64_t rounds = tether_test::scaled(10000, 1000);
+  parker ping, pong;
+  std::atomic<std::uint64_t> turn{0};
+  std::atomic<std::uint64_t> stranded{0};
+  auto player = [&](parker& mine, parker& other, std::uint64_t parity) {
+    for (std::uint64_t r = 0; r < rounds; ++r) {
+      const std::uint64_t my_turn = 2 * r + parity;
+      while (turn.load() != my_turn) {
+        const auto key = mine.prepare_wait();
+        if (turn.load() == my_turn) {
+          mine.cancel_wait();
+          break;
+        }
+        if (!mine.wait(key, clock_type::now() + 10s)) {
+          stranded.fetch_add(1);
+          return;
+        }
+      }
+      turn.store(my_turn + 1);
+      other.notify_one();
+    }
+  };
+  {
+    tether_test::thread_group threads;
+    threads.spawn([&] { player(ping, pong, 0); });
+    threads.spawn([&] { player(pong, ping, 1); });
+  }
+  CHECK(stranded.load() == 0);
+  CHECK(turn.load() == 2 * rounds);
+  CHECK_FALSE(ping.has_waiters());
+  CHECK_FALSE(pong.has_waiters());
+}
+
+TEST_CASE("park_until sees every increment of a counter notified by free-running producers", "[parker][lost_wakeup]") {
+  // Producers never wait for the consumer: each increment races the consumer's decision to
+  // sleep. The consumer must see the final count without any wait timing out.
+  constexpr int producers = 3;
+  const std::uint64_t per_producer = tether_test::scaled(20000, 2000);
+  parker p;
+  std::atomic<std::uint64_t> counter{0};
+  std::uint64_t seen = 0, waits = 0, timeouts = 0;
+  {
+    tether_test::thread_group threads;
+    for (int i = 0; i < producers; ++i)
+      threads.spawn([&] {
+        for (std::uint64_t k = 0; k < per_producer; ++k) {
+          counter.fetch_add(1);
+          p.notify_one();
+          if (k % 64 == 0) std::this_thread::yield();  // let the consumer fall asleep now and then
+        }
+      });
+    const std::uint64_t total = producers * per_producer;
+    while (seen < total) {
+      ++waits;
+      if (!park_until(p, [&] { return counter.load() > seen; }, clock_type::now() + 10s)) {
+        ++timeouts;
+        break;
+      }
+      seen = counter.load();
+    }
+  }
+  CHECK(timeouts == 0);
+  CHECK(seen == producers * per_producer);
+  CHECK(waits >= 1);
+}
