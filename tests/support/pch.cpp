@@ -1,0 +1,1 @@
+// Compiles tests/support/catch.hpp once as the tests' precompiled header.
