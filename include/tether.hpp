@@ -2,6 +2,8 @@
 #pragma once
 
 #include "tether/bounded_mpsc_queue.hpp"
+#include "tether/channel.hpp"
 #include "tether/mpsc_queue.hpp"
 #include "tether/result.hpp"
+#include "tether/select.hpp"
 #include "tether/version.hpp"

@@ -13,6 +13,14 @@
 // its re-check, and between the notifier's publish and its waiters_ load. The waiter takes
 // heavy_fence(), the notifier light_fence() (see fence.hpp): publishing stays a plain release
 // store. The waiter's sleep/wake on epoch_ is release/acquire through the epoch bump.
+//
+// Listener: a parker can carry one parker_listener, called by every notify_*() after it has
+// woken its own waiters. A poller (select.hpp) hangs one on each watched queue's consumer
+// parker so that one thread can sleep on many queues. The listener load shares the
+// notifier's light_fence(): whoever attaches a listener and then takes heavy_fence() before
+// re-checking the condition cannot miss a publish. Without a listener a notify pays one extra
+// load, on the cache line it already reads. detach() waits out notifiers still inside the
+// listener, so the listener may be destroyed as soon as it returns.
 #pragma once
 
 #include <atomic>
@@ -33,6 +41,14 @@ inline constexpr int spin_limit = 2000;
 // Pauses between the first two re-checks, and the most between any two.
 inline constexpr int spin_pause_first = 4;
 inline constexpr int spin_pause_max = 64;
+
+class parker;
+
+// What a parker calls on every notify while the listener is attached (see attach()).
+// on_notify must not block and must not throw; it may run on any notifying thread.
+struct parker_listener {
+  void (*on_notify)(parker_listener& self) noexcept = nullptr;
+};
 
 class parker {
  public:
@@ -73,18 +89,42 @@ class parker {
 
   bool has_waiters() const noexcept { return waiters_.load(std::memory_order_seq_cst) != 0; }
 
+  // Attaches l: from now on every notify_*() also calls l.on_notify. Returns false (and
+  // attaches nothing) when another listener is attached. A caller that then re-checks the
+  // condition must take heavy_fence() first (the handshake). Any thread.
+  bool attach(parker_listener& l) noexcept {
+    parker_listener* expected = nullptr;
+    return listener_.compare_exchange_strong(expected, &l, std::memory_order_seq_cst);
+  }
+
+  // Detaches l (if attached) and waits until no notifier is inside l.on_notify; after it
+  // returns l is never called again and may be destroyed. Waits only for notifiers already
+  // past their listener load (a few instructions each). Any thread; must not be called from
+  // inside on_notify.
+  void detach(parker_listener& l) noexcept;
+
  private:
   void notify(int count) noexcept {
     light_fence();  // the notifier's half of the handshake (see fence.hpp)
-    if (waiters_.load(std::memory_order_seq_cst) == 0) return;
-    epoch_.fetch_add(1, std::memory_order_seq_cst);
-    futex_wake(epoch_, count);
+    if (waiters_.load(std::memory_order_seq_cst) != 0) {
+      epoch_.fetch_add(1, std::memory_order_seq_cst);
+      futex_wake(epoch_, count);
+    }
+    // The one extra load without a listener; ordered after the publish by the same fence.
+    if (listener_.load(std::memory_order_seq_cst) != nullptr) [[unlikely]]
+      call_listener();
   }
+
+  void call_listener() noexcept;
 
   // Written by waiters (announce / retire), read by every notifier.
   std::atomic<std::uint32_t> waiters_{0};
   // Bumped by notifiers that found a waiter; the futex word waiters sleep on.
   std::atomic<std::uint32_t> epoch_{0};
+  // Notifiers inside call_listener(): raised and lowered by notifiers, read by detach().
+  std::atomic<std::uint32_t> listener_calls_{0};
+  // Written by attach() / detach(), read by every notifier.
+  std::atomic<parker_listener*> listener_{nullptr};
 };
 
 // The single deadline loop behind every blocking call: spin on ready() for spin_limit
@@ -112,6 +152,35 @@ bool park_until(parker& p, Ready&& ready, steady_time deadline) {
     if (!p.wait(key, deadline)) return ready();
     if (ready()) return true;
   }
+}
+
+// detach() waits on one of these (picked by the parker's address) for call_listener() to
+// finish; static, so a notifier may touch it after the listener and its owner are gone.
+struct alignas(cache_line) listener_exit_slot {
+  parker exited;
+};
+inline listener_exit_slot listener_exit_slots[16];
+
+inline parker& listener_exit_parker(const parker* p) noexcept {
+  return listener_exit_slots[(reinterpret_cast<std::uintptr_t>(p) / alignof(parker)) % 16].exited;
+}
+
+// Outline: count in, re-load the listener, call it, count out, wake a waiting detach().
+// detach() stores null and then waits for the count to drop to zero: a notifier that
+// re-loads the old listener counted in before that store (both are seq_cst), so detach()
+// sees its count.
+inline void parker::call_listener() noexcept {
+  listener_calls_.fetch_add(1, std::memory_order_seq_cst);
+  if (parker_listener* l = listener_.load(std::memory_order_seq_cst)) l->on_notify(*l);
+  // seq_cst: releases our use of the listener to detach()'s load of the count.
+  if (listener_calls_.fetch_sub(1, std::memory_order_seq_cst) == 1) listener_exit_parker(this).notify_all();
+}
+
+inline void parker::detach(parker_listener& l) noexcept {
+  parker_listener* expected = &l;
+  listener_.compare_exchange_strong(expected, nullptr, std::memory_order_seq_cst);
+  park_until(listener_exit_parker(this),
+             [this] { return listener_calls_.load(std::memory_order_seq_cst) == 0; }, no_deadline);
 }
 
 // Short backoff for a thread that must let another finish a few instructions (a producer

@@ -1,0 +1,202 @@
+// tether/channel.hpp - in-process pair channels: two connected endpoints, each sends and
+// receives.
+//
+//   auto [left, right] = tether::make_pair<request, reply>();  // unbounded
+//   auto [a, b] = tether::make_pair<message>(64);              // bounded: backpressure
+//
+// make_pair<A, B>() returns {endpoint<A, B>, endpoint<B, A>}: the first sends A and
+// receives B, the second the reverse. Each direction is one single-consumer queue
+// (mpsc_queue, or bounded_mpsc_queue when a capacity is given), so a message travels with
+// one claim and one publish and nothing is locked.
+//
+// Who may call what (per endpoint):
+//   send / try_send / send_for / send_until / close / is_closed / capacity
+//                                  - any thread, concurrently (several senders are fine);
+//   recv / try_recv / recv_for / recv_until
+//                                  - one thread at a time (debug builds throw
+//                                    std::logic_error when two threads receive at once);
+//   move, move-assign, destroy     - not concurrently with any other call on that endpoint.
+// Endpoints are movable, not copyable; a moved-from endpoint may only be destroyed or
+// assigned to.
+//
+// Closing: close() on either endpoint, or destroying it, closes both directions. Each side
+// still receives everything that was sent to it before the close, then sees closed; every
+// later send hands its message back (status closed). Blocked senders and receivers on both
+// sides wake up. Messages an endpoint never received are destroyed with the last owner of
+// the pair (both endpoints, and any poller watching one): receive until closed first if
+// they matter.
+//
+// Memory ordering: a send happens-before the receive that returns its message (the queues'
+// release publish / acquire take); a close happens-before a receive or send that reports
+// closed.
+//
+// After ZeroMQ's inproc PAIR sockets and crossbeam-channel's disconnect rules: a send to a
+// closed pair hands the message back, a receive drains what was sent before closed.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <utility>
+
+#include "detail/futex.hpp"
+#include "detail/lane.hpp"
+#include "detail/source_access.hpp"
+#include "result.hpp"
+
+namespace tether {
+
+namespace detail {
+
+// Both directions of one pair; shared by its two endpoints (and pollers watching them).
+template <class A, class B>
+struct pair_state {
+  pair_state() = default;
+  explicit pair_state(std::size_t capacity) : a_to_b(capacity), b_to_a(capacity) {}
+  lane<A> a_to_b;
+  lane<B> b_to_a;
+};
+
+}  // namespace detail
+
+template <class Send, class Recv>
+class endpoint;
+
+template <class A, class B = A>
+std::pair<endpoint<A, B>, endpoint<B, A>> make_pair();
+template <class A, class B = A>
+std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t capacity);
+
+// One end of a pair: sends Send to the peer, receives Recv from it.
+template <class Send, class Recv>
+class endpoint {
+ public:
+  using send_type = Send;
+  using recv_type = Recv;
+
+  endpoint(endpoint&& other) noexcept
+      : state_(std::move(other.state_)),
+        tx_(std::exchange(other.tx_, nullptr)),
+        rx_(std::exchange(other.rx_, nullptr)) {}
+  // Closes the pair this endpoint held (if any), then takes other's.
+  endpoint& operator=(endpoint&& other) noexcept {
+    if (this != &other) {
+      close();
+      state_ = std::move(other.state_);
+      tx_ = std::exchange(other.tx_, nullptr);
+      rx_ = std::exchange(other.rx_, nullptr);
+    }
+    return *this;
+  }
+  endpoint(const endpoint&) = delete;
+  endpoint& operator=(const endpoint&) = delete;
+
+  // Closes the pair (see close()). Messages sent to this endpoint and never received are
+  // destroyed with the last owner of the pair.
+  ~endpoint() { close(); }
+
+  // ---- sending (any thread) --------------------------------------------------------------
+
+  // Sends v; blocks while a bounded pair is full. ok, or closed with v untouched (not moved
+  // from). Thread-safe.
+  push_result send(Send&& v) { return tx_->push_until(std::move(v), detail::no_deadline); }
+  push_result send(const Send& v) { return tx_->push_until(v, detail::no_deadline); }
+
+  // Sends v if there is room; never blocks. ok, full or closed; on full or closed v is
+  // untouched. Thread-safe.
+  push_result try_send(Send&& v) { return tx_->try_push(std::move(v)); }
+  push_result try_send(const Send& v) { return tx_->try_push(v); }
+
+  // As send(), giving up at the deadline: ok, timeout or closed; on timeout or closed v is
+  // untouched. Only a bounded pair can time out. Thread-safe.
+  template <class Rep, class Period>
+  push_result send_for(Send&& v, const std::chrono::duration<Rep, Period>& timeout) {
+    return tx_->push_until(std::move(v), detail::deadline_after(timeout));
+  }
+  template <class Rep, class Period>
+  push_result send_for(const Send& v, const std::chrono::duration<Rep, Period>& timeout) {
+    return tx_->push_until(v, detail::deadline_after(timeout));
+  }
+  template <class Clock, class Duration>
+  push_result send_until(Send&& v, const std::chrono::time_point<Clock, Duration>& deadline) {
+    return tx_->push_until(std::move(v), detail::to_steady(deadline));
+  }
+  template <class Clock, class Duration>
+  push_result send_until(const Send& v, const std::chrono::time_point<Clock, Duration>& deadline) {
+    return tx_->push_until(v, detail::to_steady(deadline));
+  }
+
+  // ---- receiving (one thread at a time) --------------------------------------------------
+
+  // Takes the oldest message the peer sent, blocking (spin briefly, then park) until there is
+  // one: ok, or closed once the pair is closed and everything sent before was received.
+  pop_result<Recv> recv() { return rx_->pop_until(detail::no_deadline); }
+
+  // Never blocks: ok, empty or closed (closed only when drained).
+  pop_result<Recv> try_recv() { return rx_->try_pop(); }
+
+  // As recv(), giving up at the deadline: ok, timeout or closed.
+  template <class Rep, class Period>
+  pop_result<Recv> recv_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return rx_->pop_until(detail::deadline_after(timeout));
+  }
+  template <class Clock, class Duration>
+  pop_result<Recv> recv_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return rx_->pop_until(detail::to_steady(deadline));
+  }
+
+  // ---- both sides ------------------------------------------------------------------------
+
+  // Closes both directions: see the banner. Idempotent; never blocks. Thread-safe.
+  void close() noexcept {
+    if (tx_ == nullptr) return;  // moved from
+    tx_->close();
+    rx_->close();
+  }
+
+  // True once either endpoint closed the pair. Thread-safe.
+  bool is_closed() const noexcept { return rx_->is_closed(); }
+
+  // Messages each direction holds at least (0: unbounded). Thread-safe.
+  std::size_t capacity() const noexcept { return rx_->capacity(); }
+
+  // Messages sent to this endpoint and not yet received; stale as soon as it returns.
+  std::size_t pending_approx() const noexcept { return rx_->size_approx(); }
+
+ private:
+  template <class A, class B>
+  friend std::pair<endpoint<A, B>, endpoint<B, A>> make_pair();
+  template <class A, class B>
+  friend std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t);
+  friend struct detail::source_access;
+
+  endpoint(std::shared_ptr<void> state, detail::lane<Send>& tx, detail::lane<Recv>& rx) noexcept
+      : state_(std::move(state)), tx_(&tx), rx_(&rx) {}
+
+  detail::lane<Recv>& rx_lane() const noexcept { return *rx_; }
+
+  std::shared_ptr<void> state_;       // keeps both lanes alive
+  detail::lane<Send>* tx_ = nullptr;  // the peer receives from it
+  detail::lane<Recv>* rx_ = nullptr;  // this endpoint receives from it
+};
+
+// Two connected endpoints, unbounded in both directions: the first sends A and receives B,
+// the second sends B and receives A. Sends never block.
+template <class A, class B>
+std::pair<endpoint<A, B>, endpoint<B, A>> make_pair() {
+  auto state = std::make_shared<detail::pair_state<A, B>>();
+  auto& s = *state;
+  return {endpoint<A, B>(state, s.a_to_b, s.b_to_a), endpoint<B, A>(state, s.b_to_a, s.a_to_b)};
+}
+
+// As make_pair(), bounded: each direction holds at least `capacity` messages (rounded up to
+// a power of two; capacity() says how many), and send() blocks while the peer's inbox is
+// full. Throws std::invalid_argument for 0.
+template <class A, class B>
+std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t capacity) {
+  auto state = std::make_shared<detail::pair_state<A, B>>(capacity);
+  auto& s = *state;
+  return {endpoint<A, B>(state, s.a_to_b, s.b_to_a), endpoint<B, A>(state, s.b_to_a, s.a_to_b)};
+}
+
+}  // namespace tether
