@@ -33,11 +33,13 @@
 
 namespace tether::detail {
 
-// How many times a waiter re-checks its condition (with a CPU pause) before it sleeps.
-// A hand-off between two running threads takes well under a microsecond; a futex sleep and
-// wake costs tens of microseconds on virtual machines. Spinning this long catches the first
-// case and bounds the CPU spent in the second (measured in bench/README.md).
-inline constexpr int spin_limit = 2000;
+// How long (in CPU pauses) a waiter re-checks its condition before it sleeps. A hand-off
+// between two running threads takes about a microsecond; a futex sleep and wake costs tens
+// of microseconds on virtual machines, plus a membarrier on the sleeping side. Spinning
+// about 20-40 us catches the first case and bounds the CPU spent in the second.
+inline constexpr int spin_limit = 1000;
+// Then how many times it yields its core before it sleeps.
+inline constexpr int spin_yields = 4;
 // Pauses between the first two re-checks, and the most between any two.
 inline constexpr int spin_pause_first = 4;
 inline constexpr int spin_pause_max = 64;
@@ -127,21 +129,31 @@ class parker {
   std::atomic<parker_listener*> listener_{nullptr};
 };
 
-// The single deadline loop behind every blocking call: spin on ready() for spin_limit
-// rounds, then announce, re-check, and sleep on the parker. Returns ready()'s verdict:
-// true as soon as it holds, false only when the deadline passed first.
+// The single deadline loop behind every blocking call. Returns ready()'s verdict: true as
+// soon as it holds, false only when the deadline passed first.
 //
 // Outline:
-//   1. spin: re-check ready() with a CPU pause; most hand-offs end here;
-//   2. prepare_wait(), re-check (the handshake), sleep until notified or the deadline;
-//   3. woken: re-check; a spurious or stale wake-up goes round again.
+//   1. spin: re-check ready() with CPU pauses (exponential backoff); most hand-offs end here;
+//   2. yield the core a few times (a preempted peer may be waiting for it);
+//   3. prepare_wait(), re-check (the handshake), sleep until notified or the deadline;
+//   4. woken: re-check; a spurious or stale wake-up goes round again.
 template <class Ready>
 bool park_until(parker& p, Ready&& ready, steady_time deadline) {
+  const bool timed = deadline != no_deadline;
   // Re-checks back off exponentially: each check may pull a cache line the other side is
   // writing, so polling it flat out would slow down the very producer we wait for.
-  for (int i = 0, pause = spin_pause_first; i < spin_limit; i += pause, pause = pause < spin_pause_max ? pause * 2 : pause) {
+  for (int i = 0, pause = spin_pause_first; i < spin_limit;
+       i += pause, pause = pause < spin_pause_max ? pause * 2 : pause) {
     if (ready()) return true;
+    if (timed && std::chrono::steady_clock::now() >= deadline) return false;
     for (int k = 0; k < pause; ++k) cpu_relax();
+  }
+  // On an oversubscribed machine the thread we wait for may be runnable but not running:
+  // offer it our core a few times before paying for a sleep.
+  for (int i = 0; i < spin_yields; ++i) {
+    if (ready()) return true;
+    if (timed && std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::yield();
   }
   for (;;) {
     const std::uint32_t key = p.prepare_wait();
