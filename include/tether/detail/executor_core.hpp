@@ -1,0 +1,604 @@
+// tether/detail/executor_core.hpp - the owner's side of tether::executor.
+//
+// executor.hpp holds what callers use (post, submit, call, stop, ...); this holds what they
+// feed: the queue of tasks, the owner's loop (due delayed tasks, ready tasks in batches, the
+// wake fd, parking when idle), the stop sequence, the queued job types and the counters.
+// executor derives from executor_core privately; nothing here is public API.
+//
+// Who may call what: the owner-side functions (loop, idle_until, run_*, finish_stop,
+// quiet_wake_fd) - the owner thread only; after_push / wake_owner / arm_wake_fd - any
+// producer, after a successful push.
+//
+// Memory ordering: the queue's release publish of each task pairs with the owner's acquire
+// (mpsc_queue.hpp). [A1]/[A2]: an idle owner raises asleep_ and then checks the queue; a
+// producer pushes (a seq_cst claim) and then checks asleep_ - all seq_cst, so one of them
+// sees the other (the parker's fence covers the owner's final re-check). [W1]/[W2]: the
+// wake-fd flag is flipped with acq_rel exchanges on both sides, so the owner's clearing
+// exchange synchronizes with every producer whose set came before it (their tasks are
+// visible to the owner's re-scan) and every later producer sees the clear and signals again.
+// Statistics are relaxed counters written only by the owner.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <future>
+#include <memory>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../errors.hpp"
+#include "../executor_options.hpp"
+#include "../mpsc_queue.hpp"
+#include "../result.hpp"
+#include "call_slot.hpp"
+#include "config.hpp"
+#include "futex.hpp"
+#include "park_now.hpp"
+#include "parker.hpp"
+#include "task.hpp"
+#include "thread_record.hpp"
+#include "timer_heap.hpp"
+#include "wake_fd.hpp"
+
+namespace tether::detail {
+
+// How many times park_until checks its condition in its pause phase (it then yields a few
+// times, checking again, before it parks): mirrors the loop in parker.hpp.
+constexpr int park_spin_checks() {
+  int n = 0;
+  for (int i = 0, pause = spin_pause_first; i < spin_limit; i += pause, pause = pause < spin_pause_max ? pause * 2 : pause)
+    ++n;
+  return n;
+}
+
+class executor_core {
+ protected:
+  using clock = std::chrono::steady_clock;
+  enum class run_kind { forever, one, poll, until };
+
+  executor_core(executor_options&& o, bool adopted)
+      : own_thread_(!adopted),
+        name_(std::move(o.name)),
+        name_id_(detail::intern_name(name_)),
+        on_start_(std::move(o.on_start)),
+        on_stop_(std::move(o.on_stop)),
+        around_task_(std::move(o.around_task)),
+        on_error_(std::move(o.on_error)),
+        fd_(o.wake_fd ? std::make_unique<detail::wake_fd>() : nullptr) {}
+
+  // ---- identity ----------------------------------------------------------------------------
+
+  bool running_in_this_thread() const noexcept { return tls_serial == owner_serial_; }
+
+  void check_owner_thread(std::string_view what) const {
+    if (running_in_this_thread()) return;
+    std::string subject = std::string("executor '") + name_or_unnamed() + "'";
+    if (!what.empty()) subject = std::string(what) + " confined to " + subject;
+    throw wrong_thread(wrong_thread_message(subject, owner_record_, owner_serial_,
+                                            "hand the work over with post(), submit() or call()"));
+  }
+
+  // ---- queued job types ----------------------------------------------------------------------
+
+  // submit(): fulfils the promise, or fails it with executor_stopped if destroyed unrun.
+  template <class F, class R>
+  struct submit_job {
+    template <class G>
+    submit_job(const executor_core* e, G&& g, std::promise<R>&& p) : fn(std::forward<G>(g)), promise(std::move(p)), ex(e) {}
+    submit_job(submit_job&& o) noexcept(std::is_nothrow_move_constructible_v<F>)
+        : fn(std::move(o.fn)), promise(std::move(o.promise)), ex(o.ex), done(std::exchange(o.done, true)) {}
+    void operator()() {
+      done = true;
+      try {
+        if constexpr (std::is_void_v<R>) {
+          std::invoke(std::move(fn));
+          promise.set_value();
+        } else {
+          promise.set_value(std::invoke(std::move(fn)));
+        }
+      } catch (...) {
+        promise.set_exception(std::current_exception());
+      }
+    }
+    ~submit_job() {
+      if (done) return;
+      try {
+        promise.set_exception(std::make_exception_ptr(executor_stopped(ex->dropped("submit()"))));
+      } catch (...) {
+        try {
+          promise.set_exception(std::current_exception());  // out of memory: bad_alloc instead
+        } catch (...) {  // cannot happen (the promise is unsatisfied); its destructor reports
+        }
+      }
+    }
+    F fn;
+    std::promise<R> promise;
+    const executor_core* ex;
+    bool done = false;
+  };
+
+  // call(): runs the caller's callable in place (it outlives the call) into the caller's slot.
+  template <class F, class R>
+  struct call_job {
+    call_job(const executor_core* e, std::remove_reference_t<F>* f, detail::call_slot<R>* s) noexcept : fn(f), slot(s), ex(e) {}
+    call_job(call_job&& o) noexcept : fn(o.fn), slot(std::exchange(o.slot, nullptr)), ex(o.ex) {}
+    void operator()() { std::exchange(slot, nullptr)->run(std::forward<F>(*fn)); }
+    ~call_job() {
+      if (slot == nullptr) return;
+      try {
+        slot->fail(std::make_exception_ptr(executor_stopped(ex->dropped("call()"))));
+      } catch (...) {
+        slot->fail(std::current_exception());  // out of memory: the caller gets bad_alloc
+      }
+    }
+    std::remove_reference_t<F>* fn;
+    detail::call_slot<R>* slot;
+    const executor_core* ex;
+  };
+
+  // post_at(): inserts the timer into the owner's heap; destroyed unrun -> stopped.
+  struct timer_registration {
+    timer_registration(executor_core* e, std::shared_ptr<detail::timer_state> s) noexcept : ex(e), state(std::move(s)) {}
+    timer_registration(timer_registration&& o) noexcept : ex(o.ex), state(std::move(o.state)) {}
+    executor_core* ex;
+    std::shared_ptr<detail::timer_state> state;
+    void operator()() {
+      ex->timers_.push(std::move(state));
+      ex->timers_pending_.store(ex->timers_.size(), std::memory_order_relaxed);  // relaxed: statistic
+    }
+    ~timer_registration() {
+      if (!state) return;
+      state->try_transition(detail::timer_phase::stopped);
+      state->fn.reset();
+    }
+  };
+
+  // ---- producer side -------------------------------------------------------------------------
+
+  void after_push() noexcept {
+    wake_owner();
+    if (fd_) arm_wake_fd();
+  }
+
+  // Wakes an owner parked in idle_until(); of the producers that find it asleep, only the
+  // one that lowers the flag makes the system call.
+  void wake_owner() noexcept {
+    // [A2] seq_cst: our push (a seq_cst claim) precedes this load; pairs with [A1].
+    if (asleep_.load(std::memory_order_seq_cst) && asleep_.exchange(false, std::memory_order_seq_cst)) {
+      woken_at_.store(clock::now().time_since_epoch().count(), std::memory_order_relaxed);  // relaxed: a hint
+      owner_wait_.notify_one();
+    }
+  }
+
+  // Only the producer that flips the flag false -> true writes the descriptor: one write per
+  // batch, however many tasks are posted before the owner drains.
+  void arm_wake_fd() noexcept {
+    // release publishes our task to the owner's [W2]; acquire sees its clear.
+    if (!wake_pending_.exchange(true, std::memory_order_acq_rel)) fd_->signal();  // [W1] acq_rel: pairs with [W2]
+  }
+
+  // ---- owner side ----------------------------------------------------------------------------
+
+  void thread_main() {
+    detail::adopt_record(owner_record_);
+    if (!name_.empty()) detail::set_this_thread_name(name_);
+    run_hook(on_start_);
+    in_run_ = true;
+    loop(run_kind::forever, detail::no_deadline, nullptr);
+    in_run_ = false;
+  }
+
+  std::size_t drive(run_kind kind, detail::steady_time deadline, const std::stop_token* token) {
+    if (own_thread_)
+      throw std::logic_error("tether: executor '" + std::string(name_or_unnamed()) +
+                             "' runs its own thread; run()/poll() are for executors constructed with adopt_current_thread");
+    check_owner_thread({});
+    if (in_run_)
+      throw std::logic_error("tether: run()/poll() on executor '" + std::string(name_or_unnamed()) +
+                             "' from inside one of its own tasks");
+    in_run_ = true;
+    struct leave {
+      bool& flag;
+      ~leave() { flag = false; }
+    } leave_run{in_run_};
+    if (token == nullptr) return loop(kind, deadline, nullptr);
+    // A stop request wakes a parked owner with an empty task (skipped when run).
+    std::stop_callback wake(*token, [this]() noexcept {
+      try {
+        if (queue_.push(detail::task{})) after_push();
+      } catch (...) {  // out of memory: the owner notices the token at its next wake-up
+      }
+    });
+    return loop(kind, deadline, token);
+  }
+
+  // The owner's loop: due timers, ready tasks, quiet the wake fd, then park until the next
+  // task, the next timer or the deadline.
+  //
+  // Outline:
+  //   1. finished or token stopped -> return;
+  //   2. run due delayed tasks, then up to a batch of ready tasks;
+  //   3. queue closed and drained -> finish the stop (timers, on_stop) and return;
+  //   4. nothing ready: quiet the wake fd (re-scan if a producer signalled); poll()
+  //      returns here;
+  //   5. park in idle_until(min(deadline, next timer)), then go round again.
+  std::size_t loop(run_kind kind, detail::steady_time deadline, const std::stop_token* token) {
+    const std::size_t want = kind == run_kind::one ? 1 : SIZE_MAX;
+    std::size_t n = 0;
+    for (;;) {
+      if (finished_.load(std::memory_order_relaxed)) return n;  // relaxed: only the owner writes it
+      if (token != nullptr && token->stop_requested()) return n;
+      n += run_due_timers(want - n);
+      if (n >= want) return n;
+      const ready_step step = run_ready(want - n);
+      n += step.ran;
+      if (step.closed) {
+        finish_stop();
+        return n;
+      }
+      if (n >= want) return n;
+      if (step.more) continue;
+      if (quiet_wake_fd()) continue;
+      if (kind == run_kind::poll) return n;
+      const detail::steady_time until = std::min(deadline, timers_.next_deadline());
+      if (until != detail::no_deadline && clock::now() >= until) {
+        if (clock::now() >= deadline) return n;
+        continue;  // a timer is due
+      }
+      const auto t0 = clock::now();
+      parked_since_ns_.store(t0.time_since_epoch().count(), std::memory_order_relaxed);  // relaxed: statistic
+      const bool woken = idle_until(until, n);
+      parked_since_ns_.store(0, std::memory_order_relaxed);  // relaxed: statistic
+      add(wait_ns_, clock::now() - t0);
+      if (n >= want) return n;
+      if (woken) continue;
+      if (deadline != detail::no_deadline && clock::now() >= deadline) return n;
+    }
+  }
+
+  // Parks the owner until work may be ready, the queue closed, or `until`; false on timeout.
+  // Adds to `ran` the task it ran, if any.
+  //
+  // Outline:
+  //   1. a task claimed but not yet published (a producer between its claim and its
+  //      publish): wait in the queue's own pop, which parks on that slot;
+  //   2. otherwise raise asleep_ and park on owner_wait_ until a producer lowers it (only
+  //      that one producer pays the wake-up system call: the rest see it lowered) or the
+  //      queue shows work. While raised, producers flip it; the spin phase catches most.
+  bool idle_until(detail::steady_time until, std::size_t& ran) {
+    if (queue_.size_approx() != 0) {
+      pop_result<detail::task> r = queue_.pop_until(until);
+      if (r) {
+        const auto t1 = clock::now();
+        ran += run_item(*r);
+        r = status::empty;  // destroy the task before timing stops
+        add(run_ns_, clock::now() - t1);
+      }
+      return !r.is_timeout();
+    }
+    // Spin only while idle periods stay short (after one that outlasted the spin, park at
+    // once) and at most one caller is blocked in call(): with the queue empty, several
+    // callers in call() have all been answered and need cores to come back - a spinning
+    // owner would take one from the very threads that feed it.
+    // Spinning, the flag is raised halfway through park_until's spin: short gaps between
+    // tasks cost producers nothing, and it is up (before the parker's fence) when the owner
+    // sleeps. Parking at once, it is raised first.
+    const bool spin = spin_when_idle_ && callers_.load(std::memory_order_relaxed) <= 1;  // relaxed: a hint
+    const int raise_at = spin ? raise_asleep_at : 0;
+    int checks = 0;
+    woken_at_.store(0, std::memory_order_relaxed);  // relaxed: a heuristic's input
+    if (raise_at == 0) asleep_.store(true, std::memory_order_seq_cst);  // [A1]
+    const auto t0 = clock::now();
+    const bool woken = detail::park(
+        owner_wait_,
+        [this, &checks, raise_at] {
+          if (++checks == raise_at) asleep_.store(true, std::memory_order_seq_cst);  // [A1] pairs with [A2]
+          else if (checks > raise_at && !asleep_.load(std::memory_order_seq_cst)) return true;
+          return queue_.size_approx() != 0 || queue_.is_closed();
+        },
+        until, spin);
+    asleep_.store(false, std::memory_order_relaxed);  // relaxed: only saves producers a wake
+    // The idle period ended when work arrived (stamped by the waking producer), not when
+    // the owner got the core back: a slow wake-up must not keep the owner from spinning.
+    const clock::rep woke = woken_at_.load(std::memory_order_relaxed);  // relaxed: as above
+    const auto end = woke != 0 ? clock::time_point(clock::duration(woke)) : clock::now();
+    spin_when_idle_ = end - t0 < short_idle;
+    return woken;
+  }
+
+  static constexpr int raise_asleep_at = detail::park_spin_checks() / 2;  // 0: before parking at all
+  // An idle period this short would have ended inside park_until's spin.
+  static constexpr std::chrono::microseconds short_idle{50};
+
+  struct ready_step {
+    std::size_t ran;
+    bool more;    // stopped at the batch limit: there may be more
+    bool closed;  // closed and drained
+  };
+
+  ready_step run_ready(std::size_t max_user) {
+    constexpr std::size_t batch = 64;
+    const std::size_t limit = std::min(batch, max_user);
+    std::size_t ran = 0;
+    clock::time_point t0{};
+    const std::size_t taken = queue_.drain(
+        [&](detail::task&& t) {
+          if (t0 == clock::time_point{}) t0 = clock::now();
+          ran += run_item(t);  // t is destroyed by the queue right after, still inside the batch
+        },
+        limit);
+    if (taken == limit) {
+      add(run_ns_, clock::now() - t0);
+      return {ran, true, false};
+    }
+    pop_result<detail::task> r = queue_.try_pop();  // fewer than asked: empty, in flight or closed?
+    if (r) {
+      if (t0 == clock::time_point{}) t0 = clock::now();
+      ran += run_item(*r);
+      r = status::empty;
+      add(run_ns_, clock::now() - t0);
+      return {ran, true, false};
+    }
+    if (taken != 0) add(run_ns_, clock::now() - t0);
+    return {ran, false, r.is_closed()};
+  }
+
+  // Runs (or, after stop(cancel), destroys) one dequeued item; returns 1 if it ran a task.
+  std::size_t run_item(detail::task& t) {
+    if (!t) return 0;  // a wake-up marker
+    if (t.is_internal()) {
+      try {
+        t();
+      } catch (...) {
+        report_current_exception();
+      }
+      return 0;
+    }
+    if (cancel_.load(std::memory_order_relaxed)) {  // relaxed: racing a cancel either way is fine
+      t.reset();
+      add(cancelled_, 1);
+      return 0;
+    }
+    run_user(t);
+    add(ran_, 1);
+    return 1;
+  }
+
+  std::size_t run_due_timers(std::size_t max) {
+    if (timers_.empty()) return 0;
+    std::size_t n = 0;
+    const auto now = clock::now();
+    while (n < max) {
+      std::shared_ptr<detail::timer_state> t = timers_.pop_due(now);
+      if (!t) break;
+      if (t->try_transition(detail::timer_phase::running)) {
+        run_user(t->fn);
+        t->phase.store(detail::timer_phase::ran, std::memory_order_release);  // release: pairs with status()
+        add(ran_, 1);
+        ++n;
+      }
+      t->fn.reset();
+    }
+    timers_pending_.store(timers_.size(), std::memory_order_relaxed);  // relaxed: statistic
+    if (n != 0) add(run_ns_, clock::now() - now);
+    return n;
+  }
+
+  // The queue is closed and drained: settle the delayed tasks, run on_stop, finish.
+  void finish_stop() {
+    const bool cancelled = cancel_.load(std::memory_order_seq_cst);
+    const auto now = clock::now();
+    for (std::shared_ptr<detail::timer_state>& t : timers_.take_all()) {
+      if (!cancelled && t->when <= now && t->try_transition(detail::timer_phase::running)) {
+        run_user(t->fn);
+        t->phase.store(detail::timer_phase::ran, std::memory_order_release);  // release: pairs with status()
+        add(ran_, 1);
+      } else if (t->try_transition(detail::timer_phase::stopped)) {
+        add(cancelled_, 1);
+      }
+      t->fn.reset();
+    }
+    timers_pending_.store(0, std::memory_order_relaxed);  // relaxed: statistic
+    if (fd_) {
+      fd_->arm(detail::no_deadline);
+      wake_pending_.store(false, std::memory_order_release);  // release: nothing pairs; quiet for good
+    }
+    run_hook(on_stop_);
+    finished_.store(true, std::memory_order_seq_cst);  // seq_cst: the parker handshake's store half
+    state_wait_.notify_all();
+  }
+
+  // Quiets the wake fd until the next delayed deadline (or the next signal); true if a
+  // producer signalled since the last quiet (the caller re-scans: its task may be waiting).
+  //
+  // Outline:
+  //   1. no signal since the last quiet and the deadline unchanged -> nothing to do (a
+  //      producer that sets the flag after our load signals the fd itself);
+  //   2. arm the fd for the next deadline, which also forgets pending signals;
+  //   3. clear the flag: producers that set it after this signal after our arm.
+  bool quiet_wake_fd() {
+    if (!fd_) return false;
+    const detail::steady_time next = timers_.next_deadline();
+    // A stale `false` is harmless: that producer's signal comes after this load.
+    if (!wake_pending_.load(std::memory_order_acquire) && next == armed_deadline_) return false;  // acquire: as [W2]
+    fd_->arm(next);
+    armed_deadline_ = next;
+    // Acquire pairs with every [W1] before it (their tasks are visible to our re-scan);
+    // release lets later producers see the clear, so they signal after our arm.
+    return wake_pending_.exchange(false, std::memory_order_acq_rel);  // [W2] acq_rel: pairs with [W1]
+  }
+
+  // Runs a user task through around_task; exceptions go to the error policy.
+  void run_user(detail::task& t) {
+    const bool outer = in_task_;
+    in_task_ = true;
+    try {
+      if (around_task_) {
+        bool ran = false;
+        around_task_(task_view(t, ran));
+        if (!ran) throw std::logic_error("tether: executor '" + std::string(name_or_unnamed()) +
+                                         "': around_task returned without running the task");
+      } else {
+        t();
+      }
+    } catch (...) {
+      in_task_ = outer;
+      report_current_exception();
+      return;
+    }
+    in_task_ = outer;
+  }
+
+  // On the owner thread: runs f now, through around_task unless already inside a task.
+  template <class R, class F>
+  R run_inline(F&& f) {
+    if (in_task_ || !around_task_) {
+      const bool outer = in_task_;
+      in_task_ = true;
+      struct restore {
+        bool& flag;
+        bool value;
+        ~restore() { flag = value; }
+      } r{in_task_, outer};
+      return std::invoke(std::forward<F>(f));
+    }
+    detail::call_slot<R> slot;
+    detail::task t([&] { slot.run(std::forward<F>(f)); });
+    bool ran = false;
+    {
+      in_task_ = true;
+      struct restore {
+        bool& flag;
+        ~restore() { flag = false; }
+      } r{in_task_};
+      around_task_(task_view(t, ran));
+    }
+    if (!ran)
+      throw std::logic_error("tether: executor '" + std::string(name_or_unnamed()) +
+                             "': around_task returned without running the task");
+    return slot.take();
+  }
+
+  void run_hook(const std::function<void()>& hook) {
+    if (!hook) return;
+    try {
+      hook();
+    } catch (...) {
+      report_current_exception();
+    }
+  }
+
+  // Called inside a catch block.
+  void report_current_exception() {
+    if (on_error_) {
+      on_error_(std::current_exception());
+      return;
+    }
+    std::fprintf(stderr,
+                 "tether: an exception escaped a task of executor '%s' and no on_error handler is set\n",
+                 name_or_unnamed());
+    std::terminate();  // inside the catch block: the runtime prints the exception
+  }
+
+  void check_cycle(detail::thread_record& me) const {
+    const detail::wait_cycle c = detail::find_cycle(&me, owner_record_, owner_serial_);
+    if (c.size == 0) return;
+    std::vector<std::string> names{name_or_unnamed()};
+    std::string msg = "tether: call() on executor '" + names[0] + "' from " + detail::describe_this_thread() +
+                      " would never return: ";
+    std::string current = names[0];
+    for (std::size_t i = 0; i < c.size; ++i) {
+      const detail::wait_link& l = c.links[i];
+      const std::string next = l.name != nullptr ? l.name : "(unnamed)";
+      msg += "'" + current + "' is owned by " + detail::describe_thread(l.from, l.from_serial) +
+             ", which is blocked in call() on '" + next + "'; ";
+      names.push_back(next);
+      current = next;
+    }
+    msg += "'" + current + "' is owned by this thread. Make one direction of the cycle asynchronous "
+           "(post(), submit() or post_and_reply()).";
+    throw deadlock_error(msg, std::move(names));
+  }
+
+  std::string refusal(const char* what) const {
+    return std::string("tether: executor '") + name_or_unnamed() + "' is stopped and no longer accepts work; " +
+           what + " refused";
+  }
+  std::string dropped(const char* what) const {
+    return std::string("tether: executor '") + name_or_unnamed() + "' was stopped (cancel) before a task given to " +
+           what + " could run";
+  }
+  const char* name_or_unnamed() const noexcept { return name_.empty() ? "(unnamed)" : name_.c_str(); }
+
+  // Owner-written counters: load + store, no read-modify-write.
+  template <class Rep, class Period>
+  static void add(std::atomic<std::uint64_t>& c, std::chrono::duration<Rep, Period> d) noexcept {
+    add(c, static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
+  }
+  static void add(std::atomic<std::uint64_t>& c, std::uint64_t v) noexcept {
+    c.store(c.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);  // relaxed: owner-only statistic
+  }
+
+  const bool own_thread_;
+  const std::string name_;
+  const char* const name_id_;  // interned copy for deadlock edges (nullptr: unnamed)
+  const std::function<void()> on_start_;
+  const std::function<void()> on_stop_;
+  const std::function<void(task_view)> around_task_;
+  const std::function<void(std::exception_ptr)> on_error_;
+  const std::unique_ptr<detail::wake_fd> fd_;
+  detail::thread_record* owner_record_ = nullptr;  // set once by the constructor
+  std::uint64_t owner_serial_ = 0;                 // set once by the constructor
+
+  mpsc_queue<detail::task> queue_;
+
+  // Set by producers that find it clear (then they signal fd_), cleared by the owner.
+  alignas(detail::cache_line) std::atomic<bool> wake_pending_{false};
+  // Raised by the owner before it parks in idle_until(); lowered by the producer that wakes
+  // it (or by the owner when it wakes up).
+  std::atomic<bool> asleep_{false};
+  detail::parker owner_wait_;  // the owner parks here when idle
+  // When the producer that lowered asleep_ did so (steady ticks; 0: none since the owner
+  // parked). Written by that producer, read by the owner to judge how long it was idle.
+  std::atomic<clock::rep> woken_at_{0};
+  // Callers blocked in call() right now (a spin-or-park hint): written by each caller.
+  alignas(detail::cache_line) std::atomic<std::uint32_t> callers_{0};
+  // Set once by stop(cancel); read by the owner.
+  std::atomic<bool> cancel_{false};
+  // Set once by the owner when finished; read by joiners and is_finished().
+  std::atomic<bool> finished_{false};
+  // Own thread: claimed by the one joiner that calls thread_.join(); joined_ set after it.
+  std::atomic<bool> join_claimed_{false};
+  std::atomic<bool> joined_{false};
+  detail::parker state_wait_;  // joiners park here
+
+  // Owner only.
+  alignas(detail::cache_line) detail::timer_heap timers_;
+  detail::steady_time armed_deadline_ = detail::no_deadline;  // what fd_ is armed for
+  bool spin_when_idle_ = true;  // the last idle period was short
+  bool in_run_ = false;   // inside run()/poll() (or the own thread's loop)
+  bool in_task_ = false;  // inside a task (inline calls then skip around_task)
+
+  // Statistics: written by the owner, read by stats().
+  std::atomic<std::uint64_t> ran_{0};
+  std::atomic<std::uint64_t> cancelled_{0};
+  std::atomic<std::uint64_t> wait_ns_{0};
+  std::atomic<std::uint64_t> run_ns_{0};
+  std::atomic<clock::rep> parked_since_ns_{0};  // steady-clock ticks when the owner parked; 0: awake
+  std::atomic<std::size_t> timers_pending_{0};
+
+  std::thread thread_;  // last: started once everything above exists
+};
+
+}  // namespace tether::detail
