@@ -371,13 +371,27 @@ struct parker_listener {
   void (*on_notify)(parker_listener& self) noexcept = nullptr;
 };
 
+// Which side pays for the handshake's fences (see fence.hpp).
+enum class fences : std::uint8_t {
+  // Notifier: compiler barrier; waiter: process-wide membarrier. For parkers notified far
+  // more often than waited on: a queue's consumer side.
+  asymmetric,
+  // A full fence on both sides. For parkers waited on about as often as notified (a caller
+  // waiting for its call's result): a membarrier per wait would cost more than it saves.
+  symmetric,
+};
+
 class parker {
  public:
+  parker() noexcept = default;
+  explicit parker(fences f) noexcept : symmetric_(f == fences::symmetric) {}
+
   // Announces a waiter; returns the key to pass to wait(). The caller must re-check its
   // condition after this call and then either cancel_wait() or wait().
   std::uint32_t prepare_wait() noexcept {
     waiters_.fetch_add(1, std::memory_order_seq_cst);
-    heavy_fence();  // the waiter's half of the handshake (see fence.hpp)
+    // The waiter's half of the handshake (see fence.hpp).
+    if (symmetric_) full_fence(); else heavy_fence();
     return epoch_.load(std::memory_order_seq_cst);
   }
 
@@ -426,7 +440,8 @@ class parker {
 
  private:
   void notify(int count) noexcept {
-    light_fence();  // the notifier's half of the handshake (see fence.hpp)
+    // The notifier's half of the handshake (see fence.hpp).
+    if (symmetric_) full_fence(); else light_fence();
     if (waiters_.load(std::memory_order_seq_cst) != 0) {
       epoch_.fetch_add(1, std::memory_order_seq_cst);
       futex_wake(epoch_, count);
@@ -446,7 +461,26 @@ class parker {
   std::atomic<std::uint32_t> listener_calls_{0};
   // Written by attach() / detach(), read by every notifier.
   std::atomic<parker_listener*> listener_{nullptr};
+  const bool symmetric_ = false;  // fences::symmetric
 };
+
+// park_until without the spin, for waits known to be long (a caller with tasks queued
+// ahead of it; an owner whose recent idle periods outlasted the spin): on a machine with
+// more runnable threads than cores, a spinning waiter takes the core the other side needs.
+// Announce, re-check (the handshake), sleep until notified or the deadline; a spurious or
+// stale wake-up goes round again. Returns ready()'s verdict.
+template <class Ready>
+bool park_now(parker& p, Ready&& ready, steady_time deadline) {
+  for (;;) {
+    const std::uint32_t key = p.prepare_wait();
+    if (ready()) {
+      p.cancel_wait();
+      return true;
+    }
+    if (!p.wait(key, deadline)) return ready();
+    if (ready()) return true;
+  }
+}
 
 // The single deadline loop behind every blocking call. Returns ready()'s verdict: true as
 // soon as it holds, false only when the deadline passed first.
@@ -454,8 +488,8 @@ class parker {
 // Outline:
 //   1. spin: re-check ready() with CPU pauses (exponential backoff); most hand-offs end here;
 //   2. yield the core a few times (a preempted peer may be waiting for it);
-//   3. prepare_wait(), re-check (the handshake), sleep until notified or the deadline;
-//   4. woken: re-check; a spurious or stale wake-up goes round again.
+//   3. park_now(): prepare_wait(), re-check (the handshake), sleep until notified or the
+//      deadline; woken: re-check; a spurious or stale wake-up goes round again.
 template <class Ready>
 bool park_until(parker& p, Ready&& ready, steady_time deadline) {
   const bool timed = deadline != no_deadline;
@@ -474,15 +508,13 @@ bool park_until(parker& p, Ready&& ready, steady_time deadline) {
     if (timed && std::chrono::steady_clock::now() >= deadline) return false;
     std::this_thread::yield();
   }
-  for (;;) {
-    const std::uint32_t key = p.prepare_wait();
-    if (ready()) {
-      p.cancel_wait();
-      return true;
-    }
-    if (!p.wait(key, deadline)) return ready();
-    if (ready()) return true;
-  }
+  return park_now(p, ready, deadline);
+}
+
+// park_until when spin is true, park_now otherwise.
+template <class Ready>
+bool park(parker& p, Ready&& ready, steady_time deadline, bool spin) {
+  return spin ? park_until(p, ready, deadline) : park_now(p, ready, deadline);
 }
 
 // detach() waits on one of these (picked by the parker's address) for call_listener() to
@@ -2075,45 +2107,6 @@ class executor_stopped : public std::runtime_error {
 
 }  // namespace tether
 
-// ---- tether/detail/park_now.hpp ---------------------------------------------
-// tether/detail/park_now.hpp - park_until without the spin, for waits known to be long.
-//
-// park_until (parker.hpp) spins (and yields) before it parks: right when the other side is
-// running and about to publish, wasteful when it is not - and on a machine with more
-// runnable threads than cores, a spinning waiter takes the core the other side needs.
-// Executors know when a wait will be long (a caller with tasks queued ahead of it; an owner
-// whose recent idle periods outlasted the spin), and then park at once through the same
-// parker protocol: announce, re-check, sleep - park_until's last phase, unchanged.
-//
-// Who may call what: as park_until.
-// Memory ordering: as park_until (the parker's handshake; see parker.hpp).
-
-
-
-namespace tether::detail {
-
-// Returns ready()'s verdict: true as soon as it holds, false only when the deadline passed.
-template <class Ready>
-bool park_now(parker& p, Ready&& ready, steady_time deadline) {
-  for (;;) {
-    const std::uint32_t key = p.prepare_wait();
-    if (ready()) {
-      p.cancel_wait();
-      return true;
-    }
-    if (!p.wait(key, deadline)) return ready();
-    if (ready()) return true;
-  }
-}
-
-// park_until when spin is true, park_now otherwise.
-template <class Ready>
-bool park(parker& p, Ready&& ready, steady_time deadline, bool spin) {
-  return spin ? park_until(p, ready, deadline) : park_now(p, ready, deadline);
-}
-
-}  // namespace tether::detail
-
 // ---- tether/detail/call_slot.hpp --------------------------------------------
 // tether/detail/call_slot.hpp - where a blocking call() waits for its result, on its own stack.
 //
@@ -2175,7 +2168,7 @@ class call_slot {
   }
 
   // Caller: blocks until completed. spin: spin briefly before parking (the answer is
-  // expected soon); else park at once (park_now.hpp).
+  // expected soon); else park at once (parker.hpp).
   void wait(bool spin) noexcept {
     park(parker_, [this] { return state_.load(std::memory_order_seq_cst) != pending; }, no_deadline, spin);
     backoff b;
@@ -2214,7 +2207,8 @@ class call_slot {
   std::exception_ptr error_;
   // Written by the completer (pending -> done -> released); read by the caller.
   std::atomic<std::uint32_t> state_{pending};
-  parker parker_;
+  // One wait per call, one notify per call: full fences on both sides beat a membarrier.
+  parker parker_{fences::symmetric};
 };
 
 }  // namespace tether::detail

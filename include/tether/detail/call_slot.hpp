@@ -32,7 +32,6 @@
 #include <utility>
 
 #include "futex.hpp"
-#include "park_now.hpp"
 #include "parker.hpp"
 
 namespace tether::detail {
@@ -68,7 +67,7 @@ class call_slot {
   }
 
   // Caller: blocks until completed. spin: spin briefly before parking (the answer is
-  // expected soon); else park at once (park_now.hpp).
+  // expected soon); else park at once (parker.hpp).
   void wait(bool spin) noexcept {
     park(parker_, [this] { return state_.load(std::memory_order_seq_cst) != pending; }, no_deadline, spin);
     backoff b;
@@ -107,7 +106,8 @@ class call_slot {
   std::exception_ptr error_;
   // Written by the completer (pending -> done -> released); read by the caller.
   std::atomic<std::uint32_t> state_{pending};
-  parker parker_;
+  // One wait per call, one notify per call: full fences on both sides beat a membarrier.
+  parker parker_{fences::symmetric};
 };
 
 }  // namespace tether::detail

@@ -44,7 +44,6 @@
 #include "call_slot.hpp"
 #include "config.hpp"
 #include "futex.hpp"
-#include "park_now.hpp"
 #include "parker.hpp"
 #include "task.hpp"
 #include "thread_record.hpp"
