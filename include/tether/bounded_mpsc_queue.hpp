@@ -63,7 +63,8 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   bounded_mpsc_queue(const bounded_mpsc_queue&) = delete;
   bounded_mpsc_queue& operator=(const bounded_mpsc_queue&) = delete;
 
-  // Destroys the items still queued (no producer or consumer may be running).
+  // Destroys the items still queued (no producer or consumer may be running). Its loads are
+  // relaxed: with no other thread left, they only read this thread's view.
   ~bounded_mpsc_queue() {
     const std::uint64_t tail = tail_.load(std::memory_order_relaxed) >> index_shift;
     for (std::uint64_t pos = head_; pos != tail; ++pos) {

@@ -54,11 +54,13 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
  public:
   using value_type = T;
 
+  // relaxed: nothing is shared before the constructor returns.
   mpsc_queue() : head_block_(new block) { tail_block_.store(head_block_, std::memory_order_relaxed); }
   mpsc_queue(const mpsc_queue&) = delete;
   mpsc_queue& operator=(const mpsc_queue&) = delete;
 
-  // Destroys the items still queued (no producer or consumer may be running).
+  // Destroys the items still queued (no producer or consumer may be running). Its loads are
+  // relaxed: with no other thread left, they only read this thread's view.
   ~mpsc_queue() {
     std::uint64_t head = head_;
     const std::uint64_t tail = tail_index_.load(std::memory_order_relaxed) >> index_shift;
