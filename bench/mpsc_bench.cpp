@@ -241,6 +241,8 @@ void add_mpsc() {
 void register_all() {
   add_mpsc<peers::tether_unbounded>();
   add_mpsc<peers::tether_unbounded_bulk>();
+  add_mpsc<peers::tether_producer>();
+  add_mpsc<peers::tether_producer_bulk>();
   add_mpsc<peers::tether_bounded>();
   add_mpsc<peers::mutex_deque>();
 #if defined(TETHER_BENCH_HAVE_MOODYCAMEL)

@@ -1,7 +1,8 @@
 // tether/mpsc_queue.hpp - unbounded, lock-free queue: many producers, one consumer.
 //
 // Who may call what:
-//   push / emplace / close / is_closed / size_approx  - any thread, concurrently.
+//   push / emplace / make_producer / close / is_closed / size_approx - any thread, concurrently.
+//   producer::push / producer::emplace - the thread using that handle (one at a time).
 //   try_pop / pop / pop_for / pop_until / *_bulk / drain - one consumer thread at a time
 //     (debug builds throw std::logic_error when two threads consume at once).
 //
@@ -23,8 +24,23 @@
 //
 // After crossbeam-channel's list flavour (block list, CAS-claimed slots, a sentinel index
 // while the next block is linked), adapted to one consumer, block reuse and parking.
+//
+// Producer handles (make_producer): a thread that pushes a lot can take a handle that owns a
+// private lane - its own list of blocks, written by that thread alone, so a push is a plain
+// store and a release store with no compare-and-swap and no shared cache line. The consumer
+// reads the shared ring and every lane; it stays with one source while that source has items
+// (up to source_quota in a row, so a busy source cannot starve the others), then moves on.
+// Items pushed through one handle come out in the order pushed; there is no order between
+// different handles, or between a handle and plain push. A dropped handle's lane is kept
+// (with its items) and reused by the next make_producer().
+//
+// Closing with lanes is Dekker's handshake again: a lane push raises its `pushing` flag, then
+// (light fence) reads closing_; close() stores closing_, then (heavy fence) sets closed_. Either
+// the push sees closing_ and hands its item back, or the consumer - which decides "closed"
+// only after it sees closed_ - sees the flag and waits for that push to land.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -36,11 +52,13 @@
 #include <type_traits>
 #include <utility>
 
+#include "detail/block_pool.hpp"
 #include "detail/config.hpp"
 #include "detail/consumer_check.hpp"
 #include "detail/consumer_ops.hpp"
 #include "detail/futex.hpp"
 #include "detail/parker.hpp"
+#include "detail/producer_lane.hpp"
 #include "result.hpp"
 
 namespace tether {
@@ -72,16 +90,11 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
         b = b->next.load(std::memory_order_relaxed);
         continue;
       }
-      slot& s = b->slots[offset];
-      if (s.state.load(std::memory_order_relaxed) == slot_written) s.value()->~T();
+      destroy_if_written(b->slots[offset]);
       head++;
     }
-    for (block* p = head_block_; p != nullptr;) {
-      block* next = p->next.load(std::memory_order_relaxed);
-      delete p;
-      p = next;
-    }
-    delete spare_.load(std::memory_order_relaxed);
+    delete_chain(head_block_);
+    for (lane* l = lanes_.load(std::memory_order_relaxed); l != nullptr;) delete std::exchange(l, l->next_lane);
   }
 
   // ---- producers (any thread) ------------------------------------------------------------
@@ -137,16 +150,28 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
       } else {
         return_spare(next_block);
       }
-      publish(b->slots[offset], std::forward<Args>(args)...);
+      const notify_on_exit notify{consumer_wait_};
+      fill(b->slots[offset], std::forward<Args>(args)...);
       return true;
     }
   }
+
+  // A producer handle owning a private lane (see the banner): faster pushes for a thread that
+  // pushes many items. The handle must not outlive the queue; use it from one thread at a
+  // time. Dropping it keeps the items it pushed. Thread-safe; allocates a lane the first time
+  // (lanes of dropped handles are reused).
+  class producer;
+  producer make_producer();
 
   // Closes the queue: later pushes fail (handing their item back); the consumer still
   // receives everything pushed before, then sees closed. Wakes a parked consumer.
   // Returns true if this call closed it. Thread-safe; never blocks.
   bool close() noexcept {
     const std::uint64_t prev = tail_index_.fetch_or(closed_bit, std::memory_order_seq_cst);
+    closing_.store(true, std::memory_order_seq_cst);
+    // The close half of the lane handshake (banner). Without lanes there is nothing to wait
+    // out; a lane registered after this load reads closing_ (make_producer()).
+    if (lanes_.load(std::memory_order_seq_cst) != nullptr) detail::heavy_fence();
     closed_.store(true, std::memory_order_seq_cst);  // seq_cst: the parker handshake's store half
     consumer_wait_.notify_all();
     return (prev & closed_bit) == 0;
@@ -159,8 +184,10 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     // relaxed: a statistic; no decision that needs ordering is made from it.
     const std::uint64_t tail = tail_index_.load(std::memory_order_relaxed) >> index_shift;
     const std::uint64_t head = head_published_.load(std::memory_order_relaxed);
-    if (tail <= head) return 0;
-    return static_cast<std::size_t>((tail - head) - (tail / lap - head / lap));
+    std::size_t n = tail <= head ? 0 : static_cast<std::size_t>((tail - head) - (tail / lap - head / lap));
+    // acquire: pairs with the release that publishes a lane, so its fields are initialised.
+    for (const lane* l = lanes_.load(std::memory_order_acquire); l != nullptr; l = l->next_lane) n += l->size_approx();
+    return n;
   }
   bool empty_approx() const noexcept { return size_approx() == 0; }
 
@@ -196,69 +223,167 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     std::atomic<block*> next{nullptr};
     slot slots[block_cap];
   };
+  // Emptied blocks kept for reuse: about 1 MiB, at least 4.
+  static constexpr std::size_t pool_limit = sizeof(block) * 4 >= (1u << 20) ? 4 : (1u << 20) / sizeof(block);
 
   using head_state = detail::head_state;
 
+  using lane = detail::producer_lane<T>;
+
+  // Items a consumer takes from one source in a row before it looks at the others.
+  static constexpr std::uint32_t source_quota = 256;
+
+  // Constructs the item in s and publishes the slot: written, or abandoned (and rethrows)
+  // if T's constructor throws. The caller wakes the consumer.
   template <class... Args>
-  void publish(slot& s, Args&&... args) {
+  static void fill(slot& s, Args&&... args) {
     try {
       ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
     } catch (...) {
       s.state.store(slot_abandoned, std::memory_order_release);  // release: as below
-      consumer_wait_.notify_one();
       throw;
     }
     // release: publishes the item; pairs with the acquire in probe() / take_ready(). The
     // parker handshake's fence is in notify_one() (light) and prepare_wait() (heavy).
     s.state.store(slot_written, std::memory_order_release);
-    consumer_wait_.notify_one();
   }
 
+  struct notify_on_exit {
+    detail::parker& p;
+    ~notify_on_exit() { p.notify_one(); }
+  };
+
+  static void destroy_if_written(slot& s) noexcept {
+    if (s.state.load(std::memory_order_relaxed) == slot_written) s.value()->~T();  // relaxed: destructor only
+  }
+  static void delete_chain(block* b) noexcept {
+    while (b != nullptr) delete std::exchange(b, b->next.load(std::memory_order_relaxed));  // relaxed: destructor only
+  }
+
+  // ---- lanes (producer handles) ----------------------------------------------------------
+
+  // A lane for a new handle: a dropped handle's lane if there is one, else a new lane.
+  // seq_cst list loads: make_producer()'s closing_ check relies on them (see there).
+  lane* acquire_lane() {
+    for (lane* l = lanes_.load(std::memory_order_seq_cst); l != nullptr; l = l->next_lane)
+      if (l->try_own()) return l;
+    auto* l = new lane;
+    lane* head = lanes_.load(std::memory_order_relaxed);  // relaxed: the CAS below re-checks it
+    do {
+      l->next_lane = head;
+    } while (!lanes_.compare_exchange_weak(head, l, std::memory_order_seq_cst, std::memory_order_relaxed));
+    return l;
+  }
+
+  template <class... Args>
+  bool lane_emplace(lane& l, Args&&... args) {
+    // After the lane push has lowered its flag, however it ends: the consumer may be waiting
+    // for this push to land after close.
+    const notify_on_exit notify{consumer_wait_};
+    return l.emplace(closing_, std::forward<Args>(args)...);
+  }
+
+  // ---- blocks ----------------------------------------------------------------------------
+
   block* take_spare() {
-    // acquire: pairs with the release in recycle(): the reset slots are visible.
-    block* b = spare_.exchange(nullptr, std::memory_order_acquire);
+    block* b = pool_.take();
     return b != nullptr ? b : new block;
   }
   void return_spare(block* b) noexcept {
-    if (b == nullptr) return;
-    block* expected = nullptr;
-    // release: hands the (clean) block to the next take_spare().
-    if (!spare_.compare_exchange_strong(expected, b, std::memory_order_release, std::memory_order_relaxed))
-      delete b;
+    if (b != nullptr) pool_.give(b);
   }
   void recycle(block* b) noexcept {
     // No producer can reach b: every slot was claimed, published and consumed, and
     // tail_block_ moved on before the last slot was published.
-    for (slot& s : b->slots) s.state.store(slot_empty, std::memory_order_relaxed);  // relaxed: published by the exchange below
+    for (slot& s : b->slots) s.state.store(slot_empty, std::memory_order_relaxed);  // relaxed: published by give()
     b->next.store(nullptr, std::memory_order_relaxed);                             // relaxed: as above
-    // acq_rel: release publishes the reset; acquire lets us delete a block another thread
-    // returned.
-    delete spare_.exchange(b, std::memory_order_acq_rel);
+    pool_.give(b);
   }
 
-  slot& head_slot() noexcept { return head_block_->slots[head_ % lap]; }
+  // ---- consumer --------------------------------------------------------------------------
+  //
+  // The consumer reads one source at a time: current_ is a lane, or nullptr for the ring.
+
+  slot& ring_slot() noexcept { return head_block_->slots[head_ % lap]; }
+  bool ring_ready() noexcept {
+    return ring_slot().state.load(std::memory_order_acquire) != slot_empty;  // acquire: pairs with fill()
+  }
+  bool current_ready() noexcept { return current_ != nullptr ? current_->ready() : ring_ready(); }
+
+  // Makes the next source (after current_, round the ring and the lanes) with an item
+  // ready current; false if no other source has one.
+  bool switch_to_ready() noexcept {
+    // acquire: pairs with the CAS that published a lane; its fields are initialised.
+    lane* const first = lanes_.load(std::memory_order_acquire);
+    if (first == nullptr) return false;
+    for (lane* l = current_ != nullptr ? current_->next_lane : first;; l = l->next_lane) {
+      if (l == nullptr) {  // past the last lane: the ring, then the first lane
+        if (current_ == nullptr) return false;
+        if (ring_ready()) return switch_to(nullptr);
+        l = first;
+      }
+      if (l == current_) return false;
+      if (l->ready()) return switch_to(l);
+    }
+  }
+  bool switch_to(lane* l) noexcept {
+    current_ = l;
+    quota_ = source_quota;
+    return true;
+  }
+  // After an item: once source_quota came from one source in a row, the others get a turn.
+  void count_taken(std::size_t n) noexcept {
+    if (quota_ > n) {
+      quota_ -= static_cast<std::uint32_t>(n);
+      return;
+    }
+    quota_ = source_quota;
+    switch_to_ready();
+  }
 
   head_state probe() noexcept {
-    // acquire: pairs with the release publish in publish().
-    if (head_slot().state.load(std::memory_order_acquire) != slot_empty) return head_state::ready;
-    // Not ready. The tail line is hot with producers: read it only once closed. (A close
-    // that has claimed the tail but not yet set closed_ reads as "not closed yet".)
+    if (current_ready() || switch_to_ready()) return head_state::ready;
+    // Nothing ready. The ring's tail line is hot with producers: read it only once closed.
+    // (A close that has claimed the tail but not yet set closed_ reads as "not closed yet".)
     if (!closed_.load(std::memory_order_seq_cst)) return head_state::empty;
-    const std::uint64_t tail = tail_index_.load(std::memory_order_seq_cst);
-    return (tail >> index_shift) != head_ ? head_state::in_flight : head_state::closed;
+    return closed_state();
   }
 
-  // The condition a parked consumer waits for: the head slot is published, or the queue is
+  // After closed_ is set: ready (and made current) if some source has an item, in flight
+  // while a push that passed its closed check is unfinished, else closed. seq_cst loads:
+  // also the re-check half of the parker handshake.
+  head_state closed_state() noexcept {
+    bool in_flight = false;
+    for (lane* l = lanes_.load(std::memory_order_seq_cst); l != nullptr; l = l->next_lane) {
+      // The flag before the items: a push that ends between the two loads shows its item.
+      if (l->pushing()) {
+        in_flight = true;
+      } else if (l->ready_seq_cst()) {
+        switch_to(l);
+        return head_state::ready;
+      }
+    }
+    if (ring_slot().state.load(std::memory_order_seq_cst) != slot_empty) {
+      switch_to(nullptr);
+      return head_state::ready;
+    }
+    const std::uint64_t tail = tail_index_.load(std::memory_order_seq_cst);
+    if ((tail >> index_shift) != head_) in_flight = true;  // a claimed ring slot not yet published
+    return in_flight ? head_state::in_flight : head_state::closed;
+  }
+
+  // The condition a parked consumer waits for: some source has an item, or the queue is
   // closed with nothing in flight. seq_cst loads: the re-check half of the parker handshake.
   bool head_ready() noexcept {
-    if (head_slot().state.load(std::memory_order_seq_cst) != slot_empty) return true;
-    // The tail line is hot with producers: read it only once closed.
+    if (ring_slot().state.load(std::memory_order_seq_cst) != slot_empty) return true;
+    for (lane* l = lanes_.load(std::memory_order_seq_cst); l != nullptr; l = l->next_lane)
+      if (l->ready_seq_cst()) return true;
+    // The ring's tail line is hot with producers: read it only once closed.
     if (!closed_.load(std::memory_order_seq_cst)) return false;
-    const std::uint64_t tail = tail_index_.load(std::memory_order_seq_cst);
-    return (tail >> index_shift) == head_;
+    return closed_state() != head_state::in_flight;
   }
 
-  void advance() noexcept {
+  void advance_ring() noexcept {
     std::uint64_t head = head_ + 1;
     if (head % lap == block_cap) {
       // acquire: pairs with [P1]; the last slot's producer linked next before publishing.
@@ -271,16 +396,23 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     head_published_.store(head, std::memory_order_relaxed);  // relaxed: only size_approx() reads it
   }
 
-  // Precondition: the head slot is published. Empty optional: the slot was abandoned.
+  // Precondition: probe() said ready. Empty optional: a ring slot whose producer's
+  // constructor threw.
   std::optional<T> take() {
-    slot& s = head_slot();
-    if (s.state.load(std::memory_order_relaxed) == slot_abandoned) {  // relaxed: probe() acquired it
-      advance();
-      return std::nullopt;
+    std::optional<T> v;
+    if (current_ != nullptr) {
+      current_->take([&](T&& item) { v.emplace(std::move(item)); });  // if this throws, the item stays queued
+    } else {
+      slot& s = ring_slot();
+      if (s.state.load(std::memory_order_relaxed) == slot_abandoned) {  // relaxed: probe() acquired it
+        advance_ring();
+        return v;
+      }
+      v.emplace(std::move(*s.value()));  // if this throws, the item stays queued
+      s.value()->~T();
+      advance_ring();
     }
-    std::optional<T> v(std::move(*s.value()));  // if this throws, the item stays queued
-    s.value()->~T();
-    advance();
+    count_taken(1);
     return v;
   }
 
@@ -288,16 +420,37 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   std::size_t take_ready(std::size_t max, Sink&& sink) {
     std::size_t n = 0;
     while (n < max) {
-      slot& s = head_slot();
-      const std::uint8_t st = s.state.load(std::memory_order_acquire);  // acquire: pairs with publish()
+      if (current_ != nullptr) {
+        const std::size_t k = current_->take_ready(std::min<std::size_t>(max - n, quota_), sink);
+        n += k;
+        if (k != 0) {
+          count_taken(k);
+          continue;
+        }
+      } else if (const std::size_t k = take_ready_ring(std::min<std::size_t>(max - n, quota_), sink); k != 0) {
+        n += k;
+        count_taken(k);
+        continue;
+      }
+      if (!switch_to_ready()) break;
+    }
+    return n;
+  }
+
+  template <class Sink>
+  std::size_t take_ready_ring(std::size_t max, Sink& sink) {
+    std::size_t n = 0;
+    while (n < max) {
+      slot& s = ring_slot();
+      const std::uint8_t st = s.state.load(std::memory_order_acquire);  // acquire: pairs with fill()
       if (st == slot_empty) break;
       if (st == slot_abandoned) {
-        advance();
+        advance_ring();
         continue;
       }
       T v(std::move(*s.value()));
       s.value()->~T();
-      advance();
+      advance_ring();
       ++n;
       sink(std::move(v));
     }
@@ -308,19 +461,78 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   alignas(detail::cache_line) std::atomic<std::uint64_t> tail_index_{0};
   // Written by the producer that links a block; read by producers before their CAS.
   std::atomic<block*> tail_block_{nullptr};
-  // A one-block cache: written by the consumer (recycle) and producers (take / return).
-  std::atomic<block*> spare_{nullptr};
+  // Emptied blocks for reuse (up to about 1 MiB): the consumer gives, producers take.
+  detail::block_pool<block> pool_{pool_limit};
+
+  // The lanes of producer handles, newest first; a lane is never removed before the
+  // destructor. Written by make_producer(), read by the consumer and close().
+  alignas(detail::cache_line) std::atomic<lane*> lanes_{nullptr};
 
   // Consumer side.
   alignas(detail::cache_line) std::uint64_t head_ = 0;  // consumer only: next index to pop
   block* head_block_;                                  // consumer only: the block holding head_
   // A copy of head_ for size_approx(): written by the consumer, read by any thread.
   std::atomic<std::uint64_t> head_published_{0};
+  lane* current_ = nullptr;                 // consumer only: the source read now (nullptr: the ring)
+  std::uint32_t quota_ = source_quota;      // consumer only: items left before the others' turn
   detail::consumer_check check_;
 
   // A copy of the closed bit off the hot tail line, for waiters: set once by close().
   alignas(detail::cache_line) std::atomic<bool> closed_{false};
+  // Set by close() before its heavy fence; read by every lane push (banner).
+  std::atomic<bool> closing_{false};
   detail::parker consumer_wait_;
 };
+
+// A producer handle of an mpsc_queue: see mpsc_queue::make_producer(). Movable, not
+// copyable; a moved-from handle may only be destroyed or assigned to.
+template <class T>
+class mpsc_queue<T>::producer {
+ public:
+  producer(producer&& o) noexcept : q_(std::exchange(o.q_, nullptr)), lane_(std::exchange(o.lane_, nullptr)) {}
+  producer& operator=(producer&& o) noexcept {
+    if (this != &o) {
+      release();
+      q_ = std::exchange(o.q_, nullptr);
+      lane_ = std::exchange(o.lane_, nullptr);
+    }
+    return *this;
+  }
+  producer(const producer&) = delete;
+  producer& operator=(const producer&) = delete;
+  ~producer() { release(); }
+
+  // As mpsc_queue::push / emplace: false (item untouched) once the queue is closed. Items
+  // pushed through this handle are popped in the order pushed. The thread using this handle.
+  bool push(T&& v) { return emplace(std::move(v)); }
+  bool push(const T& v) { return emplace(v); }
+  template <class... Args>
+  bool emplace(Args&&... args) {
+    return q_->lane_emplace(*lane_, std::forward<Args>(args)...);
+  }
+
+  mpsc_queue& queue() const noexcept { return *q_; }
+
+ private:
+  friend class mpsc_queue<T>;
+  producer(mpsc_queue& q, lane& l) noexcept : q_(&q), lane_(&l) {}
+  void release() noexcept {
+    if (lane_ != nullptr) lane_->disown();
+  }
+
+  mpsc_queue* q_;
+  lane* lane_;
+};
+
+template <class T>
+typename mpsc_queue<T>::producer mpsc_queue<T>::make_producer() {
+  lane& l = *acquire_lane();
+  // A close() that read lanes_ before this lane was listed skipped its heavy fence. This
+  // seq_cst load, ordered after acquire_lane()'s seq_cst list access, reads that close's
+  // closing_ = true - and then so does every later push here (coherence) - or else that
+  // close comes later in the seq_cst order and finds the lane, and fences.
+  (void)closing_.load(std::memory_order_seq_cst);
+  return producer(*this, l);
+}
 
 }  // namespace tether

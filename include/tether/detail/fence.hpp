@@ -58,9 +58,14 @@ inline int init_fence_mode() noexcept {
 }
 
 // The notifier's side: between publishing a condition and loading the waiter count.
+// The first call in the process registers for membarrier (one system call or two): a
+// process whose consumers never sleep would otherwise pay a full fence on every push.
 inline void light_fence() noexcept {
   // relaxed: a stale "unknown" or "full" only makes us take the (always correct) full fence.
-  if (fence_mode.load(std::memory_order_relaxed) == fence_membarrier)
+  int mode = fence_mode.load(std::memory_order_relaxed);
+  if (mode == fence_unknown) [[unlikely]]
+    mode = init_fence_mode();
+  if (mode == fence_membarrier)
     std::atomic_signal_fence(std::memory_order_seq_cst);  // keep the compiler from reordering
   else
     full_fence();
