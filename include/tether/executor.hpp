@@ -10,7 +10,9 @@
 //
 // The owner is either a thread the executor starts, or the thread that constructs it with
 // adopt_current_thread and then drives it with run(), run_one(), run_until() or poll() - so a
-// main thread that already runs another loop (asyncio, libuv, a GUI) can be the owner.
+// main thread that already runs another loop (asyncio, libuv, a GUI) can be the owner. A
+// tether::poller (select.hpp) can watch an adopting executor, so that its owner waits in one
+// place on channels, queues and the executor's tasks and delayed tasks.
 //
 // Who may call what:
 //   post / dispatch / submit / call / post_at / post_after / post_and_reply / stop / join /
@@ -70,6 +72,10 @@
 #include "result.hpp"
 
 namespace tether {
+
+namespace detail {
+struct source_access;  // a poller's view of the executor's queue and timers (detail/source_access.hpp)
+}  // namespace detail
 
 // Handle to a delayed task; copies share one task. The default-constructed handle refers to
 // nothing (status() == cancelled).
@@ -194,11 +200,12 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     } caller{callers_};
     if (!queue_.emplace(std::in_place_type<call_job<F, R>>, core(), std::addressof(f), &slot))
       throw executor_stopped(refusal("call()"));
-    after_push();
-    // Spin first only for a lone caller with nothing queued ahead: otherwise the answer is
-    // at least a task away, and spinning callers would take the cores that the owner and the
-    // other callers (woken, waiting for a core) need - and serve themselves unfairly.
-    slot.wait(caller.alone && queue_.size_approx() <= 1);
+    const bool owner_was_asleep = after_push();
+    // Spin first only for a lone caller with nothing queued ahead and an owner that was
+    // awake: otherwise the answer is at least a task or a wake-up away, and spinning callers
+    // would take the cores that the owner and the other callers (woken, waiting for a core)
+    // need - and serve themselves unfairly.
+    slot.wait(!owner_was_asleep && caller.alone && queue_.size_approx() <= 1);
     return slot.take();
   }
 
@@ -353,6 +360,8 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     return s;
   }
  private:
+  friend struct detail::source_access;  // tether::poller watches adopting executors (select.hpp)
+
   // The jobs hold the core (a private base: the conversion must happen here).
   detail::executor_core* core() noexcept { return this; }
 };

@@ -7,19 +7,30 @@
 //
 //   switch (tether::select(a, b)) { case 0: ...; case 1: ...; }   // one-shot: which is ready
 //
+//   tether::executor main_ex{tether::adopt_current_thread};   // this thread owns it
+//   p.on(main_ex);                                   // one loop: messages, tasks, timers
+//   while (!main_ex.is_finished()) p.run_one();
+//
 // A source is a channel endpoint (its receiving side), a tether::mpsc_queue or a
 // tether::bounded_mpsc_queue. It is ready when a message is waiting or when it is closed and
-// drained (so the receiver sees closed; remove it then, or it stays ready).
+// drained (so the receiver sees closed; remove it then, or it stays ready). A source can also
+// be a tether::executor constructed with adopt_current_thread: ready when a posted task is
+// waiting, when a delayed task (post_at / post_after) is due, or once it is stopped and
+// drained; its owner thread is then the one that waits on the poller, and runs the tasks
+// (ex.poll(), or run_one*() for on(ex)).
 //
 // Who may call what:
 //   add / on / remove / contains / size                 - any thread, also while another
 //                                                          thread waits, and from handlers;
 //   try_wait / wait* / try_run_one / run_one*            - one thread at a time (debug builds
 //     throw std::logic_error otherwise). While a source is in a poller, that thread is the
-//     only one that receives from it.
+//     only one that receives from it. While an executor is in a poller, that thread must be
+//     the executor's owner (wrong_thread otherwise, in every build: it reads the owner-only
+//     timer heap).
 //   destroy                                              - no call may be running.
 // A source must outlive its registration: after remove() returns the poller never touches it
-// again. A channel endpoint may be destroyed while watched (the poller keeps the pair alive;
+// again (an executor too: remove it before destroying it, or let on() remove it once it has
+// finished). A channel endpoint may be destroyed while watched (the poller keeps the pair alive;
 // the endpoint's destructor closes it, so the source turns ready with closed).
 //
 // Design: zero CPU while idle - one park for the waiting thread, no polling, no thread per
@@ -31,6 +42,17 @@
 // signalled, never at all 1,000. The waiter keeps its candidates in a FIFO: it takes one off
 // the front, probes it, returns it and puts it at the back if ready (it may hold more), or
 // drops it. Only when none is ready does it park on the ready list.
+//
+// Executors: the listener hangs on the consumer parker of the executor's task queue (every
+// post, submit, call, post_at / post_after and stop pushes to or closes that queue, which
+// notifies it). A delayed task
+// falling due notifies nobody, so watched executors are "timed" entries: the waiter parks
+// until min(its caller's deadline, the earliest next delayed-task deadline of the watched
+// executors) - read from the owner-only timer heap, which is why the waiter must be the
+// owner - and when it wakes at that deadline it puts the executor among the candidates and
+// reports it, not a timeout. No polling tick: an idle loop with a timer an hour away sleeps
+// an hour. run_one*() on an on(ex) executor runs up to 64 tasks (a bounded ex.poll()), so a
+// busy executor takes its turn like any other source.
 //
 // Fairness: round-robin. Sources that stay ready are served in turn, and a source that turns
 // ready joins the back of the line: with k ready sources each is served at least once every
@@ -44,16 +66,21 @@
 // the source's first probe, pairing with the light fence before the notifier's listener
 // load. Registration state (entry lists and flags) is under one mutex, taken by add/remove
 // and by the waiter while it probes; never while a handler runs or the waiter parks, and
-// never by a notifier.
+// never by a notifier. Executors add no atomics: their timer heap is read by the waiter,
+// which is their owner (the heap's only user), and their queue is probed like any other.
 //
 // Removal: remove() detaches the listener (waiting out notifiers inside it, a few
 // instructions each), then waits only for a message the waiter may be taking from that
-// source at that very moment - never for a handler.
+// source at that very moment - never for a handler (nor for an executor's tasks: they run on
+// its owner, which removing from a task must not wait for). Tasks still queued in a removed
+// executor stay there for its next poll() / run().
 //
 // After Go's select (one-shot form, randomised start) and crossbeam-channel's Select
-// (register, park once, one wake-up), with epoll's ready list for the persistent form.
+// (register, park once, one wake-up), with epoll's ready list for the persistent form and
+// libuv's loop (park until the earliest timer) for executors' delayed tasks.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -63,6 +90,7 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -77,6 +105,9 @@
 #include "detail/parker.hpp"
 #include "detail/ready_list.hpp"
 #include "detail/source_access.hpp"
+#include "detail/thread_record.hpp"
+#include "errors.hpp"
+#include "executor.hpp"
 #include "mpsc_queue.hpp"
 #include "result.hpp"
 
@@ -116,17 +147,53 @@ bool rx_ready(consumer_ops<Queue, T>& q) { return source_access::watched_ready(q
 template <class T>
 bool rx_ready(lane<T>& l) { return l.watched_ready(); }
 
+// An adopting executor: its task queue (a push notifies the queue's consumer parker, a close
+// too) and its delayed tasks (no notify when one falls due: the waiter parks until the
+// earliest, see poller::poll()). Its owner is the queue's consumer and the only thread that
+// may read the timer heap, so only the owner may wait on a poller that watches it.
+inline executor& rx_of(executor& ex) noexcept { return ex; }
+inline const void* identity_of(const executor& ex) noexcept { return &ex; }
+inline parker& rx_parker(executor& ex) noexcept {
+  return source_access::watched_parker(source_access::executor_queue(ex));
+}
+
+[[noreturn]] inline void throw_wrong_waiter(const executor& ex) {
+  const std::string name = ex.name().empty() ? "(unnamed)" : ex.name();
+  throw wrong_thread(wrong_thread_message(
+      "executor '" + name + "' (watched by a tether::poller)", source_access::executor_owner_record(ex),
+      source_access::executor_owner_serial(ex),
+      "a poller that watches an executor must be waited on (wait*, run_one*, select) by that executor's owner thread"));
+}
+
+// The earliest delayed-task deadline (no_deadline: none). Throws wrong_thread off the owner.
+inline steady_time rx_deadline(executor& ex) {
+  if (!ex.running_in_this_thread()) throw_wrong_waiter(ex);
+  return source_access::executor_next_deadline(ex);
+}
+
+// A delayed task is due, a task is ready, or the queue is closed and drained. Owner only.
+inline bool rx_ready(executor& ex) {
+  const steady_time next = rx_deadline(ex);
+  if (next != no_deadline && std::chrono::steady_clock::now() >= next) return true;
+  return source_access::watched_ready(source_access::executor_queue(ex));
+}
+
+// How many tasks run_one*() runs per call on an executor registered with on(): a busy
+// executor takes its turn like any other source, it does not starve them.
+inline constexpr std::size_t executor_batch = 64;
+
 }  // namespace detail
 
-// Something a poller can watch: a channel endpoint, an mpsc_queue or a bounded_mpsc_queue.
+// Something a poller can watch: a channel endpoint, an mpsc_queue, a bounded_mpsc_queue or
+// an executor constructed with adopt_current_thread (its tasks and delayed tasks).
 template <class Source>
 concept watchable = requires(Source& s) {
   detail::rx_of(s);
   detail::identity_of(s);
 };
 
-// Names a watched source: equal for the same queue, or for an endpoint and whatever it is
-// moved into. Valid while the source is registered; may be reused after.
+// Names a watched source: equal for the same queue or executor, or for an endpoint and
+// whatever it is moved into. Valid while the source is registered; may be reused after.
 class source_id {
  public:
   constexpr source_id() noexcept = default;
@@ -160,6 +227,9 @@ struct poll_entry : poll_node {
 
   // Is a message (or the end) waiting? The waiting thread, under the poller's mutex.
   virtual bool ready() = 0;
+  // When ready() turns true with no notify (a watched executor's next delayed task), or
+  // no_deadline. Asked only of entries created `timed`. The waiting thread, under the mutex.
+  virtual steady_time next_deadline() { return no_deadline; }
   virtual bool has_handler() const noexcept { return false; }
   // Receives one message, ends the receive window, then calls the value handler. ok, empty
   // (nothing after all) or closed. The waiting thread, no lock held.
@@ -172,6 +242,7 @@ struct poll_entry : poll_node {
   }
 
   const void* id = nullptr;               // fixed at creation
+  bool timed = false;                     // has a next_deadline(); fixed at creation
   parker* source_parker = nullptr;        // fixed at creation
   parker* receive_done = nullptr;         // the poller's; fixed at creation
   std::shared_ptr<void> keep_alive;       // a channel pair's state, so it outlives the entry
@@ -219,6 +290,38 @@ struct handler_entry final : watch_entry<Rx> {
   void call_on_closed() override { std::invoke(on_closed); }
 
   OnValue on_value;
+  OnClosed on_closed;
+};
+
+// A watched adopting executor (add()): ready when a task is, when a delayed task is due, or
+// once closed and drained.
+struct executor_entry : poll_entry {
+  explicit executor_entry(executor& e) : ex(&e) {
+    source_parker = &rx_parker(e);
+    timed = true;
+  }
+  bool ready() override { return rx_ready(*ex); }
+  steady_time next_deadline() override { return rx_deadline(*ex); }
+  executor* ex;
+};
+
+// on(executor): run_one*() runs up to a batch of its tasks; closed once it has finished.
+template <class OnClosed>
+struct executor_handler_entry final : executor_entry {
+  executor_handler_entry(executor& e, OnClosed c) : executor_entry(e), on_closed(std::move(c)) {}
+
+  bool has_handler() const noexcept override { return true; }
+
+  status dispatch() override {
+    // Nothing is taken outside the mutex here - the owner's poll() takes the tasks - so the
+    // window ends at once: a task that calls remove() on its own executor must not wait for
+    // the very poll() that runs it.
+    end_receive();
+    source_access::executor_poll(*ex, executor_batch);  // due delayed tasks, ready tasks, the stop
+    return ex->is_finished() ? status::closed : status::ok;
+  }
+  void call_on_closed() override { std::invoke(on_closed); }
+
   OnClosed on_closed;
 };
 
@@ -289,11 +392,40 @@ class poller {
     return *this;
   }
 
+  // Watches an executor constructed with adopt_current_thread: wait*() reports it when a
+  // task is ready, when a delayed task (post_at / post_after) is due - the waiter parks until
+  // the earliest one, no polling - and once it is stopped and drained; call ex.poll() then
+  // (once finished it stays ready: remove it). Only the executor's owner thread may wait on
+  // this poller from now on (wait*() elsewhere throws wrong_thread). Throws std::logic_error
+  // for an executor that runs its own thread, or one already watched. Returns *this.
+  // Thread-safe.
+  poller& add(executor& ex) {
+    check_adopting(ex, "add");
+    register_entry(std::make_unique<detail::executor_entry>(ex), ex);
+    return *this;
+  }
+
+  // As add(ex), with run_one*() driving it: it runs up to a batch (64) of the tasks that are
+  // ready and delayed tasks that are due - ex.poll(), bounded so that a busy executor takes
+  // its turn with the other sources - with no lock held, and returns its id (also when that
+  // ran nothing, e.g. only registered a delayed task). Once stopped and drained (every
+  // accepted task ran or was cancelled, on_stop ran) run_one*() removes it and calls
+  // on_closed(). Exceptions from tasks go to the executor's on_error as in ex.poll().
+  // Thread-safe.
+  template <class OnClosed = detail::ignore_closed>
+  poller& on(executor& ex, OnClosed on_closed = {}) {
+    static_assert(std::is_invocable_v<OnClosed&>, "tether::poller::on: on_closed must be callable with no argument");
+    check_adopting(ex, "on");
+    register_entry(std::make_unique<detail::executor_handler_entry<OnClosed>>(ex, std::move(on_closed)), ex);
+    return *this;
+  }
+
   // Watches src with handlers: run_one*() receives one message from it and calls
   // on_value(message&&); once src is closed and drained, run_one*() removes it and calls
   // on_closed(). Handlers run on the waiting thread with no lock held; they may call
   // add/remove. As add() otherwise.
   template <watchable Source, class OnValue, class OnClosed = detail::ignore_closed>
+    requires requires(Source& s) { detail::rx_of(s).try_pop(); }  // has messages (not an executor)
   poller& on(Source& src, OnValue on_value, OnClosed on_closed = {}) {
     using rx_type = std::remove_reference_t<decltype(detail::rx_of(src))>;
     using value_type = std::remove_cvref_t<decltype(*detail::rx_of(src).try_pop())>;
@@ -391,11 +523,13 @@ class poller {
     std::lock_guard lock(mutex_);
     entries_.reserve(entries_.size() + 1);  // all allocation before attach: nothing to undo
     pending_.reserve(entries_.size() + 1);
+    if (e->timed) timed_.reserve(timed_.size() + 1);
     if (!e->source_parker->attach(*e))
       throw std::logic_error(
           "tether::poller::add: this source is already watched by a poller; a source can be "
           "watched by one poller at a time (remove it from the other one first)");
     entries_.push_back(e.get());
+    if (e->timed) timed_.push_back(e.get());
     // The source may hold messages already: the waiter probes it once (after heavy_fence()).
     ready_.push(*e.release());
   }
@@ -404,6 +538,7 @@ class poller {
   void remove_locked(detail::poll_entry* e) {
     e->source_parker->detach(*e);  // no notifier is inside e's listener after this
     e->removed = true;
+    if (e->timed) std::erase(timed_, e);
     if (e->pending) {
       pending_.erase(e);
       e->pending = false;
@@ -456,10 +591,35 @@ class poller {
     if (fence) detail::heavy_fence();
   }
 
+  // Adds the timed entries whose deadline has come to the candidates: nothing notifies when
+  // a delayed task falls due. Asks every timed entry (pending or not), so that a poller
+  // watching an executor throws wrong_thread on any thread but its owner, every time.
+  void collect_due_locked() {
+    detail::steady_time now{};  // read once, and only if some entry has a deadline
+    for (detail::poll_entry* e : timed_) {
+      const detail::steady_time due = e->next_deadline();
+      if (e->pending || due == detail::no_deadline) continue;
+      if (now == detail::steady_time{}) now = std::chrono::steady_clock::now();
+      if (due <= now) {
+        e->pending = true;
+        pending_.push_back(e);  // room reserved in add()
+      }
+    }
+  }
+
+  // The earliest deadline of the timed entries (no_deadline: none): the waiter parks no
+  // longer than that.
+  detail::steady_time earliest_deadline_locked() {
+    detail::steady_time earliest = detail::no_deadline;
+    for (detail::poll_entry* e : timed_) earliest = std::min(earliest, e->next_deadline());
+    return earliest;
+  }
+
   // The next ready candidate, kept at the back of the FIFO (it may hold more); drops the
   // candidates that are not ready. nullptr when none is.
   detail::poll_entry* next_ready_locked() {
     collect_locked();
+    collect_due_locked();
     for (std::size_t n = pending_.size(); n != 0; --n) {
       detail::poll_entry* e = pending_.front();
       pending_.pop_front();
@@ -474,14 +634,18 @@ class poller {
   // The one deadline loop behind every wait*() and run_one*().
   //
   // Outline:
-  //   1. under the mutex: collect signalled sources, probe candidates round-robin;
+  //   1. under the mutex: collect signalled sources and timed ones that are due, probe
+  //      candidates round-robin; none ready: note the earliest timed deadline;
   //   2. found one: return it, or (run_one, with handlers) receive and call outside the lock;
-  //   3. none: park on the ready list (spin briefly first); woken, go to 1.
+  //   3. none: park on the ready list (spin briefly first) until the caller's deadline or
+  //      the earliest timed one, whichever comes first; woken, or past a timed deadline
+  //      (that source is due: not a timeout), go to 1.
   pop_result<source_id> poll(detail::steady_time deadline, bool block, bool dispatch) {
     detail::consumer_check::scope scope(check_);
     for (;;) {
       detail::poll_entry* found = nullptr;
       bool run_handler = false;
+      detail::steady_time due = detail::no_deadline;  // the earliest timed deadline
       {
         std::lock_guard lock(mutex_);
         found = next_ready_locked();
@@ -489,6 +653,8 @@ class poller {
           run_handler = true;
           ++found->dispatching;
           found->receiving.store(true, std::memory_order_relaxed);  // relaxed: read under the mutex or after end_receive()
+        } else if (found == nullptr && block) {
+          due = earliest_deadline_locked();
         }
       }
       if (found != nullptr) {
@@ -497,9 +663,20 @@ class poller {
         return pop_result<source_id>(std::in_place, id);
       }
       if (!block) return status::empty;
-      if (!detail::park_until(ready_.wake, [this] { return ready_.has_work(); }, deadline))
+      if (!detail::park_until(ready_.wake, [this] { return ready_.has_work(); }, std::min(deadline, due))) {
+        if (due <= deadline) continue;  // a timed source is due: step 1 reports it
         return status::timeout;
+      }
     }
+  }
+
+  // Only an executor whose owner is a thread that drives it can be waited on by that thread.
+  static void check_adopting(const executor& ex, const char* what) {
+    if (detail::source_access::executor_runs_own_thread(ex))
+      throw std::logic_error(std::string("tether::poller::") + what + ": executor '" +
+                             (ex.name().empty() ? "(unnamed)" : ex.name()) +
+                             "' runs its own thread, which waits for its tasks itself; a poller can only watch an "
+                             "executor constructed with adopt_current_thread (whose owner then waits on the poller)");
   }
 
   void dispatch_one(detail::poll_entry& e) {
@@ -524,6 +701,7 @@ class poller {
 
   mutable std::mutex mutex_;
   std::vector<detail::poll_entry*> entries_;  // registered; guarded by mutex_
+  std::vector<detail::poll_entry*> timed_;    // the registered entries that are timed; guarded by mutex_
   detail::entry_fifo pending_;                // the waiter's candidates; guarded by mutex_
   detail::ready_list ready_;                  // signalled entries, and the waiter's parker
   detail::parker receive_done_;               // remove() waits here for end_receive()
@@ -567,7 +745,8 @@ pop_result<std::size_t> select_until(steady_time deadline, bool block, Sources&.
 // moves on with every call. Receive from it yourself. Attaches to the sources only when none
 // is ready at once; a source already in a poller cannot take part (std::logic_error).
 // For a loop over the same sources, a poller is cheaper. The calling thread must be the only
-// one receiving from these sources.
+// one receiving from these sources (and the owner of an executor among them: it is ready when
+// a task is, or a delayed task is due; run ex.poll() then).
 template <watchable... Sources>
 std::size_t select(Sources&... sources) {
   return *detail::select_until(detail::no_deadline, true, sources...);

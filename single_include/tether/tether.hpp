@@ -300,9 +300,14 @@ inline int init_fence_mode() noexcept {
 }
 
 // The notifier's side: between publishing a condition and loading the waiter count.
+// The first call in the process registers for membarrier (one system call or two): a
+// process whose consumers never sleep would otherwise pay a full fence on every push.
 inline void light_fence() noexcept {
   // relaxed: a stale "unknown" or "full" only makes us take the (always correct) full fence.
-  if (fence_mode.load(std::memory_order_relaxed) == fence_membarrier)
+  int mode = fence_mode.load(std::memory_order_relaxed);
+  if (mode == fence_unknown) [[unlikely]]
+    mode = init_fence_mode();
+  if (mode == fence_membarrier)
     std::atomic_signal_fence(std::memory_order_seq_cst);  // keep the compiler from reordering
   else
     full_fence();
@@ -361,7 +366,7 @@ inline constexpr int spin_limit = 1000;
 inline constexpr int spin_yields = 4;
 // Pauses between the first two re-checks, and the most between any two.
 inline constexpr int spin_pause_first = 4;
-inline constexpr int spin_pause_max = 64;
+inline constexpr int spin_pause_max = 8;
 
 class parker;
 
@@ -419,8 +424,9 @@ class parker {
   }
 
   // Wakes one waiter (or all). Call after publishing the condition (any release store).
-  void notify_one() noexcept { notify(1); }
-  void notify_all() noexcept { notify(INT32_MAX); }
+  // Returns true if a waiter was asleep or about to sleep (a wake-up system call was made).
+  bool notify_one() noexcept { return notify(1); }
+  bool notify_all() noexcept { return notify(INT32_MAX); }
 
   bool has_waiters() const noexcept { return waiters_.load(std::memory_order_seq_cst) != 0; }
 
@@ -439,16 +445,18 @@ class parker {
   void detach(parker_listener& l) noexcept;
 
  private:
-  void notify(int count) noexcept {
+  bool notify(int count) noexcept {
     // The notifier's half of the handshake (see fence.hpp).
     if (symmetric_) full_fence(); else light_fence();
-    if (waiters_.load(std::memory_order_seq_cst) != 0) {
+    const bool waiting = waiters_.load(std::memory_order_seq_cst) != 0;
+    if (waiting) {
       epoch_.fetch_add(1, std::memory_order_seq_cst);
       futex_wake(epoch_, count);
     }
     // The one extra load without a listener; ordered after the publish by the same fence.
     if (listener_.load(std::memory_order_seq_cst) != nullptr) [[unlikely]]
       call_listener();
+    return waiting;
   }
 
   void call_listener() noexcept;
@@ -1100,11 +1108,288 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
 
 }  // namespace tether
 
+// ---- tether/detail/block_pool.hpp -------------------------------------------
+// tether/detail/block_pool.hpp - emptied queue blocks kept for reuse, up to a limit.
+//
+// Who may call what: take / give - any thread, concurrently; the destructor - no other thread.
+//
+// An unbounded queue would otherwise free each block its consumer empties and allocate a
+// new one for its producers: with 16 KiB blocks that is the allocator's trim and the kernel's
+// page faults on every block, which cost more than the items themselves.
+//
+// A Treiber stack whose only pop is "take everything" (exchange with null): a node is never
+// popped while another thread may push it again, so there is no ABA. take() keeps the first
+// block and pushes the rest back as one chain. The count is approximate (relaxed): at worst
+// a block more or less is kept than the limit says; memory follows the backlog down.
+//
+// Memory ordering: give()'s release CAS publishes the block (reset by the caller) to take()'s
+// acquire exchange.
+
+
+namespace tether::detail {
+
+// Block: any type with a member `std::atomic<Block*> next`, which the pool uses as its link
+// while the block is inside (and sets to null on the way out).
+template <class Block>
+class block_pool {
+ public:
+  explicit block_pool(std::size_t limit) noexcept : limit_(limit) {}
+  block_pool(const block_pool&) = delete;
+  block_pool& operator=(const block_pool&) = delete;
+  ~block_pool() {
+    Block* b = head_.load(std::memory_order_relaxed);  // relaxed: no other thread
+    while (b != nullptr) delete std::exchange(b, b->next.load(std::memory_order_relaxed));
+  }
+
+  // A kept block (its next null), or nullptr when none is kept.
+  Block* take() noexcept {
+    // acquire: pairs with give()'s release; the block's reset is visible.
+    Block* b = head_.exchange(nullptr, std::memory_order_acquire);
+    if (b == nullptr) return nullptr;
+    count_.fetch_sub(1, std::memory_order_relaxed);  // relaxed: the count only steers give()
+    if (Block* rest = b->next.load(std::memory_order_relaxed)) {  // relaxed: ours since the exchange
+      Block* last = rest;
+      while (Block* n = last->next.load(std::memory_order_relaxed)) last = n;
+      push(rest, last);
+    }
+    b->next.store(nullptr, std::memory_order_relaxed);  // relaxed: ours
+    return b;
+  }
+
+  // Keeps b for a later take(), or deletes it when the pool holds its limit.
+  void give(Block* b) noexcept {
+    // relaxed: the count only steers this choice.
+    if (count_.load(std::memory_order_relaxed) >= limit_) {
+      delete b;
+      return;
+    }
+    count_.fetch_add(1, std::memory_order_relaxed);
+    push(b, b);
+  }
+
+ private:
+  void push(Block* first, Block* last) noexcept {
+    Block* head = head_.load(std::memory_order_relaxed);  // relaxed: the CAS re-checks it
+    do {
+      last->next.store(head, std::memory_order_relaxed);  // relaxed: published by the CAS
+      // release: publishes the chain (and the blocks' reset) to take()'s acquire exchange.
+    } while (!head_.compare_exchange_weak(head, first, std::memory_order_release, std::memory_order_relaxed));
+  }
+
+  std::atomic<Block*> head_{nullptr};
+  std::atomic<std::size_t> count_{0};
+  const std::size_t limit_;
+};
+
+}  // namespace tether::detail
+
+// ---- tether/detail/producer_lane.hpp ----------------------------------------
+// tether/detail/producer_lane.hpp - one producer handle's private FIFO inside an mpsc_queue.
+//
+// Who may call what: the producer half (emplace) - the thread using the handle that owns the
+// lane; the consumer half (ready, take, take_ready, ...) - the queue's consumer; try_own /
+// disown / size_approx - any thread.
+//
+// A lane is a single-producer single-consumer list of blocks. The producer writes items in
+// order and publishes them by storing its item count (tail_); the consumer reads the count
+// once and then takes every item up to it with no atomic operation per item - the point of
+// a lane: no compare-and-swap, no per-slot flag, 64-byte items on whole cache lines. The
+// producer links a new block before it publishes the first item in it, so the consumer
+// always finds the next block. An emptied block goes back to the producer through a
+// one-block cache; steady state allocates nothing.
+//
+// Closing (see mpsc_queue's banner): emplace raises pushing_ for its whole length and reads
+// the queue's closing flag after a light fence; the consumer reads pushing_ before tail_
+// once closed, so a push that passed its check is either seen in flight or seen landed.
+//
+// Memory ordering: tail_'s release store publishes the items (and links) before it; the
+// consumer's acquire load of tail_ pairs with it. pushing_'s release store pairs with the
+// consumer's acquire/seq_cst load after close. Ownership moves by owned_'s release/acquire.
+
+
+
+namespace tether::detail {
+
+template <class T>
+class producer_lane {
+  struct slot;
+  // About 16 KiB per block, at least 32 items.
+  static constexpr std::size_t slot_size = (sizeof(T) + 1 + alignof(T) - 1) / alignof(T) * alignof(T);
+  static constexpr std::size_t block_items = slot_size * 32 >= 16384 ? 32 : 16384 / slot_size;
+  // Emptied blocks kept for reuse: up to about 1 MiB per lane, at least 4 blocks.
+  static constexpr std::size_t max_cached = (block_items * slot_size * 4 >= (1u << 20)) ? 4 : (1u << 20) / (block_items * slot_size);
+
+  struct slot {
+    alignas(T) unsigned char storage[sizeof(T)];
+    // Set (release) by the producer once the item is written; reset by the consumer when it
+    // recycles the block, while the producer cannot reach it.
+    std::atomic<bool> full{false};
+    T* item() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
+  };
+  struct block {
+    slot slots[block_items];
+    // Written by the producer before it publishes the block's last slot; read by the
+    // consumer after it has taken that slot.
+    std::atomic<block*> next{nullptr};
+  };
+
+ public:
+  producer_lane() : tail_block_(new block), head_block_(tail_block_) {}
+  producer_lane(const producer_lane&) = delete;
+  producer_lane& operator=(const producer_lane&) = delete;
+
+  // Destroys the items left (no thread may use the lane). relaxed loads: no other thread.
+  ~producer_lane() {
+    for (block* b = head_block_; b != nullptr;) {
+      for (std::size_t i = b == head_block_ ? head_pos_ : 0; i < block_items; ++i)
+        if (b->slots[i].full.load(std::memory_order_relaxed)) b->slots[i].item()->~T();
+      delete std::exchange(b, b->next.load(std::memory_order_relaxed));
+    }
+
+  }
+
+  // ---- producer (the owning handle's thread) ---------------------------------------------
+
+  // Appends an item built from args unless `closing` is set; false (args untouched) if it is.
+  // If T's constructor throws nothing is published and the exception propagates. The caller
+  // wakes the consumer afterwards, however this returns.
+  template <class... Args>
+  bool emplace(const std::atomic<bool>& closing, Args&&... args) {
+    // relaxed: the light fence orders it before the closing load (the close handshake).
+    pushing_.store(true, std::memory_order_relaxed);
+    light_fence();
+    const lower_on_exit lower{pushing_};
+    // relaxed: ordered by the handshake's fences; close() heavy-fences after its store.
+    if (closing.load(std::memory_order_relaxed)) return false;
+    slot& s = tail_block_->slots[tail_pos_];
+    if (tail_pos_ + 1 == block_items) {
+      std::unique_ptr<block> next(take_spare());          // may throw: nothing written yet
+      ::new (s.storage) T(std::forward<Args>(args)...);  // throws: nothing published
+      // release: the consumer reads next only after it has taken the slot published below.
+      tail_block_->next.store(next.get(), std::memory_order_release);
+      tail_block_ = next.release();
+      tail_pos_ = 0;
+    } else {
+      ::new (s.storage) T(std::forward<Args>(args)...);  // throws: the slot is reused next time
+      ++tail_pos_;
+    }
+    // release: publishes the item; pairs with the consumer's acquire load in ready().
+    s.full.store(true, std::memory_order_release);
+    // relaxed: a statistic on the producer's own line.
+    pushed_.store(pushed_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    return true;
+  }
+
+  // ---- consumer --------------------------------------------------------------------------
+
+  // Is the head item published?
+  bool ready() noexcept {
+    return head_slot().full.load(std::memory_order_acquire);  // acquire: pairs with emplace()
+  }
+  // The same with a seq_cst load: the re-check half of the parker handshake.
+  bool ready_seq_cst() noexcept { return head_slot().full.load(std::memory_order_seq_cst); }
+  // A push is between its closed check and its end. Read before ready_seq_cst() (banner).
+  bool pushing() const noexcept { return pushing_.load(std::memory_order_seq_cst); }
+
+  // Precondition: ready(). Hands the head item to f(T&&), then drops it; if f throws, the
+  // item stays queued.
+  template <class F>
+  void take(F&& f) {
+    T* p = head_slot().item();
+    f(std::move(*p));
+    p->~T();
+    advance();
+  }
+
+  // Takes up to max ready items, oldest first, calling sink(T&&) for each. Returns how many.
+  template <class Sink>
+  std::size_t take_ready(std::size_t max, Sink& sink) {
+    std::size_t n = 0;
+    while (n < max && ready()) {
+      T* p = head_slot().item();
+      T v(std::move(*p));
+      p->~T();
+      advance();
+      ++n;
+      sink(std::move(v));
+    }
+    return n;
+  }
+
+  // ---- any thread ------------------------------------------------------------------------
+
+  std::size_t size_approx() const noexcept {
+    // relaxed: statistics; no decision that needs ordering is made from them.
+    const std::uint64_t tail = pushed_.load(std::memory_order_relaxed);
+    const std::uint64_t head = popped_.load(std::memory_order_relaxed);
+    return tail > head ? static_cast<std::size_t>(tail - head) : 0;
+  }
+
+  // Claims the lane for a new handle; false if a handle holds it.
+  bool try_own() noexcept {
+    bool expected = false;
+    // relaxed pre-check: a hint only, the CAS decides. acquire: pairs with disown(); the
+    // previous owner's producer fields are ours now.
+    return !owned_.load(std::memory_order_relaxed) &&
+           owned_.compare_exchange_strong(expected, true, std::memory_order_acquire, std::memory_order_relaxed);
+  }
+  void disown() noexcept { owned_.store(false, std::memory_order_release); }  // release: see try_own()
+
+  // The next lane of the queue's list: set before the lane is published, then constant.
+  producer_lane* next_lane = nullptr;
+
+ private:
+  struct lower_on_exit {
+    std::atomic<bool>& flag;
+    // release: a consumer that reads false also sees the item this push published.
+    ~lower_on_exit() { flag.store(false, std::memory_order_release); }
+  };
+
+  slot& head_slot() noexcept { return head_block_->slots[head_pos_]; }
+  void advance() noexcept {
+    if (++head_pos_ == block_items) {
+      // acquire: pairs with emplace()'s release store of next, made before the last slot.
+      block* next = head_block_->next.load(std::memory_order_acquire);
+      recycle(head_block_);
+      head_block_ = next;
+      head_pos_ = 0;
+    }
+    popped_.store(popped_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);  // relaxed: size_approx() only
+  }
+
+  block* take_spare() {
+    block* b = pool_.take();
+    return b != nullptr ? b : new block;
+  }
+  void recycle(block* b) noexcept {
+    for (slot& sl : b->slots) sl.full.store(false, std::memory_order_relaxed);  // relaxed: published by give()
+    b->next.store(nullptr, std::memory_order_relaxed);                        // relaxed: as above
+    pool_.give(b);
+  }
+  // Producer side; the consumer reads pushing_ only after close.
+  alignas(cache_line) block* tail_block_;
+  std::size_t tail_pos_ = 0;              // next slot in tail_block_
+  std::atomic<bool> pushing_{false};      // raised for the length of each emplace()
+  std::atomic<std::uint64_t> pushed_{0};  // for size_approx()
+
+  // Consumer side.
+  alignas(cache_line) block* head_block_;
+  std::size_t head_pos_ = 0;              // next slot in head_block_
+  std::atomic<std::uint64_t> popped_{0};  // for size_approx()
+
+  // Shared, written about once per block or per handle.
+  alignas(cache_line) block_pool<block> pool_{max_cached};  // emptied blocks, for the producer
+  std::atomic<bool> owned_{true};
+};
+
+}  // namespace tether::detail
+
 // ---- tether/mpsc_queue.hpp --------------------------------------------------
 // tether/mpsc_queue.hpp - unbounded, lock-free queue: many producers, one consumer.
 //
 // Who may call what:
-//   push / emplace / close / is_closed / size_approx  - any thread, concurrently.
+//   push / emplace / make_producer / close / is_closed / size_approx - any thread, concurrently.
+//   producer::push / producer::emplace - the thread using that handle (one at a time).
 //   try_pop / pop / pop_for / pop_until / *_bulk / drain - one consumer thread at a time
 //     (debug builds throw std::logic_error when two threads consume at once).
 //
@@ -1126,7 +1411,22 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
 //
 // After crossbeam-channel's list flavour (block list, CAS-claimed slots, a sentinel index
 // while the next block is linked), adapted to one consumer, block reuse and parking.
+//
+// Producer handles (make_producer): a thread that pushes a lot can take a handle that owns a
+// private lane - its own list of blocks, written by that thread alone, so a push is a plain
+// store and a release store with no compare-and-swap and no shared cache line. The consumer
+// reads the shared ring and every lane; it stays with one source while that source has items
+// (up to source_quota in a row, so a busy source cannot starve the others), then moves on.
+// Items pushed through one handle come out in the order pushed; there is no order between
+// different handles, or between a handle and plain push. A dropped handle's lane is kept
+// (with its items) and reused by the next make_producer().
+//
+// Closing with lanes is Dekker's handshake again: a lane push raises its `pushing` flag, then
+// (light fence) reads closing_; close() stores closing_, then (heavy fence) sets closed_. Either
+// the push sees closing_ and hands its item back, or the consumer - which decides "closed"
+// only after it sees closed_ - sees the flag and waits for that push to land.
 
+#include <algorithm>
 #include <iterator>
 
 
@@ -1159,16 +1459,11 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
         b = b->next.load(std::memory_order_relaxed);
         continue;
       }
-      slot& s = b->slots[offset];
-      if (s.state.load(std::memory_order_relaxed) == slot_written) s.value()->~T();
+      destroy_if_written(b->slots[offset]);
       head++;
     }
-    for (block* p = head_block_; p != nullptr;) {
-      block* next = p->next.load(std::memory_order_relaxed);
-      delete p;
-      p = next;
-    }
-    delete spare_.load(std::memory_order_relaxed);
+    delete_chain(head_block_);
+    for (lane* l = lanes_.load(std::memory_order_relaxed); l != nullptr;) delete std::exchange(l, l->next_lane);
   }
 
   // ---- producers (any thread) ------------------------------------------------------------
@@ -1224,16 +1519,28 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
       } else {
         return_spare(next_block);
       }
-      publish(b->slots[offset], std::forward<Args>(args)...);
+      const notify_on_exit notify{consumer_wait_};
+      fill(b->slots[offset], std::forward<Args>(args)...);
       return true;
     }
   }
+
+  // A producer handle owning a private lane (see the banner): faster pushes for a thread that
+  // pushes many items. The handle must not outlive the queue; use it from one thread at a
+  // time. Dropping it keeps the items it pushed. Thread-safe; allocates a lane the first time
+  // (lanes of dropped handles are reused).
+  class producer;
+  producer make_producer();
 
   // Closes the queue: later pushes fail (handing their item back); the consumer still
   // receives everything pushed before, then sees closed. Wakes a parked consumer.
   // Returns true if this call closed it. Thread-safe; never blocks.
   bool close() noexcept {
     const std::uint64_t prev = tail_index_.fetch_or(closed_bit, std::memory_order_seq_cst);
+    closing_.store(true, std::memory_order_seq_cst);
+    // The close half of the lane handshake (banner). Without lanes there is nothing to wait
+    // out; a lane registered after this load reads closing_ (make_producer()).
+    if (lanes_.load(std::memory_order_seq_cst) != nullptr) detail::heavy_fence();
     closed_.store(true, std::memory_order_seq_cst);  // seq_cst: the parker handshake's store half
     consumer_wait_.notify_all();
     return (prev & closed_bit) == 0;
@@ -1246,8 +1553,10 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     // relaxed: a statistic; no decision that needs ordering is made from it.
     const std::uint64_t tail = tail_index_.load(std::memory_order_relaxed) >> index_shift;
     const std::uint64_t head = head_published_.load(std::memory_order_relaxed);
-    if (tail <= head) return 0;
-    return static_cast<std::size_t>((tail - head) - (tail / lap - head / lap));
+    std::size_t n = tail <= head ? 0 : static_cast<std::size_t>((tail - head) - (tail / lap - head / lap));
+    // acquire: pairs with the release that publishes a lane, so its fields are initialised.
+    for (const lane* l = lanes_.load(std::memory_order_acquire); l != nullptr; l = l->next_lane) n += l->size_approx();
+    return n;
   }
   bool empty_approx() const noexcept { return size_approx() == 0; }
 
@@ -1283,69 +1592,167 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     std::atomic<block*> next{nullptr};
     slot slots[block_cap];
   };
+  // Emptied blocks kept for reuse: about 1 MiB, at least 4.
+  static constexpr std::size_t pool_limit = sizeof(block) * 4 >= (1u << 20) ? 4 : (1u << 20) / sizeof(block);
 
   using head_state = detail::head_state;
 
+  using lane = detail::producer_lane<T>;
+
+  // Items a consumer takes from one source in a row before it looks at the others.
+  static constexpr std::uint32_t source_quota = 256;
+
+  // Constructs the item in s and publishes the slot: written, or abandoned (and rethrows)
+  // if T's constructor throws. The caller wakes the consumer.
   template <class... Args>
-  void publish(slot& s, Args&&... args) {
+  static void fill(slot& s, Args&&... args) {
     try {
       ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
     } catch (...) {
       s.state.store(slot_abandoned, std::memory_order_release);  // release: as below
-      consumer_wait_.notify_one();
       throw;
     }
     // release: publishes the item; pairs with the acquire in probe() / take_ready(). The
     // parker handshake's fence is in notify_one() (light) and prepare_wait() (heavy).
     s.state.store(slot_written, std::memory_order_release);
-    consumer_wait_.notify_one();
   }
 
+  struct notify_on_exit {
+    detail::parker& p;
+    ~notify_on_exit() { p.notify_one(); }
+  };
+
+  static void destroy_if_written(slot& s) noexcept {
+    if (s.state.load(std::memory_order_relaxed) == slot_written) s.value()->~T();  // relaxed: destructor only
+  }
+  static void delete_chain(block* b) noexcept {
+    while (b != nullptr) delete std::exchange(b, b->next.load(std::memory_order_relaxed));  // relaxed: destructor only
+  }
+
+  // ---- lanes (producer handles) ----------------------------------------------------------
+
+  // A lane for a new handle: a dropped handle's lane if there is one, else a new lane.
+  // seq_cst list loads: make_producer()'s closing_ check relies on them (see there).
+  lane* acquire_lane() {
+    for (lane* l = lanes_.load(std::memory_order_seq_cst); l != nullptr; l = l->next_lane)
+      if (l->try_own()) return l;
+    auto* l = new lane;
+    lane* head = lanes_.load(std::memory_order_relaxed);  // relaxed: the CAS below re-checks it
+    do {
+      l->next_lane = head;
+    } while (!lanes_.compare_exchange_weak(head, l, std::memory_order_seq_cst, std::memory_order_relaxed));
+    return l;
+  }
+
+  template <class... Args>
+  bool lane_emplace(lane& l, Args&&... args) {
+    // After the lane push has lowered its flag, however it ends: the consumer may be waiting
+    // for this push to land after close.
+    const notify_on_exit notify{consumer_wait_};
+    return l.emplace(closing_, std::forward<Args>(args)...);
+  }
+
+  // ---- blocks ----------------------------------------------------------------------------
+
   block* take_spare() {
-    // acquire: pairs with the release in recycle(): the reset slots are visible.
-    block* b = spare_.exchange(nullptr, std::memory_order_acquire);
+    block* b = pool_.take();
     return b != nullptr ? b : new block;
   }
   void return_spare(block* b) noexcept {
-    if (b == nullptr) return;
-    block* expected = nullptr;
-    // release: hands the (clean) block to the next take_spare().
-    if (!spare_.compare_exchange_strong(expected, b, std::memory_order_release, std::memory_order_relaxed))
-      delete b;
+    if (b != nullptr) pool_.give(b);
   }
   void recycle(block* b) noexcept {
     // No producer can reach b: every slot was claimed, published and consumed, and
     // tail_block_ moved on before the last slot was published.
-    for (slot& s : b->slots) s.state.store(slot_empty, std::memory_order_relaxed);  // relaxed: published by the exchange below
+    for (slot& s : b->slots) s.state.store(slot_empty, std::memory_order_relaxed);  // relaxed: published by give()
     b->next.store(nullptr, std::memory_order_relaxed);                             // relaxed: as above
-    // acq_rel: release publishes the reset; acquire lets us delete a block another thread
-    // returned.
-    delete spare_.exchange(b, std::memory_order_acq_rel);
+    pool_.give(b);
   }
 
-  slot& head_slot() noexcept { return head_block_->slots[head_ % lap]; }
+  // ---- consumer --------------------------------------------------------------------------
+  //
+  // The consumer reads one source at a time: current_ is a lane, or nullptr for the ring.
+
+  slot& ring_slot() noexcept { return head_block_->slots[head_ % lap]; }
+  bool ring_ready() noexcept {
+    return ring_slot().state.load(std::memory_order_acquire) != slot_empty;  // acquire: pairs with fill()
+  }
+  bool current_ready() noexcept { return current_ != nullptr ? current_->ready() : ring_ready(); }
+
+  // Makes the next source (after current_, round the ring and the lanes) with an item
+  // ready current; false if no other source has one.
+  bool switch_to_ready() noexcept {
+    // acquire: pairs with the CAS that published a lane; its fields are initialised.
+    lane* const first = lanes_.load(std::memory_order_acquire);
+    if (first == nullptr) return false;
+    for (lane* l = current_ != nullptr ? current_->next_lane : first;; l = l->next_lane) {
+      if (l == nullptr) {  // past the last lane: the ring, then the first lane
+        if (current_ == nullptr) return false;
+        if (ring_ready()) return switch_to(nullptr);
+        l = first;
+      }
+      if (l == current_) return false;
+      if (l->ready()) return switch_to(l);
+    }
+  }
+  bool switch_to(lane* l) noexcept {
+    current_ = l;
+    quota_ = source_quota;
+    return true;
+  }
+  // After an item: once source_quota came from one source in a row, the others get a turn.
+  void count_taken(std::size_t n) noexcept {
+    if (quota_ > n) {
+      quota_ -= static_cast<std::uint32_t>(n);
+      return;
+    }
+    quota_ = source_quota;
+    switch_to_ready();
+  }
 
   head_state probe() noexcept {
-    // acquire: pairs with the release publish in publish().
-    if (head_slot().state.load(std::memory_order_acquire) != slot_empty) return head_state::ready;
-    // Not ready. The tail line is hot with producers: read it only once closed. (A close
-    // that has claimed the tail but not yet set closed_ reads as "not closed yet".)
+    if (current_ready() || switch_to_ready()) return head_state::ready;
+    // Nothing ready. The ring's tail line is hot with producers: read it only once closed.
+    // (A close that has claimed the tail but not yet set closed_ reads as "not closed yet".)
     if (!closed_.load(std::memory_order_seq_cst)) return head_state::empty;
-    const std::uint64_t tail = tail_index_.load(std::memory_order_seq_cst);
-    return (tail >> index_shift) != head_ ? head_state::in_flight : head_state::closed;
+    return closed_state();
   }
 
-  // The condition a parked consumer waits for: the head slot is published, or the queue is
+  // After closed_ is set: ready (and made current) if some source has an item, in flight
+  // while a push that passed its closed check is unfinished, else closed. seq_cst loads:
+  // also the re-check half of the parker handshake.
+  head_state closed_state() noexcept {
+    bool in_flight = false;
+    for (lane* l = lanes_.load(std::memory_order_seq_cst); l != nullptr; l = l->next_lane) {
+      // The flag before the items: a push that ends between the two loads shows its item.
+      if (l->pushing()) {
+        in_flight = true;
+      } else if (l->ready_seq_cst()) {
+        switch_to(l);
+        return head_state::ready;
+      }
+    }
+    if (ring_slot().state.load(std::memory_order_seq_cst) != slot_empty) {
+      switch_to(nullptr);
+      return head_state::ready;
+    }
+    const std::uint64_t tail = tail_index_.load(std::memory_order_seq_cst);
+    if ((tail >> index_shift) != head_) in_flight = true;  // a claimed ring slot not yet published
+    return in_flight ? head_state::in_flight : head_state::closed;
+  }
+
+  // The condition a parked consumer waits for: some source has an item, or the queue is
   // closed with nothing in flight. seq_cst loads: the re-check half of the parker handshake.
   bool head_ready() noexcept {
-    if (head_slot().state.load(std::memory_order_seq_cst) != slot_empty) return true;
-    // The tail line is hot with producers: read it only once closed.
+    if (ring_slot().state.load(std::memory_order_seq_cst) != slot_empty) return true;
+    for (lane* l = lanes_.load(std::memory_order_seq_cst); l != nullptr; l = l->next_lane)
+      if (l->ready_seq_cst()) return true;
+    // The ring's tail line is hot with producers: read it only once closed.
     if (!closed_.load(std::memory_order_seq_cst)) return false;
-    const std::uint64_t tail = tail_index_.load(std::memory_order_seq_cst);
-    return (tail >> index_shift) == head_;
+    return closed_state() != head_state::in_flight;
   }
 
-  void advance() noexcept {
+  void advance_ring() noexcept {
     std::uint64_t head = head_ + 1;
     if (head % lap == block_cap) {
       // acquire: pairs with [P1]; the last slot's producer linked next before publishing.
@@ -1358,16 +1765,23 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     head_published_.store(head, std::memory_order_relaxed);  // relaxed: only size_approx() reads it
   }
 
-  // Precondition: the head slot is published. Empty optional: the slot was abandoned.
+  // Precondition: probe() said ready. Empty optional: a ring slot whose producer's
+  // constructor threw.
   std::optional<T> take() {
-    slot& s = head_slot();
-    if (s.state.load(std::memory_order_relaxed) == slot_abandoned) {  // relaxed: probe() acquired it
-      advance();
-      return std::nullopt;
+    std::optional<T> v;
+    if (current_ != nullptr) {
+      current_->take([&](T&& item) { v.emplace(std::move(item)); });  // if this throws, the item stays queued
+    } else {
+      slot& s = ring_slot();
+      if (s.state.load(std::memory_order_relaxed) == slot_abandoned) {  // relaxed: probe() acquired it
+        advance_ring();
+        return v;
+      }
+      v.emplace(std::move(*s.value()));  // if this throws, the item stays queued
+      s.value()->~T();
+      advance_ring();
     }
-    std::optional<T> v(std::move(*s.value()));  // if this throws, the item stays queued
-    s.value()->~T();
-    advance();
+    count_taken(1);
     return v;
   }
 
@@ -1375,16 +1789,37 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   std::size_t take_ready(std::size_t max, Sink&& sink) {
     std::size_t n = 0;
     while (n < max) {
-      slot& s = head_slot();
-      const std::uint8_t st = s.state.load(std::memory_order_acquire);  // acquire: pairs with publish()
+      if (current_ != nullptr) {
+        const std::size_t k = current_->take_ready(std::min<std::size_t>(max - n, quota_), sink);
+        n += k;
+        if (k != 0) {
+          count_taken(k);
+          continue;
+        }
+      } else if (const std::size_t k = take_ready_ring(std::min<std::size_t>(max - n, quota_), sink); k != 0) {
+        n += k;
+        count_taken(k);
+        continue;
+      }
+      if (!switch_to_ready()) break;
+    }
+    return n;
+  }
+
+  template <class Sink>
+  std::size_t take_ready_ring(std::size_t max, Sink& sink) {
+    std::size_t n = 0;
+    while (n < max) {
+      slot& s = ring_slot();
+      const std::uint8_t st = s.state.load(std::memory_order_acquire);  // acquire: pairs with fill()
       if (st == slot_empty) break;
       if (st == slot_abandoned) {
-        advance();
+        advance_ring();
         continue;
       }
       T v(std::move(*s.value()));
       s.value()->~T();
-      advance();
+      advance_ring();
       ++n;
       sink(std::move(v));
     }
@@ -1395,20 +1830,79 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   alignas(detail::cache_line) std::atomic<std::uint64_t> tail_index_{0};
   // Written by the producer that links a block; read by producers before their CAS.
   std::atomic<block*> tail_block_{nullptr};
-  // A one-block cache: written by the consumer (recycle) and producers (take / return).
-  std::atomic<block*> spare_{nullptr};
+  // Emptied blocks for reuse (up to about 1 MiB): the consumer gives, producers take.
+  detail::block_pool<block> pool_{pool_limit};
+
+  // The lanes of producer handles, newest first; a lane is never removed before the
+  // destructor. Written by make_producer(), read by the consumer and close().
+  alignas(detail::cache_line) std::atomic<lane*> lanes_{nullptr};
 
   // Consumer side.
   alignas(detail::cache_line) std::uint64_t head_ = 0;  // consumer only: next index to pop
   block* head_block_;                                  // consumer only: the block holding head_
   // A copy of head_ for size_approx(): written by the consumer, read by any thread.
   std::atomic<std::uint64_t> head_published_{0};
+  lane* current_ = nullptr;                 // consumer only: the source read now (nullptr: the ring)
+  std::uint32_t quota_ = source_quota;      // consumer only: items left before the others' turn
   detail::consumer_check check_;
 
   // A copy of the closed bit off the hot tail line, for waiters: set once by close().
   alignas(detail::cache_line) std::atomic<bool> closed_{false};
+  // Set by close() before its heavy fence; read by every lane push (banner).
+  std::atomic<bool> closing_{false};
   detail::parker consumer_wait_;
 };
+
+// A producer handle of an mpsc_queue: see mpsc_queue::make_producer(). Movable, not
+// copyable; a moved-from handle may only be destroyed or assigned to.
+template <class T>
+class mpsc_queue<T>::producer {
+ public:
+  producer(producer&& o) noexcept : q_(std::exchange(o.q_, nullptr)), lane_(std::exchange(o.lane_, nullptr)) {}
+  producer& operator=(producer&& o) noexcept {
+    if (this != &o) {
+      release();
+      q_ = std::exchange(o.q_, nullptr);
+      lane_ = std::exchange(o.lane_, nullptr);
+    }
+    return *this;
+  }
+  producer(const producer&) = delete;
+  producer& operator=(const producer&) = delete;
+  ~producer() { release(); }
+
+  // As mpsc_queue::push / emplace: false (item untouched) once the queue is closed. Items
+  // pushed through this handle are popped in the order pushed. The thread using this handle.
+  bool push(T&& v) { return emplace(std::move(v)); }
+  bool push(const T& v) { return emplace(v); }
+  template <class... Args>
+  bool emplace(Args&&... args) {
+    return q_->lane_emplace(*lane_, std::forward<Args>(args)...);
+  }
+
+  mpsc_queue& queue() const noexcept { return *q_; }
+
+ private:
+  friend class mpsc_queue<T>;
+  producer(mpsc_queue& q, lane& l) noexcept : q_(&q), lane_(&l) {}
+  void release() noexcept {
+    if (lane_ != nullptr) lane_->disown();
+  }
+
+  mpsc_queue* q_;
+  lane* lane_;
+};
+
+template <class T>
+typename mpsc_queue<T>::producer mpsc_queue<T>::make_producer() {
+  lane& l = *acquire_lane();
+  // A close() that read lanes_ before this lane was listed skipped its heavy fence. This
+  // seq_cst load, ordered after acquire_lane()'s seq_cst list access, reads that close's
+  // closing_ = true - and then so does every later push here (coherence) - or else that
+  // close comes later in the seq_cst order and finds the lane, and fences.
+  (void)closing_.load(std::memory_order_seq_cst);
+  return producer(*this, l);
+}
 
 }  // namespace tether
 
@@ -1418,14 +1912,19 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
 // A poller (select.hpp) needs three things from a source that are no part of the source's
 // public API: the parker its consumer sleeps on (to hang a listener there), the parker's
 // condition (an item is ready, or closed and drained), and for channel endpoints the
-// receiving lane and the shared state that keeps it alive. The sources befriend this one
-// struct instead of exposing those to every user.
+// receiving lane and the shared state that keeps it alive. For an adopting executor it also
+// needs the task queue (whose consumer is the owner), the earliest delayed-task deadline and
+// a bounded poll(). The sources befriend this one struct instead of exposing those to every
+// user.
 //
 // Who may call what: watched_ready() is a consumer-side call (the thread that receives from
-// the source); the others only read members that never change after construction.
+// the source); executor_next_deadline() and executor_poll() - the executor's owner thread
+// only (its timer heap is owner-only); the others only read members that never change after
+// construction.
 //
 // Memory ordering: watched_ready() is the queue's own parker condition (seq_cst loads, the
-// re-check half of the parker handshake); nothing else here touches shared state.
+// re-check half of the parker handshake); nothing else here touches shared state (the timer
+// heap is owner-only, and executor_poll() is the executor's own poll()).
 
 
 
@@ -1450,6 +1949,36 @@ struct source_access {
   template <class Endpoint>
   static std::shared_ptr<void> shared_state(const Endpoint& e) noexcept {
     return e.state_;
+  }
+
+  // ---- adopting executors (executor.hpp; templates, so this header needs not include it) ----
+  template <class Executor>
+  static auto& executor_queue(Executor& ex) noexcept {
+    return ex.queue_;  // an mpsc_queue<task>: producers are the posters, the consumer the owner
+  }
+  template <class Executor>
+  static bool executor_runs_own_thread(const Executor& ex) noexcept {
+    return ex.own_thread_;
+  }
+  // The earliest delayed-task deadline (no_deadline: none). Owner thread only.
+  template <class Executor>
+  static steady_time executor_next_deadline(const Executor& ex) noexcept {
+    return ex.timers_.next_deadline();
+  }
+  // As ex.poll(), running at most max tasks (due delayed tasks first, then ready ones); once
+  // the queue is closed and drained, finishes the stop. Owner thread only (else wrong_thread).
+  template <class Executor>
+  static std::size_t executor_poll(Executor& ex, std::size_t max) {
+    return ex.drive(Executor::run_kind::poll, no_deadline, nullptr, max);
+  }
+  // Who owns it, for a poller's wrong_thread message (set once by the constructor).
+  template <class Executor>
+  static auto* executor_owner_record(const Executor& ex) noexcept {
+    return ex.owner_record_;
+  }
+  template <class Executor>
+  static std::uint64_t executor_owner_serial(const Executor& ex) noexcept {
+    return ex.owner_serial_;
   }
 };
 
@@ -1766,10 +2295,13 @@ std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t capacity) {
 //   describe_thread - any thread (takes the record's mutex; error paths only).
 //   blocking_call (the deadlock edge) - the thread that blocks; find_cycle reads others' edges.
 //
-// Memory ordering: every edge field is seq_cst. A thread's edge is published by its call_seq
-// store (written after the fields) and retired by storing call_seq = 0 first; a reader that
-// sees the same call_seq before and after reading the fields read one consistent edge, held
-// continuously in between (a seqlock whose sequence is the call's unique number).
+// Memory ordering: call_seq stores and all edge loads are seq_cst; the other edge fields are
+// written with release stores. A thread's edge is published by its call_seq store (written
+// after the fields) and retired by storing call_seq = 0 first; a reader that sees the same
+// call_seq before and after reading the fields read one consistent edge, held continuously
+// in between (a seqlock whose sequence is the call's unique number). Release is enough for
+// the fields: each orders the previous call's "call_seq = 0" before it, so a reader that
+// loads a new field value reads 0 or the next number as its second call_seq.
 
 #include <pthread.h>
 
@@ -2051,10 +2583,12 @@ class blocking_call {
   blocking_call(thread_record& me, thread_record* owner, std::uint64_t owner_serial,
                 const char* name) noexcept
       : me_(me) {
-    me.waits_for.store(owner, std::memory_order_seq_cst);
-    me.waits_for_serial.store(owner_serial, std::memory_order_seq_cst);
-    me.waits_on_name.store(name, std::memory_order_seq_cst);
-    me.call_seq.store(++me.next_call, std::memory_order_seq_cst);  // publishes the edge
+    // release: see the banner (the fields are re-checked through call_seq).
+    me.waits_for.store(owner, std::memory_order_release);
+    me.waits_for_serial.store(owner_serial, std::memory_order_release);
+    me.waits_on_name.store(name, std::memory_order_release);
+    // seq_cst: publishes the edge before this thread walks the others' (and they ours).
+    me.call_seq.store(++me.next_call, std::memory_order_seq_cst);
   }
   ~blocking_call() { me_.call_seq.store(0, std::memory_order_seq_cst); }
   blocking_call(const blocking_call&) = delete;
@@ -2451,7 +2985,6 @@ enum class timer_status : std::uint8_t { pending, running, ran, cancelled, stopp
 // cancel (any thread) and start / drop (owner) wins. They publish no data (the callable is
 // owner-only), so acq_rel is only for readers of status() that then look at their own state.
 
-#include <algorithm>
 
 
 namespace tether::detail {
@@ -2754,19 +3287,24 @@ class executor_core {
 
   // ---- producer side -------------------------------------------------------------------------
 
-  void after_push() noexcept {
-    wake_owner();
+  // Returns true if the owner was asleep and this push woke it: its answer is then at least
+  // a wake-up away.
+  bool after_push() noexcept {
+    const bool woke = wake_owner();
     if (fd_) arm_wake_fd();
+    return woke;
   }
 
   // Wakes an owner parked in idle_until(); of the producers that find it asleep, only the
-  // one that lowers the flag makes the system call.
-  void wake_owner() noexcept {
+  // one that lowers the flag makes the system call. True if that was this call and the
+  // owner was (about to be) asleep in the kernel, not still spinning.
+  bool wake_owner() noexcept {
     // [A2] seq_cst: our push (a seq_cst claim) precedes this load; pairs with [A1].
     if (asleep_.load(std::memory_order_seq_cst) && asleep_.exchange(false, std::memory_order_seq_cst)) {
       woken_at_.store(clock::now().time_since_epoch().count(), std::memory_order_relaxed);  // relaxed: a hint
-      owner_wait_.notify_one();
+      return owner_wait_.notify_one();
     }
+    return false;
   }
 
   // Only the producer that flips the flag false -> true writes the descriptor: one write per
@@ -2787,7 +3325,9 @@ class executor_core {
     in_run_ = false;
   }
 
-  std::size_t drive(run_kind kind, detail::steady_time deadline, const std::stop_token* token) {
+  // `max` caps the tasks one call runs (run_kind::poll only; a poller's batch, select.hpp).
+  std::size_t drive(run_kind kind, detail::steady_time deadline, const std::stop_token* token,
+                    std::size_t max = SIZE_MAX) {
     if (own_thread_)
       throw std::logic_error("tether: executor '" + std::string(name_or_unnamed()) +
                              "' runs its own thread; run()/poll() are for executors constructed with adopt_current_thread");
@@ -2800,7 +3340,7 @@ class executor_core {
       bool& flag;
       ~leave() { flag = false; }
     } leave_run{in_run_};
-    if (token == nullptr) return loop(kind, deadline, nullptr);
+    if (token == nullptr) return loop(kind, deadline, nullptr, max);
     // A stop request wakes a parked owner with an empty task (skipped when run).
     std::stop_callback wake(*token, [this]() noexcept {
       try {
@@ -2808,7 +3348,7 @@ class executor_core {
       } catch (...) {  // out of memory: the owner notices the token at its next wake-up
       }
     });
-    return loop(kind, deadline, token);
+    return loop(kind, deadline, token, max);
   }
 
   // The owner's loop: due timers, ready tasks, quiet the wake fd, then park until the next
@@ -2821,8 +3361,9 @@ class executor_core {
   //   4. nothing ready: quiet the wake fd (re-scan if a producer signalled); poll()
   //      returns here;
   //   5. park in idle_until(min(deadline, next timer)), then go round again.
-  std::size_t loop(run_kind kind, detail::steady_time deadline, const std::stop_token* token) {
-    const std::size_t want = kind == run_kind::one ? 1 : SIZE_MAX;
+  std::size_t loop(run_kind kind, detail::steady_time deadline, const std::stop_token* token,
+                   std::size_t max = SIZE_MAX) {
+    const std::size_t want = kind == run_kind::one ? 1 : max;
     std::size_t n = 0;
     for (;;) {
       if (finished_.load(std::memory_order_relaxed)) return n;  // relaxed: only the owner writes it
@@ -2885,7 +3426,10 @@ class executor_core {
     const bool spin = spin_when_idle_ && callers_.load(std::memory_order_relaxed) <= 1;  // relaxed: a hint
     const int raise_at = spin ? raise_asleep_at : 0;
     int checks = 0;
-    woken_at_.store(0, std::memory_order_relaxed);  // relaxed: a heuristic's input
+    // Stores only when needed, here and below: producers read this line on every push, and
+    // an owner that rewrote it on every idle period would pull it from them each time.
+    if (woken_at_.load(std::memory_order_relaxed) != 0)  // relaxed: a heuristic's input
+      woken_at_.store(0, std::memory_order_relaxed);      // relaxed: as above
     if (raise_at == 0) asleep_.store(true, std::memory_order_seq_cst);  // [A1]
     const auto t0 = clock::now();
     const bool woken = detail::park(
@@ -2896,7 +3440,8 @@ class executor_core {
           return queue_.size_approx() != 0 || queue_.is_closed();
         },
         until, spin);
-    asleep_.store(false, std::memory_order_relaxed);  // relaxed: only saves producers a wake
+    if (asleep_.load(std::memory_order_relaxed))        // relaxed: only saves producers a wake
+      asleep_.store(false, std::memory_order_relaxed);  // relaxed: as above
     // The idle period ended when work arrived (stamped by the waking producer), not when
     // the owner got the core back: a slow wake-up must not keep the owner from spinning.
     const clock::rep woke = woken_at_.load(std::memory_order_relaxed);  // relaxed: as above
@@ -3204,7 +3749,9 @@ class executor_core {
 //
 // The owner is either a thread the executor starts, or the thread that constructs it with
 // adopt_current_thread and then drives it with run(), run_one(), run_until() or poll() - so a
-// main thread that already runs another loop (asyncio, libuv, a GUI) can be the owner.
+// main thread that already runs another loop (asyncio, libuv, a GUI) can be the owner. A
+// tether::poller (select.hpp) can watch an adopting executor, so that its owner waits in one
+// place on channels, queues and the executor's tasks and delayed tasks.
 //
 // Who may call what:
 //   post / dispatch / submit / call / post_at / post_after / post_and_reply / stop / join /
@@ -3238,6 +3785,10 @@ class executor_core {
 
 
 namespace tether {
+
+namespace detail {
+struct source_access;  // a poller's view of the executor's queue and timers (detail/source_access.hpp)
+}  // namespace detail
 
 // Handle to a delayed task; copies share one task. The default-constructed handle refers to
 // nothing (status() == cancelled).
@@ -3362,11 +3913,12 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     } caller{callers_};
     if (!queue_.emplace(std::in_place_type<call_job<F, R>>, core(), std::addressof(f), &slot))
       throw executor_stopped(refusal("call()"));
-    after_push();
-    // Spin first only for a lone caller with nothing queued ahead: otherwise the answer is
-    // at least a task away, and spinning callers would take the cores that the owner and the
-    // other callers (woken, waiting for a core) need - and serve themselves unfairly.
-    slot.wait(caller.alone && queue_.size_approx() <= 1);
+    const bool owner_was_asleep = after_push();
+    // Spin first only for a lone caller with nothing queued ahead and an owner that was
+    // awake: otherwise the answer is at least a task or a wake-up away, and spinning callers
+    // would take the cores that the owner and the other callers (woken, waiting for a core)
+    // need - and serve themselves unfairly.
+    slot.wait(!owner_was_asleep && caller.alone && queue_.size_approx() <= 1);
     return slot.take();
   }
 
@@ -3521,6 +4073,8 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     return s;
   }
  private:
+  friend struct detail::source_access;  // tether::poller watches adopting executors (select.hpp)
+
   // The jobs hold the core (a private base: the conversion must happen here).
   detail::executor_core* core() noexcept { return this; }
 };
@@ -3803,19 +4357,30 @@ inline void notify_poller(parker_listener& l) noexcept {
 //
 //   switch (tether::select(a, b)) { case 0: ...; case 1: ...; }   // one-shot: which is ready
 //
+//   tether::executor main_ex{tether::adopt_current_thread};   // this thread owns it
+//   p.on(main_ex);                                   // one loop: messages, tasks, timers
+//   while (!main_ex.is_finished()) p.run_one();
+//
 // A source is a channel endpoint (its receiving side), a tether::mpsc_queue or a
 // tether::bounded_mpsc_queue. It is ready when a message is waiting or when it is closed and
-// drained (so the receiver sees closed; remove it then, or it stays ready).
+// drained (so the receiver sees closed; remove it then, or it stays ready). A source can also
+// be a tether::executor constructed with adopt_current_thread: ready when a posted task is
+// waiting, when a delayed task (post_at / post_after) is due, or once it is stopped and
+// drained; its owner thread is then the one that waits on the poller, and runs the tasks
+// (ex.poll(), or run_one*() for on(ex)).
 //
 // Who may call what:
 //   add / on / remove / contains / size                 - any thread, also while another
 //                                                          thread waits, and from handlers;
 //   try_wait / wait* / try_run_one / run_one*            - one thread at a time (debug builds
 //     throw std::logic_error otherwise). While a source is in a poller, that thread is the
-//     only one that receives from it.
+//     only one that receives from it. While an executor is in a poller, that thread must be
+//     the executor's owner (wrong_thread otherwise, in every build: it reads the owner-only
+//     timer heap).
 //   destroy                                              - no call may be running.
 // A source must outlive its registration: after remove() returns the poller never touches it
-// again. A channel endpoint may be destroyed while watched (the poller keeps the pair alive;
+// again (an executor too: remove it before destroying it, or let on() remove it once it has
+// finished). A channel endpoint may be destroyed while watched (the poller keeps the pair alive;
 // the endpoint's destructor closes it, so the source turns ready with closed).
 //
 // Design: zero CPU while idle - one park for the waiting thread, no polling, no thread per
@@ -3827,6 +4392,17 @@ inline void notify_poller(parker_listener& l) noexcept {
 // signalled, never at all 1,000. The waiter keeps its candidates in a FIFO: it takes one off
 // the front, probes it, returns it and puts it at the back if ready (it may hold more), or
 // drops it. Only when none is ready does it park on the ready list.
+//
+// Executors: the listener hangs on the consumer parker of the executor's task queue (every
+// post, submit, call, post_at / post_after and stop pushes to or closes that queue, which
+// notifies it). A delayed task
+// falling due notifies nobody, so watched executors are "timed" entries: the waiter parks
+// until min(its caller's deadline, the earliest next delayed-task deadline of the watched
+// executors) - read from the owner-only timer heap, which is why the waiter must be the
+// owner - and when it wakes at that deadline it puts the executor among the candidates and
+// reports it, not a timeout. No polling tick: an idle loop with a timer an hour away sleeps
+// an hour. run_one*() on an on(ex) executor runs up to 64 tasks (a bounded ex.poll()), so a
+// busy executor takes its turn like any other source.
 //
 // Fairness: round-robin. Sources that stay ready are served in turn, and a source that turns
 // ready joins the back of the line: with k ready sources each is served at least once every
@@ -3840,14 +4416,18 @@ inline void notify_poller(parker_listener& l) noexcept {
 // the source's first probe, pairing with the light fence before the notifier's listener
 // load. Registration state (entry lists and flags) is under one mutex, taken by add/remove
 // and by the waiter while it probes; never while a handler runs or the waiter parks, and
-// never by a notifier.
+// never by a notifier. Executors add no atomics: their timer heap is read by the waiter,
+// which is their owner (the heap's only user), and their queue is probed like any other.
 //
 // Removal: remove() detaches the listener (waiting out notifiers inside it, a few
 // instructions each), then waits only for a message the waiter may be taking from that
-// source at that very moment - never for a handler.
+// source at that very moment - never for a handler (nor for an executor's tasks: they run on
+// its owner, which removing from a task must not wait for). Tasks still queued in a removed
+// executor stay there for its next poll() / run().
 //
 // After Go's select (one-shot form, randomised start) and crossbeam-channel's Select
-// (register, park once, one wake-up), with epoll's ready list for the persistent form.
+// (register, park once, one wake-up), with epoll's ready list for the persistent form and
+// libuv's loop (park until the earliest timer) for executors' delayed tasks.
 
 #include <concepts>
 
@@ -3888,17 +4468,53 @@ bool rx_ready(consumer_ops<Queue, T>& q) { return source_access::watched_ready(q
 template <class T>
 bool rx_ready(lane<T>& l) { return l.watched_ready(); }
 
+// An adopting executor: its task queue (a push notifies the queue's consumer parker, a close
+// too) and its delayed tasks (no notify when one falls due: the waiter parks until the
+// earliest, see poller::poll()). Its owner is the queue's consumer and the only thread that
+// may read the timer heap, so only the owner may wait on a poller that watches it.
+inline executor& rx_of(executor& ex) noexcept { return ex; }
+inline const void* identity_of(const executor& ex) noexcept { return &ex; }
+inline parker& rx_parker(executor& ex) noexcept {
+  return source_access::watched_parker(source_access::executor_queue(ex));
+}
+
+[[noreturn]] inline void throw_wrong_waiter(const executor& ex) {
+  const std::string name = ex.name().empty() ? "(unnamed)" : ex.name();
+  throw wrong_thread(wrong_thread_message(
+      "executor '" + name + "' (watched by a tether::poller)", source_access::executor_owner_record(ex),
+      source_access::executor_owner_serial(ex),
+      "a poller that watches an executor must be waited on (wait*, run_one*, select) by that executor's owner thread"));
+}
+
+// The earliest delayed-task deadline (no_deadline: none). Throws wrong_thread off the owner.
+inline steady_time rx_deadline(executor& ex) {
+  if (!ex.running_in_this_thread()) throw_wrong_waiter(ex);
+  return source_access::executor_next_deadline(ex);
+}
+
+// A delayed task is due, a task is ready, or the queue is closed and drained. Owner only.
+inline bool rx_ready(executor& ex) {
+  const steady_time next = rx_deadline(ex);
+  if (next != no_deadline && std::chrono::steady_clock::now() >= next) return true;
+  return source_access::watched_ready(source_access::executor_queue(ex));
+}
+
+// How many tasks run_one*() runs per call on an executor registered with on(): a busy
+// executor takes its turn like any other source, it does not starve them.
+inline constexpr std::size_t executor_batch = 64;
+
 }  // namespace detail
 
-// Something a poller can watch: a channel endpoint, an mpsc_queue or a bounded_mpsc_queue.
+// Something a poller can watch: a channel endpoint, an mpsc_queue, a bounded_mpsc_queue or
+// an executor constructed with adopt_current_thread (its tasks and delayed tasks).
 template <class Source>
 concept watchable = requires(Source& s) {
   detail::rx_of(s);
   detail::identity_of(s);
 };
 
-// Names a watched source: equal for the same queue, or for an endpoint and whatever it is
-// moved into. Valid while the source is registered; may be reused after.
+// Names a watched source: equal for the same queue or executor, or for an endpoint and
+// whatever it is moved into. Valid while the source is registered; may be reused after.
 class source_id {
  public:
   constexpr source_id() noexcept = default;
@@ -3932,6 +4548,9 @@ struct poll_entry : poll_node {
 
   // Is a message (or the end) waiting? The waiting thread, under the poller's mutex.
   virtual bool ready() = 0;
+  // When ready() turns true with no notify (a watched executor's next delayed task), or
+  // no_deadline. Asked only of entries created `timed`. The waiting thread, under the mutex.
+  virtual steady_time next_deadline() { return no_deadline; }
   virtual bool has_handler() const noexcept { return false; }
   // Receives one message, ends the receive window, then calls the value handler. ok, empty
   // (nothing after all) or closed. The waiting thread, no lock held.
@@ -3944,6 +4563,7 @@ struct poll_entry : poll_node {
   }
 
   const void* id = nullptr;               // fixed at creation
+  bool timed = false;                     // has a next_deadline(); fixed at creation
   parker* source_parker = nullptr;        // fixed at creation
   parker* receive_done = nullptr;         // the poller's; fixed at creation
   std::shared_ptr<void> keep_alive;       // a channel pair's state, so it outlives the entry
@@ -3991,6 +4611,38 @@ struct handler_entry final : watch_entry<Rx> {
   void call_on_closed() override { std::invoke(on_closed); }
 
   OnValue on_value;
+  OnClosed on_closed;
+};
+
+// A watched adopting executor (add()): ready when a task is, when a delayed task is due, or
+// once closed and drained.
+struct executor_entry : poll_entry {
+  explicit executor_entry(executor& e) : ex(&e) {
+    source_parker = &rx_parker(e);
+    timed = true;
+  }
+  bool ready() override { return rx_ready(*ex); }
+  steady_time next_deadline() override { return rx_deadline(*ex); }
+  executor* ex;
+};
+
+// on(executor): run_one*() runs up to a batch of its tasks; closed once it has finished.
+template <class OnClosed>
+struct executor_handler_entry final : executor_entry {
+  executor_handler_entry(executor& e, OnClosed c) : executor_entry(e), on_closed(std::move(c)) {}
+
+  bool has_handler() const noexcept override { return true; }
+
+  status dispatch() override {
+    // Nothing is taken outside the mutex here - the owner's poll() takes the tasks - so the
+    // window ends at once: a task that calls remove() on its own executor must not wait for
+    // the very poll() that runs it.
+    end_receive();
+    source_access::executor_poll(*ex, executor_batch);  // due delayed tasks, ready tasks, the stop
+    return ex->is_finished() ? status::closed : status::ok;
+  }
+  void call_on_closed() override { std::invoke(on_closed); }
+
   OnClosed on_closed;
 };
 
@@ -4061,11 +4713,40 @@ class poller {
     return *this;
   }
 
+  // Watches an executor constructed with adopt_current_thread: wait*() reports it when a
+  // task is ready, when a delayed task (post_at / post_after) is due - the waiter parks until
+  // the earliest one, no polling - and once it is stopped and drained; call ex.poll() then
+  // (once finished it stays ready: remove it). Only the executor's owner thread may wait on
+  // this poller from now on (wait*() elsewhere throws wrong_thread). Throws std::logic_error
+  // for an executor that runs its own thread, or one already watched. Returns *this.
+  // Thread-safe.
+  poller& add(executor& ex) {
+    check_adopting(ex, "add");
+    register_entry(std::make_unique<detail::executor_entry>(ex), ex);
+    return *this;
+  }
+
+  // As add(ex), with run_one*() driving it: it runs up to a batch (64) of the tasks that are
+  // ready and delayed tasks that are due - ex.poll(), bounded so that a busy executor takes
+  // its turn with the other sources - with no lock held, and returns its id (also when that
+  // ran nothing, e.g. only registered a delayed task). Once stopped and drained (every
+  // accepted task ran or was cancelled, on_stop ran) run_one*() removes it and calls
+  // on_closed(). Exceptions from tasks go to the executor's on_error as in ex.poll().
+  // Thread-safe.
+  template <class OnClosed = detail::ignore_closed>
+  poller& on(executor& ex, OnClosed on_closed = {}) {
+    static_assert(std::is_invocable_v<OnClosed&>, "tether::poller::on: on_closed must be callable with no argument");
+    check_adopting(ex, "on");
+    register_entry(std::make_unique<detail::executor_handler_entry<OnClosed>>(ex, std::move(on_closed)), ex);
+    return *this;
+  }
+
   // Watches src with handlers: run_one*() receives one message from it and calls
   // on_value(message&&); once src is closed and drained, run_one*() removes it and calls
   // on_closed(). Handlers run on the waiting thread with no lock held; they may call
   // add/remove. As add() otherwise.
   template <watchable Source, class OnValue, class OnClosed = detail::ignore_closed>
+    requires requires(Source& s) { detail::rx_of(s).try_pop(); }  // has messages (not an executor)
   poller& on(Source& src, OnValue on_value, OnClosed on_closed = {}) {
     using rx_type = std::remove_reference_t<decltype(detail::rx_of(src))>;
     using value_type = std::remove_cvref_t<decltype(*detail::rx_of(src).try_pop())>;
@@ -4163,11 +4844,13 @@ class poller {
     std::lock_guard lock(mutex_);
     entries_.reserve(entries_.size() + 1);  // all allocation before attach: nothing to undo
     pending_.reserve(entries_.size() + 1);
+    if (e->timed) timed_.reserve(timed_.size() + 1);
     if (!e->source_parker->attach(*e))
       throw std::logic_error(
           "tether::poller::add: this source is already watched by a poller; a source can be "
           "watched by one poller at a time (remove it from the other one first)");
     entries_.push_back(e.get());
+    if (e->timed) timed_.push_back(e.get());
     // The source may hold messages already: the waiter probes it once (after heavy_fence()).
     ready_.push(*e.release());
   }
@@ -4176,6 +4859,7 @@ class poller {
   void remove_locked(detail::poll_entry* e) {
     e->source_parker->detach(*e);  // no notifier is inside e's listener after this
     e->removed = true;
+    if (e->timed) std::erase(timed_, e);
     if (e->pending) {
       pending_.erase(e);
       e->pending = false;
@@ -4228,10 +4912,35 @@ class poller {
     if (fence) detail::heavy_fence();
   }
 
+  // Adds the timed entries whose deadline has come to the candidates: nothing notifies when
+  // a delayed task falls due. Asks every timed entry (pending or not), so that a poller
+  // watching an executor throws wrong_thread on any thread but its owner, every time.
+  void collect_due_locked() {
+    detail::steady_time now{};  // read once, and only if some entry has a deadline
+    for (detail::poll_entry* e : timed_) {
+      const detail::steady_time due = e->next_deadline();
+      if (e->pending || due == detail::no_deadline) continue;
+      if (now == detail::steady_time{}) now = std::chrono::steady_clock::now();
+      if (due <= now) {
+        e->pending = true;
+        pending_.push_back(e);  // room reserved in add()
+      }
+    }
+  }
+
+  // The earliest deadline of the timed entries (no_deadline: none): the waiter parks no
+  // longer than that.
+  detail::steady_time earliest_deadline_locked() {
+    detail::steady_time earliest = detail::no_deadline;
+    for (detail::poll_entry* e : timed_) earliest = std::min(earliest, e->next_deadline());
+    return earliest;
+  }
+
   // The next ready candidate, kept at the back of the FIFO (it may hold more); drops the
   // candidates that are not ready. nullptr when none is.
   detail::poll_entry* next_ready_locked() {
     collect_locked();
+    collect_due_locked();
     for (std::size_t n = pending_.size(); n != 0; --n) {
       detail::poll_entry* e = pending_.front();
       pending_.pop_front();
@@ -4246,14 +4955,18 @@ class poller {
   // The one deadline loop behind every wait*() and run_one*().
   //
   // Outline:
-  //   1. under the mutex: collect signalled sources, probe candidates round-robin;
+  //   1. under the mutex: collect signalled sources and timed ones that are due, probe
+  //      candidates round-robin; none ready: note the earliest timed deadline;
   //   2. found one: return it, or (run_one, with handlers) receive and call outside the lock;
-  //   3. none: park on the ready list (spin briefly first); woken, go to 1.
+  //   3. none: park on the ready list (spin briefly first) until the caller's deadline or
+  //      the earliest timed one, whichever comes first; woken, or past a timed deadline
+  //      (that source is due: not a timeout), go to 1.
   pop_result<source_id> poll(detail::steady_time deadline, bool block, bool dispatch) {
     detail::consumer_check::scope scope(check_);
     for (;;) {
       detail::poll_entry* found = nullptr;
       bool run_handler = false;
+      detail::steady_time due = detail::no_deadline;  // the earliest timed deadline
       {
         std::lock_guard lock(mutex_);
         found = next_ready_locked();
@@ -4261,6 +4974,8 @@ class poller {
           run_handler = true;
           ++found->dispatching;
           found->receiving.store(true, std::memory_order_relaxed);  // relaxed: read under the mutex or after end_receive()
+        } else if (found == nullptr && block) {
+          due = earliest_deadline_locked();
         }
       }
       if (found != nullptr) {
@@ -4269,9 +4984,20 @@ class poller {
         return pop_result<source_id>(std::in_place, id);
       }
       if (!block) return status::empty;
-      if (!detail::park_until(ready_.wake, [this] { return ready_.has_work(); }, deadline))
+      if (!detail::park_until(ready_.wake, [this] { return ready_.has_work(); }, std::min(deadline, due))) {
+        if (due <= deadline) continue;  // a timed source is due: step 1 reports it
         return status::timeout;
+      }
     }
+  }
+
+  // Only an executor whose owner is a thread that drives it can be waited on by that thread.
+  static void check_adopting(const executor& ex, const char* what) {
+    if (detail::source_access::executor_runs_own_thread(ex))
+      throw std::logic_error(std::string("tether::poller::") + what + ": executor '" +
+                             (ex.name().empty() ? "(unnamed)" : ex.name()) +
+                             "' runs its own thread, which waits for its tasks itself; a poller can only watch an "
+                             "executor constructed with adopt_current_thread (whose owner then waits on the poller)");
   }
 
   void dispatch_one(detail::poll_entry& e) {
@@ -4296,6 +5022,7 @@ class poller {
 
   mutable std::mutex mutex_;
   std::vector<detail::poll_entry*> entries_;  // registered; guarded by mutex_
+  std::vector<detail::poll_entry*> timed_;    // the registered entries that are timed; guarded by mutex_
   detail::entry_fifo pending_;                // the waiter's candidates; guarded by mutex_
   detail::ready_list ready_;                  // signalled entries, and the waiter's parker
   detail::parker receive_done_;               // remove() waits here for end_receive()
@@ -4339,7 +5066,8 @@ pop_result<std::size_t> select_until(steady_time deadline, bool block, Sources&.
 // moves on with every call. Receive from it yourself. Attaches to the sources only when none
 // is ready at once; a source already in a poller cannot take part (std::logic_error).
 // For a loop over the same sources, a poller is cheaper. The calling thread must be the only
-// one receiving from these sources.
+// one receiving from these sources (and the owner of an executor among them: it is ready when
+// a task is, or a delayed task is due; run ex.poll() then).
 template <watchable... Sources>
 std::size_t select(Sources&... sources) {
   return *detail::select_until(detail::no_deadline, true, sources...);

@@ -2,10 +2,13 @@
 // served by one waiter (exactly once, per-producer order, closes), round-robin fairness over
 // a million events while a hot producer floods one source, a busy source that must not
 // starve trickling ones, and sources removed and re-added while producers push and the
-// waiter runs - counts prove that nothing is lost or delivered twice.
+// waiter runs, and an adopting executor fed by four posters served in one loop with four
+// channels (tasks, delayed tasks, then the stop) - counts prove that nothing is lost or
+// delivered twice.
 //
 // Worker threads record what they saw in atomics / their own vectors; the test thread
 // asserts after joining them.
+#include <tether/executor.hpp>
 #include <tether/select.hpp>
 
 #include <algorithm>
@@ -325,4 +328,95 @@ TEST_CASE("select stress: parker listeners detached (and freed) while notifiers 
   CHECK(attached == rounds);
   CHECK(late_calls == 0);
   CHECK(calls > 0);
+}
+
+TEST_CASE("select stress: one owner loop serves an executor (4 posters) and 4 channels: exactly once, in order", "[select][stress][executor]") {
+  constexpr std::size_t posters = 4, channels = 4;
+  const item per_poster = tether_test::scaled(50000);
+  const item per_channel = tether_test::scaled(50000);
+  constexpr item delay_every = 1000;  // every 1000th post also schedules a delayed task
+  const item delayed_per_poster = (per_poster + delay_every - 1) / delay_every;
+  CAPTURE(per_poster, per_channel);
+
+  tether::executor ex{tether::adopt_current_thread, {.name = "owner"}};
+  std::vector<tether::endpoint<item, item>> senders, receivers;
+  for (std::size_t c = 0; c < channels; ++c) {
+    auto pair = tether::make_pair<item>(64);
+    senders.push_back(std::move(pair.first));
+    receivers.push_back(std::move(pair.second));
+  }
+  // Owner-thread state: written by tasks and handlers only.
+  std::vector<item> task_next(posters, 0), msg_next(channels, 0);
+  std::uint64_t tasks = 0, task_sum = 0, messages = 0, message_sum = 0, delayed = 0, errors = 0;
+  std::atomic<std::uint64_t> delayed_ran{0};  // read by the closer
+  std::atomic<std::size_t> closed{0};
+
+  poller p;
+  p.on(ex, [&closed] { closed.fetch_add(1); });
+  for (std::size_t c = 0; c < channels; ++c)
+    p.on(receivers[c], [&, c](item v) {
+      if (tag_producer(v) != c || tag_seq(v) != msg_next[c]) ++errors;
+      msg_next[c] = tag_seq(v) + 1;
+      ++messages;
+      message_sum += v;
+    }, [&closed] { closed.fetch_add(1); });
+
+  std::atomic<std::uint64_t> refused{0};
+  std::vector<std::thread> producers;
+  for (std::size_t pr = 0; pr < posters; ++pr)
+    producers.emplace_back([&, pr] {
+      for (item i = 0; i < per_poster; ++i) {
+        const item v = tag(pr, i);
+        // FIFO per posting thread: each poster's tasks run in the order posted.
+        if (!ex.post([&, v] {
+              if (tag_seq(v) != task_next[tag_producer(v)]) ++errors;
+              task_next[tag_producer(v)] = tag_seq(v) + 1;
+              ++tasks;
+              task_sum += v;
+            }))
+          refused.fetch_add(1);
+        if (i % delay_every == 0)
+          (void)ex.post_after(std::chrono::microseconds(500 + i % 1500), [&] {
+            ++delayed;
+            delayed_ran.fetch_add(1, std::memory_order_relaxed);
+          });
+      }
+    });
+  for (std::size_t c = 0; c < channels; ++c)
+    producers.emplace_back([&, c] {
+      for (item i = 0; i < per_channel; ++i)
+        if (!senders[c].send(tag(c, i))) refused.fetch_add(1);
+    });
+  // Closes every source once everything was sent and every delayed task ran (a stop would
+  // drop those not yet due): the loop must then see each close, drain it and remove it.
+  std::thread closer([&] {
+    for (auto& t : producers) t.join();
+    for (auto& s : senders) s.close();
+    const auto deadline = std::chrono::steady_clock::now() + 120s;
+    while (delayed_ran.load(std::memory_order_relaxed) < posters * delayed_per_poster &&
+           std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(1ms);
+    ex.stop(tether::drain);
+  });
+  std::uint64_t timeouts = 0;
+  while (closed.load() < channels + 1 && timeouts < 3)
+    if (!p.run_one_for(30s)) ++timeouts;
+  closer.join();
+
+  CHECK(timeouts == 0);
+  CHECK(refused == 0);
+  CHECK(errors == 0);
+  CHECK(tasks == posters * per_poster);
+  CHECK(messages == channels * per_channel);
+  CHECK(delayed == posters * delayed_per_poster);
+  item expected_tasks = 0, expected_messages = 0;
+  for (item pr = 0; pr < posters; ++pr)
+    for (item i = 0; i < per_poster; ++i) expected_tasks += tag(pr, i);
+  for (item c = 0; c < channels; ++c)
+    for (item i = 0; i < per_channel; ++i) expected_messages += tag(c, i);
+  CHECK(task_sum == expected_tasks);
+  CHECK(message_sum == expected_messages);
+  CHECK(ex.is_finished());
+  CHECK(ex.stats().tasks_run == posters * per_poster + posters * delayed_per_poster);
+  CHECK(p.size() == 0);
 }

@@ -1,8 +1,10 @@
 // Unit tests for tether::poller and tether::select: 1, 2, 64 and 1,000 sources of every
 // kind, handlers, closed sources, registration rules, adding and removing while a waiter is
-// parked, round-robin order, the one-shot form, and the CPU an idle waiter burns.
+// parked, round-robin order, the one-shot form, the CPU an idle waiter burns, and adopting
+// executors watched beside channels and queues (tasks, delayed tasks, stop, removal).
 //
 // Worker threads record what they saw in atomics; the test thread asserts after joining.
+#include <tether/executor.hpp>
 #include <tether/select.hpp>
 
 #include <algorithm>
@@ -430,4 +432,343 @@ TEST_CASE("poller destroyed with sources registered, signalled and removed leaks
     CHECK(q.size() == 3);
   }
   CHECK(tether_test::counted::live == 0);
+}
+
+// ---- adopting executors ----------------------------------------------------------------------
+
+TEST_CASE("poller: an executor reports posted tasks; its owner runs them with poll()", "[select][executor]") {
+  tether::executor ex{tether::adopt_current_thread, {.name = "owner"}};
+  poller p;
+  p.add(ex);
+  CHECK(p.contains(ex));
+  CHECK(p.size() == 1);
+  CHECK(p.try_wait().is_empty());
+  CHECK(p.wait_for(5ms).is_timeout());
+
+  int ran = 0;  // touched only by tasks: the owner thread
+  std::atomic<bool> posted{false};
+  std::thread poster([&] {
+    std::this_thread::sleep_for(20ms);  // the owner is parked by now (not needed for correctness)
+    posted = ex.post([&ran] { ++ran; });
+  });
+  auto r = p.wait_for(10s);
+  poster.join();
+  REQUIRE(posted);
+  REQUIRE(r);
+  CHECK(r->is(ex));
+  CHECK(*r == source_id::of(ex));
+  CHECK(ran == 0);  // add(): reported only; the caller runs the tasks
+  CHECK(p.try_wait());  // level-triggered: ready until run
+  CHECK(ex.poll() == 1);
+  CHECK(ran == 1);
+  CHECK(p.try_wait().is_empty());
+  CHECK(p.remove(ex));
+  CHECK_FALSE(p.contains(ex));
+}
+
+TEST_CASE("poller::on(executor) runs the tasks several threads post, each exactly once", "[select][executor]") {
+  tether::executor ex{tether::adopt_current_thread};
+  poller p;
+  p.on(ex);
+  constexpr std::uint64_t threads = 4, per_thread = 2000;
+  std::uint64_t count = 0, sum = 0;  // owner thread only
+  std::atomic<std::uint64_t> refused{0};
+  std::vector<std::thread> posters;
+  for (std::uint64_t t = 0; t < threads; ++t)
+    posters.emplace_back([&, t] {
+      for (std::uint64_t i = 0; i < per_thread; ++i) {
+        const std::uint64_t v = t * per_thread + i;
+        if (!ex.post([&count, &sum, v] {
+              ++count;
+              sum += v;
+            }))
+          refused.fetch_add(1);
+      }
+    });
+  int timeouts = 0;
+  while (count < threads * per_thread && timeouts < 3) {
+    auto r = p.run_one_for(10s);
+    if (!r) {
+      ++timeouts;
+      continue;
+    }
+    CHECK(r->is(ex));
+  }
+  for (auto& t : posters) t.join();
+  CHECK(timeouts == 0);
+  CHECK(refused == 0);
+  CHECK(count == threads * per_thread);
+  const std::uint64_t n = threads * per_thread;
+  CHECK(sum == n * (n - 1) / 2);
+  CHECK(p.try_run_one().is_empty());  // nothing left
+  CHECK(ex.stats().tasks_run == n);
+}
+
+TEST_CASE("poller: one loop over a channel, an mpsc_queue and an executor accounts for everything", "[select][executor]") {
+  tether::executor ex{tether::adopt_current_thread, {.name = "main"}};
+  auto pair = tether::make_pair<std::uint64_t>(8);  // bounded: senders wait for the loop
+  mpsc_queue<std::uint64_t> q;
+  constexpr std::uint64_t per_source = 3000;
+  std::uint64_t from_channel = 0, channel_sum = 0, from_queue = 0, queue_sum = 0, tasks = 0, task_sum = 0;
+  poller p;
+  p.on(pair.second, [&](std::uint64_t v) {
+     ++from_channel;
+     channel_sum += v;
+   }).on(q, [&](std::uint64_t v) {
+     ++from_queue;
+     queue_sum += v;
+   }).on(ex);
+  CHECK(p.size() == 3);
+  std::atomic<std::uint64_t> refused{0};
+  std::thread sender([&] {
+    for (std::uint64_t i = 0; i < per_source; ++i)
+      if (!pair.first.send(i)) refused.fetch_add(1);
+  });
+  std::thread pusher([&] {
+    for (std::uint64_t i = 0; i < per_source; ++i)
+      if (!q.push(2 * i)) refused.fetch_add(1);
+  });
+  std::thread poster([&] {
+    for (std::uint64_t i = 0; i < per_source; ++i)
+      if (!ex.post([&tasks, &task_sum, i] {
+            ++tasks;
+            task_sum += 3 * i;
+          }))
+        refused.fetch_add(1);
+  });
+  int timeouts = 0;
+  while ((from_channel < per_source || from_queue < per_source || tasks < per_source) && timeouts < 3)
+    if (!p.run_one_for(10s)) ++timeouts;
+  sender.join();
+  pusher.join();
+  poster.join();
+  const std::uint64_t base = per_source * (per_source - 1) / 2;
+  CHECK(timeouts == 0);
+  CHECK(refused == 0);
+  CHECK(from_channel == per_source);
+  CHECK(channel_sum == base);
+  CHECK(from_queue == per_source);
+  CHECK(queue_sum == 2 * base);
+  CHECK(tasks == per_source);
+  CHECK(task_sum == 3 * base);
+  CHECK(p.try_run_one().is_empty());
+}
+
+TEST_CASE("poller: an executor's delayed task wakes the waiter when due, with no other event", "[select][executor][timer]") {
+  tether::executor ex{tether::adopt_current_thread};
+  poller p;
+  p.on(ex);
+  bool ran = false;
+  const auto t0 = std::chrono::steady_clock::now();
+  const tether::timer_handle h = ex.post_after(50ms, [&ran] { ran = true; });
+  // The first turn registers the delayed task (an internal task in the queue).
+  auto r = p.try_run_one();
+  REQUIRE(r);
+  CHECK(r->is(ex));
+  CHECK_FALSE(ran);
+  r = p.run_one_for(2s);
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  REQUIRE(r);  // the executor, not a timeout
+  CHECK(r->is(ex));
+  CHECK(ran);
+  CHECK(h.status() == tether::timer_status::ran);
+  CHECK(waited >= 50ms);
+  CHECK(waited < 1s);
+
+  // add() form: wait*() reports the due executor; the caller's poll() runs the task.
+  poller w;
+  CHECK(p.remove(ex));
+  w.add(ex);
+  int later = 0;
+  (void)ex.post_after(30ms, [&later] { ++later; });
+  CHECK(ex.poll() == 0);  // registers it
+  CHECK(w.try_wait().is_empty());
+  const auto t1 = std::chrono::steady_clock::now();
+  auto due = w.wait_for(2s);
+  REQUIRE(due);
+  CHECK(due->is(ex));
+  CHECK(std::chrono::steady_clock::now() - t1 >= 20ms);
+  CHECK(ex.poll() == 1);
+  CHECK(later == 1);
+  // A caller's deadline before the delayed task's is a plain timeout.
+  (void)ex.post_after(1h, [] {});
+  CHECK(ex.poll() == 0);
+  CHECK(w.wait_for(20ms).is_timeout());
+}
+
+TEST_CASE("poller: a delayed task cancelled before it is due never runs", "[select][executor][timer]") {
+  tether::executor ex{tether::adopt_current_thread};
+  poller p;
+  p.on(ex);
+  bool ran = false;
+  tether::timer_handle h = ex.post_at(std::chrono::steady_clock::now() + 60ms, [&ran] { ran = true; });
+  REQUIRE(p.try_run_one());  // registered
+  CHECK(h.cancel());
+  const auto deadline = std::chrono::steady_clock::now() + 200ms;
+  int turns = 0;
+  while (std::chrono::steady_clock::now() < deadline)
+    if (p.run_one_until(deadline)) ++turns;
+  CHECK_FALSE(ran);
+  CHECK(h.status() == tether::timer_status::cancelled);
+  CHECK(turns <= 2);  // at most the wake-up at its (lazy) deadline: no polling
+  CHECK(ex.stats().tasks_run == 0);
+}
+
+TEST_CASE("poller: stop(drain) on a watched executor runs every accepted task, then on_closed once", "[select][executor][close]") {
+  tether::executor ex{tether::adopt_current_thread, {.name = "draining"}};
+  mpsc_queue<int> other;
+  poller p;
+  int closed_calls = 0;
+  std::uint64_t ran = 0;
+  p.on(ex, [&] { ++closed_calls; }).add(other);
+  constexpr std::uint64_t n = 500;
+  tether::timer_handle far;
+  std::atomic<std::uint64_t> accepted{0};
+  std::atomic<bool> late_refused{false};
+  std::thread stopper([&] {
+    for (std::uint64_t i = 0; i < n; ++i)
+      if (ex.post([&ran] { ++ran; })) accepted.fetch_add(1);
+    far = ex.post_after(1h, [] {});  // not due at the stop: dropped, reported as stopped
+    ex.stop(tether::drain);
+    late_refused = !ex.post([] {});  // refused once stopped
+  });
+  int timeouts = 0;
+  while (closed_calls == 0 && timeouts < 3)
+    if (!p.run_one_for(10s)) ++timeouts;
+  stopper.join();
+  CHECK(timeouts == 0);
+  CHECK(accepted == n);
+  CHECK(late_refused);
+  CHECK(ran == n);
+  CHECK(closed_calls == 1);
+  CHECK(ex.is_finished());
+  CHECK_FALSE(p.contains(ex));
+  CHECK(p.size() == 1);
+  CHECK(far.status() == tether::timer_status::stopped);
+  CHECK(p.try_run_one().is_empty());
+  CHECK(closed_calls == 1);
+}
+
+TEST_CASE("poller: only an adopting executor can be watched, and only its owner may wait", "[select][executor][registration]") {
+  tether::executor own{{.name = "own-thread"}};
+  poller p;
+  CHECK_THROWS_AS(p.add(own), std::logic_error);
+  CHECK_THROWS_AS(p.on(own), std::logic_error);
+  CHECK(p.size() == 0);
+
+  tether::executor ex{tether::adopt_current_thread, {.name = "adopted"}};
+  p.add(ex);
+  CHECK_THROWS_AS(p.add(ex), std::logic_error);  // one poller per source
+  poller other;
+  CHECK_THROWS_AS(other.on(ex), std::logic_error);
+  // Another thread waiting on a poller that watches ex would read its owner-only state.
+  bool threw_wrong_thread = false;
+  std::thread stranger([&] {
+    try {
+      (void)p.try_wait();
+    } catch (const tether::wrong_thread&) {
+      threw_wrong_thread = true;
+    }
+  });
+  stranger.join();
+  CHECK(threw_wrong_thread);
+  CHECK(p.try_wait().is_empty());  // the owner may
+}
+
+TEST_CASE("poller: removing an executor while another thread posts loses nothing", "[select][executor][dynamic]") {
+  tether::executor ex{tether::adopt_current_thread};
+  poller p;
+  p.on(ex);
+  constexpr std::uint64_t n = 20000;
+  std::uint64_t ran = 0;  // owner thread only
+  std::atomic<bool> removed{false};
+  std::atomic<std::uint64_t> refused{0};
+  std::thread poster([&] {
+    for (std::uint64_t i = 0; i < n; ++i) {
+      if (!ex.post([&ran] { ++ran; })) refused.fetch_add(1);
+      if (i % 64 == 0) std::this_thread::yield();
+    }
+  });
+  std::thread remover([&] {
+    std::this_thread::sleep_for(5ms);
+    removed = p.remove(ex);  // while the owner waits or runs a batch
+  });
+  // The owner keeps waiting on the poller; after the removal it is never reported again.
+  while (p.contains(ex)) (void)p.run_one_for(5ms);
+  remover.join();
+  poster.join();
+  CHECK(removed);
+  CHECK(refused == 0);
+  CHECK(p.try_run_one().is_empty());
+  while (ex.poll() != 0) {
+  }
+  CHECK(ran == n);  // the rest stayed queued and ran in the owner's own poll()
+}
+
+TEST_CASE("poller: a task may remove its own executor from the poller", "[select][executor][dynamic]") {
+  tether::executor ex{tether::adopt_current_thread};
+  poller p;
+  p.on(ex);
+  int ran = 0;
+  REQUIRE(ex.post([&] {
+    ++ran;
+    CHECK(p.remove(ex));  // inside the poll() that run_one() runs: must not wait for it
+  }));
+  REQUIRE(ex.post([&] { ++ran; }));
+  auto r = p.run_one_for(10s);
+  REQUIRE(r);
+  CHECK(r->is(ex));
+  CHECK(ran == 2);  // the batch went on
+  CHECK(p.size() == 0);
+}
+
+TEST_CASE("poller: a busy executor takes its turn with the other sources", "[select][executor][fairness]") {
+  tether::executor ex{tether::adopt_current_thread};
+  mpsc_queue<int> q;
+  poller p;
+  int tasks = 0, messages = 0;
+  p.on(ex).on(q, [&](int) { ++messages; });
+  for (int i = 0; i < 10000; ++i) REQUIRE(ex.post([&tasks] { ++tasks; }));
+  for (int i = 0; i < 5; ++i) REQUIRE(q.push(i));
+  for (int i = 0; i < 10; ++i) REQUIRE(p.try_run_one());
+  CHECK(messages == 5);  // one per round
+  CHECK(tasks == 5 * 64);  // one batch per round
+}
+
+TEST_CASE("select: the one-shot form takes an executor too", "[select][executor][one_shot]") {
+  tether::executor ex{tether::adopt_current_thread};
+  mpsc_queue<int> q;
+  CHECK(tether::try_select(q, ex).is_empty());
+  (void)ex.post_after(20ms, [] {});
+  CHECK(ex.poll() == 0);  // registers the delayed task
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = tether::select_for(5s, q, ex);
+  REQUIRE(r);
+  CHECK(*r == 1);
+  CHECK(std::chrono::steady_clock::now() - t0 >= 15ms);
+  CHECK(ex.poll() == 1);
+  REQUIRE(ex.post([] {}));
+  CHECK(tether::select(q, ex) == 1);
+  CHECK(ex.poll() == 1);
+}
+
+TEST_CASE("poller watching an executor and 100 idle queues burns (almost) no CPU while it waits", "[select][executor][idle]") {
+  tether::executor ex{tether::adopt_current_thread};
+  std::vector<std::unique_ptr<mpsc_queue<int>>> queues;
+  poller p;
+  p.on(ex);
+  for (int i = 0; i < 100; ++i) {
+    queues.push_back(std::make_unique<mpsc_queue<int>>());
+    p.add(*queues.back());
+  }
+  (void)ex.post_after(1h, [] {});  // a delayed task far away: no polling tick for it either
+  REQUIRE(p.try_run_one());      // registers it
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto c0 = tether_test::thread_cpu_time();
+  auto r = p.run_one_for(300ms);
+  const auto cpu = tether_test::thread_cpu_time() - c0;
+  CHECK(r.is_timeout());
+  CHECK(std::chrono::steady_clock::now() - t0 >= 300ms);
+  INFO("CPU time while waiting: " << cpu.count() << " us");
+  CHECK(cpu < 30ms);
 }

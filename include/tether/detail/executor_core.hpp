@@ -165,19 +165,24 @@ class executor_core {
 
   // ---- producer side -------------------------------------------------------------------------
 
-  void after_push() noexcept {
-    wake_owner();
+  // Returns true if the owner was asleep and this push woke it: its answer is then at least
+  // a wake-up away.
+  bool after_push() noexcept {
+    const bool woke = wake_owner();
     if (fd_) arm_wake_fd();
+    return woke;
   }
 
   // Wakes an owner parked in idle_until(); of the producers that find it asleep, only the
-  // one that lowers the flag makes the system call.
-  void wake_owner() noexcept {
+  // one that lowers the flag makes the system call. True if that was this call and the
+  // owner was (about to be) asleep in the kernel, not still spinning.
+  bool wake_owner() noexcept {
     // [A2] seq_cst: our push (a seq_cst claim) precedes this load; pairs with [A1].
     if (asleep_.load(std::memory_order_seq_cst) && asleep_.exchange(false, std::memory_order_seq_cst)) {
       woken_at_.store(clock::now().time_since_epoch().count(), std::memory_order_relaxed);  // relaxed: a hint
-      owner_wait_.notify_one();
+      return owner_wait_.notify_one();
     }
+    return false;
   }
 
   // Only the producer that flips the flag false -> true writes the descriptor: one write per
@@ -198,7 +203,9 @@ class executor_core {
     in_run_ = false;
   }
 
-  std::size_t drive(run_kind kind, detail::steady_time deadline, const std::stop_token* token) {
+  // `max` caps the tasks one call runs (run_kind::poll only; a poller's batch, select.hpp).
+  std::size_t drive(run_kind kind, detail::steady_time deadline, const std::stop_token* token,
+                    std::size_t max = SIZE_MAX) {
     if (own_thread_)
       throw std::logic_error("tether: executor '" + std::string(name_or_unnamed()) +
                              "' runs its own thread; run()/poll() are for executors constructed with adopt_current_thread");
@@ -211,7 +218,7 @@ class executor_core {
       bool& flag;
       ~leave() { flag = false; }
     } leave_run{in_run_};
-    if (token == nullptr) return loop(kind, deadline, nullptr);
+    if (token == nullptr) return loop(kind, deadline, nullptr, max);
     // A stop request wakes a parked owner with an empty task (skipped when run).
     std::stop_callback wake(*token, [this]() noexcept {
       try {
@@ -219,7 +226,7 @@ class executor_core {
       } catch (...) {  // out of memory: the owner notices the token at its next wake-up
       }
     });
-    return loop(kind, deadline, token);
+    return loop(kind, deadline, token, max);
   }
 
   // The owner's loop: due timers, ready tasks, quiet the wake fd, then park until the next
@@ -232,8 +239,9 @@ class executor_core {
   //   4. nothing ready: quiet the wake fd (re-scan if a producer signalled); poll()
   //      returns here;
   //   5. park in idle_until(min(deadline, next timer)), then go round again.
-  std::size_t loop(run_kind kind, detail::steady_time deadline, const std::stop_token* token) {
-    const std::size_t want = kind == run_kind::one ? 1 : SIZE_MAX;
+  std::size_t loop(run_kind kind, detail::steady_time deadline, const std::stop_token* token,
+                   std::size_t max = SIZE_MAX) {
+    const std::size_t want = kind == run_kind::one ? 1 : max;
     std::size_t n = 0;
     for (;;) {
       if (finished_.load(std::memory_order_relaxed)) return n;  // relaxed: only the owner writes it
@@ -296,7 +304,10 @@ class executor_core {
     const bool spin = spin_when_idle_ && callers_.load(std::memory_order_relaxed) <= 1;  // relaxed: a hint
     const int raise_at = spin ? raise_asleep_at : 0;
     int checks = 0;
-    woken_at_.store(0, std::memory_order_relaxed);  // relaxed: a heuristic's input
+    // Stores only when needed, here and below: producers read this line on every push, and
+    // an owner that rewrote it on every idle period would pull it from them each time.
+    if (woken_at_.load(std::memory_order_relaxed) != 0)  // relaxed: a heuristic's input
+      woken_at_.store(0, std::memory_order_relaxed);      // relaxed: as above
     if (raise_at == 0) asleep_.store(true, std::memory_order_seq_cst);  // [A1]
     const auto t0 = clock::now();
     const bool woken = detail::park(
@@ -307,7 +318,8 @@ class executor_core {
           return queue_.size_approx() != 0 || queue_.is_closed();
         },
         until, spin);
-    asleep_.store(false, std::memory_order_relaxed);  // relaxed: only saves producers a wake
+    if (asleep_.load(std::memory_order_relaxed))        // relaxed: only saves producers a wake
+      asleep_.store(false, std::memory_order_relaxed);  // relaxed: as above
     // The idle period ended when work arrived (stamped by the waking producer), not when
     // the owner got the core back: a slow wake-up must not keep the owner from spinning.
     const clock::rep woke = woken_at_.load(std::memory_order_relaxed);  // relaxed: as above

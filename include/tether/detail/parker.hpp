@@ -42,7 +42,7 @@ inline constexpr int spin_limit = 1000;
 inline constexpr int spin_yields = 4;
 // Pauses between the first two re-checks, and the most between any two.
 inline constexpr int spin_pause_first = 4;
-inline constexpr int spin_pause_max = 64;
+inline constexpr int spin_pause_max = 8;
 
 class parker;
 
@@ -100,8 +100,9 @@ class parker {
   }
 
   // Wakes one waiter (or all). Call after publishing the condition (any release store).
-  void notify_one() noexcept { notify(1); }
-  void notify_all() noexcept { notify(INT32_MAX); }
+  // Returns true if a waiter was asleep or about to sleep (a wake-up system call was made).
+  bool notify_one() noexcept { return notify(1); }
+  bool notify_all() noexcept { return notify(INT32_MAX); }
 
   bool has_waiters() const noexcept { return waiters_.load(std::memory_order_seq_cst) != 0; }
 
@@ -120,16 +121,18 @@ class parker {
   void detach(parker_listener& l) noexcept;
 
  private:
-  void notify(int count) noexcept {
+  bool notify(int count) noexcept {
     // The notifier's half of the handshake (see fence.hpp).
     if (symmetric_) full_fence(); else light_fence();
-    if (waiters_.load(std::memory_order_seq_cst) != 0) {
+    const bool waiting = waiters_.load(std::memory_order_seq_cst) != 0;
+    if (waiting) {
       epoch_.fetch_add(1, std::memory_order_seq_cst);
       futex_wake(epoch_, count);
     }
     // The one extra load without a listener; ordered after the publish by the same fence.
     if (listener_.load(std::memory_order_seq_cst) != nullptr) [[unlikely]]
       call_listener();
+    return waiting;
   }
 
   void call_listener() noexcept;

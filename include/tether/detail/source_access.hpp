@@ -3,19 +3,27 @@
 // A poller (select.hpp) needs three things from a source that are no part of the source's
 // public API: the parker its consumer sleeps on (to hang a listener there), the parker's
 // condition (an item is ready, or closed and drained), and for channel endpoints the
-// receiving lane and the shared state that keeps it alive. The sources befriend this one
-// struct instead of exposing those to every user.
+// receiving lane and the shared state that keeps it alive. For an adopting executor it also
+// needs the task queue (whose consumer is the owner), the earliest delayed-task deadline and
+// a bounded poll(). The sources befriend this one struct instead of exposing those to every
+// user.
 //
 // Who may call what: watched_ready() is a consumer-side call (the thread that receives from
-// the source); the others only read members that never change after construction.
+// the source); executor_next_deadline() and executor_poll() - the executor's owner thread
+// only (its timer heap is owner-only); the others only read members that never change after
+// construction.
 //
 // Memory ordering: watched_ready() is the queue's own parker condition (seq_cst loads, the
-// re-check half of the parker handshake); nothing else here touches shared state.
+// re-check half of the parker handshake); nothing else here touches shared state (the timer
+// heap is owner-only, and executor_poll() is the executor's own poll()).
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "consumer_ops.hpp"
+#include "futex.hpp"
 #include "parker.hpp"
 
 namespace tether::detail {
@@ -39,6 +47,36 @@ struct source_access {
   template <class Endpoint>
   static std::shared_ptr<void> shared_state(const Endpoint& e) noexcept {
     return e.state_;
+  }
+
+  // ---- adopting executors (executor.hpp; templates, so this header needs not include it) ----
+  template <class Executor>
+  static auto& executor_queue(Executor& ex) noexcept {
+    return ex.queue_;  // an mpsc_queue<task>: producers are the posters, the consumer the owner
+  }
+  template <class Executor>
+  static bool executor_runs_own_thread(const Executor& ex) noexcept {
+    return ex.own_thread_;
+  }
+  // The earliest delayed-task deadline (no_deadline: none). Owner thread only.
+  template <class Executor>
+  static steady_time executor_next_deadline(const Executor& ex) noexcept {
+    return ex.timers_.next_deadline();
+  }
+  // As ex.poll(), running at most max tasks (due delayed tasks first, then ready ones); once
+  // the queue is closed and drained, finishes the stop. Owner thread only (else wrong_thread).
+  template <class Executor>
+  static std::size_t executor_poll(Executor& ex, std::size_t max) {
+    return ex.drive(Executor::run_kind::poll, no_deadline, nullptr, max);
+  }
+  // Who owns it, for a poller's wrong_thread message (set once by the constructor).
+  template <class Executor>
+  static auto* executor_owner_record(const Executor& ex) noexcept {
+    return ex.owner_record_;
+  }
+  template <class Executor>
+  static std::uint64_t executor_owner_serial(const Executor& ex) noexcept {
+    return ex.owner_serial_;
   }
 };
 

@@ -14,10 +14,13 @@
 //   describe_thread - any thread (takes the record's mutex; error paths only).
 //   blocking_call (the deadlock edge) - the thread that blocks; find_cycle reads others' edges.
 //
-// Memory ordering: every edge field is seq_cst. A thread's edge is published by its call_seq
-// store (written after the fields) and retired by storing call_seq = 0 first; a reader that
-// sees the same call_seq before and after reading the fields read one consistent edge, held
-// continuously in between (a seqlock whose sequence is the call's unique number).
+// Memory ordering: call_seq stores and all edge loads are seq_cst; the other edge fields are
+// written with release stores. A thread's edge is published by its call_seq store (written
+// after the fields) and retired by storing call_seq = 0 first; a reader that sees the same
+// call_seq before and after reading the fields read one consistent edge, held continuously
+// in between (a seqlock whose sequence is the call's unique number). Release is enough for
+// the fields: each orders the previous call's "call_seq = 0" before it, so a reader that
+// loads a new field value reads 0 or the next number as its second call_seq.
 #pragma once
 
 #include <pthread.h>
@@ -305,10 +308,12 @@ class blocking_call {
   blocking_call(thread_record& me, thread_record* owner, std::uint64_t owner_serial,
                 const char* name) noexcept
       : me_(me) {
-    me.waits_for.store(owner, std::memory_order_seq_cst);
-    me.waits_for_serial.store(owner_serial, std::memory_order_seq_cst);
-    me.waits_on_name.store(name, std::memory_order_seq_cst);
-    me.call_seq.store(++me.next_call, std::memory_order_seq_cst);  // publishes the edge
+    // release: see the banner (the fields are re-checked through call_seq).
+    me.waits_for.store(owner, std::memory_order_release);
+    me.waits_for_serial.store(owner_serial, std::memory_order_release);
+    me.waits_on_name.store(name, std::memory_order_release);
+    // seq_cst: publishes the edge before this thread walks the others' (and they ours).
+    me.call_seq.store(++me.next_call, std::memory_order_seq_cst);
   }
   ~blocking_call() { me_.call_seq.store(0, std::memory_order_seq_cst); }
   blocking_call(const blocking_call&) = delete;
