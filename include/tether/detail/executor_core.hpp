@@ -52,8 +52,9 @@
 
 namespace tether::detail {
 
-// How many times park_until checks its condition in its pause phase (it then yields a few
-// times, checking again, before it parks): mirrors the loop in parker.hpp.
+// How many times spin_phase() checks its condition in its pause phase (it then yields a few
+// times, checking again, before it parks): mirrors the loop in parker.hpp. The owner's idle
+// wait uses park() (never the adaptive park_until), so every spin phase runs in full.
 constexpr int park_spin_checks() {
   int n = 0;
   for (int i = 0, pause = spin_pause_first; i < spin_limit; i += pause, pause = pause < spin_pause_max ? pause * 2 : pause)

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <thread>
 
@@ -40,6 +41,9 @@ namespace tether::detail {
 inline constexpr int spin_limit = 1000;
 // Then how many times it yields its core before it sleeps.
 inline constexpr int spin_yields = 4;
+// A sleep this long means the waiter was idle, not between two hand-offs: its next wait
+// skips the spin (see park_until).
+inline constexpr std::chrono::microseconds long_wait{100};
 // Pauses between the first two re-checks, and the most between any two.
 inline constexpr int spin_pause_first = 4;
 inline constexpr int spin_pause_max = 8;
@@ -106,6 +110,14 @@ class parker {
 
   bool has_waiters() const noexcept { return waiters_.load(std::memory_order_seq_cst) != 0; }
 
+  // Whether the next park_until() spins first (the last wait was short). relaxed: a hint that
+  // orders nothing; waiters may race on it harmlessly. Written only when it changes, as it
+  // shares the line notifiers read.
+  bool spin_hint() const noexcept { return spin_hint_.load(std::memory_order_relaxed); }
+  void set_spin_hint(bool on) noexcept {
+    if (spin_hint_.load(std::memory_order_relaxed) != on) spin_hint_.store(on, std::memory_order_relaxed);
+  }
+
   // Attaches l: from now on every notify_*() also calls l.on_notify. Returns false (and
   // attaches nothing) when another listener is attached. A caller that then re-checks the
   // condition must take heavy_fence() first (the handshake). Any thread.
@@ -146,6 +158,7 @@ class parker {
   // Written by attach() / detach(), read by every notifier.
   std::atomic<parker_listener*> listener_{nullptr};
   const bool symmetric_ = false;  // fences::symmetric
+  std::atomic<bool> spin_hint_{true};  // see spin_hint()
 };
 
 // park_until without the spin, for waits known to be long (a caller with tasks queued
@@ -166,39 +179,73 @@ bool park_now(parker& p, Ready&& ready, steady_time deadline) {
   }
 }
 
-// The single deadline loop behind every blocking call. Returns ready()'s verdict: true as
-// soon as it holds, false only when the deadline passed first.
-//
-// Outline:
-//   1. spin: re-check ready() with CPU pauses (exponential backoff); most hand-offs end here;
-//   2. yield the core a few times (a preempted peer may be waiting for it);
-//   3. park_now(): prepare_wait(), re-check (the handshake), sleep until notified or the
-//      deadline; woken: re-check; a spurious or stale wake-up goes round again.
+// What the spin phase of a wait ended with.
+enum class spun : std::uint8_t { ready, timeout, sleep };
+
+// The spin phase: re-check ready() with CPU pauses (exponential backoff; most hand-offs end
+// here), then yield the core a few times (a preempted peer may be waiting for it).
 template <class Ready>
-bool park_until(parker& p, Ready&& ready, steady_time deadline) {
+spun spin_phase(Ready& ready, steady_time deadline) {
   const bool timed = deadline != no_deadline;
   // Re-checks back off exponentially: each check may pull a cache line the other side is
   // writing, so polling it flat out would slow down the very producer we wait for.
   for (int i = 0, pause = spin_pause_first; i < spin_limit;
        i += pause, pause = pause < spin_pause_max ? pause * 2 : pause) {
-    if (ready()) return true;
-    if (timed && std::chrono::steady_clock::now() >= deadline) return false;
+    if (ready()) return spun::ready;
+    if (timed && std::chrono::steady_clock::now() >= deadline) return spun::timeout;
     for (int k = 0; k < pause; ++k) cpu_relax();
   }
   // On an oversubscribed machine the thread we wait for may be runnable but not running:
   // offer it our core a few times before paying for a sleep.
   for (int i = 0; i < spin_yields; ++i) {
-    if (ready()) return true;
-    if (timed && std::chrono::steady_clock::now() >= deadline) return false;
+    if (ready()) return spun::ready;
+    if (timed && std::chrono::steady_clock::now() >= deadline) return spun::timeout;
     std::this_thread::yield();
   }
-  return park_now(p, ready, deadline);
+  return spun::sleep;
 }
 
-// park_until when spin is true, park_now otherwise.
+// Spin, then park_now(): the wait for callers that decide themselves whether to spin (see
+// park()). ready() is called the same number of times in every spin phase, which the
+// executor's idle wait counts on (detail/executor_core.hpp). Returns ready()'s verdict.
+template <class Ready>
+bool park_spinning(parker& p, Ready&& ready, steady_time deadline) {
+  switch (spin_phase(ready, deadline)) {
+    case spun::ready: return true;
+    case spun::timeout: return false;
+    default: return park_now(p, ready, deadline);
+  }
+}
+
+// The single deadline loop behind every blocking call. Returns ready()'s verdict: true as
+// soon as it holds, false only when the deadline passed first.
+//
+// Outline:
+//   1. spin (spin_phase) - unless the parker's last wait outlasted the spin by far: a waiter
+//      that is mostly idle gains nothing from spinning, and on virtual machines a thread
+//      that spins before each sleep also wakes slower (measured in bench/README.md);
+//   2. park_now(): prepare_wait(), re-check (the handshake), sleep until notified or the
+//      deadline; woken: re-check; a spurious or stale wake-up goes round again;
+//   3. a sleep shorter than long_wait turns the spin (back) on, a longer one off.
+template <class Ready>
+bool park_until(parker& p, Ready&& ready, steady_time deadline) {
+  if (p.spin_hint()) {
+    switch (spin_phase(ready, deadline)) {
+      case spun::ready: return true;
+      case spun::timeout: return false;
+      default: break;
+    }
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool r = park_now(p, ready, deadline);
+  p.set_spin_hint(std::chrono::steady_clock::now() - t0 < long_wait);
+  return r;
+}
+
+// park_spinning when spin is true, park_now otherwise: no adaptation, the caller decides.
 template <class Ready>
 bool park(parker& p, Ready&& ready, steady_time deadline, bool spin) {
-  return spin ? park_until(p, ready, deadline) : park_now(p, ready, deadline);
+  return spin ? park_spinning(p, ready, deadline) : park_now(p, ready, deadline);
 }
 
 // detach() waits on one of these (picked by the parker's address) for call_listener() to
