@@ -3748,7 +3748,10 @@ class executor_core {
   // Raised by the owner before it parks in idle_until(); lowered by the producer that wakes
   // it (or by the owner when it wakes up).
   std::atomic<bool> asleep_{false};
-  detail::parker owner_wait_;  // the owner parks here when idle
+  // The owner parks here when idle. Symmetric fences: producers notify it only after they
+  // flipped asleep_ (a seq_cst exchange, [A2]), so the full fence costs them nothing extra,
+  // while the owner - which parks whenever it runs dry - is spared a membarrier per park.
+  detail::parker owner_wait_{detail::fences::symmetric};
   // When the producer that lowered asleep_ did so (steady ticks; 0: none since the owner
   // parked). Written by that producer, read by the owner to judge how long it was idle.
   std::atomic<clock::rep> woken_at_{0};
