@@ -587,19 +587,19 @@ TEST_CASE("mpsc_queue links and recycles blocks across many boundaries", "[mpsc_
   CHECK(counted::live.load() == live_before);
 }
 
-TEST_CASE("mpsc_queue steady push/pop reuses blocks instead of allocating", "[mpsc_queue][blocks]") {
-  mpsc_queue<wide_item> q;
-  std::uint64_t pushed = 0, next = 0;
-  // Warm up: link a few blocks so the one-block cache is filled.
+// Pushes 31 items at a time through push(item) and pops them, over 500 block boundaries
+// after a warm-up; checks the values and that the steady state allocates nothing.
+template <class Push>
+void check_steady_state_reuses_blocks(mpsc_queue<wide_item>& q, Push push) {
+  std::uint64_t pushed = 0, next = 0, wrong = 0;
+  // Warm up: link a few blocks so that emptied ones are kept for reuse.
   for (int round = 0; round < 10; ++round) {
-    push_range(q, pushed, pushed + 31);
-    pushed += 31;
+    for (int i = 0; i < 31; ++i) wrong += push(wide_item(pushed++)) ? 0 : 1;
     pop_expect(q, next, 31);
   }
-  std::uint64_t wrong = 0;
   const std::size_t before = allocations.load();
   for (int round = 0; round < 500; ++round) {  // 15,500 items over 500 block boundaries
-    for (int i = 0; i < 31; ++i) wrong += q.push(wide_item(pushed++)) ? 0 : 1;
+    for (int i = 0; i < 31; ++i) wrong += push(wide_item(pushed++)) ? 0 : 1;
     for (int i = 0; i < 31; ++i) {
       auto r = q.try_pop();
       if (!r || r->value != next) ++wrong;
@@ -609,6 +609,11 @@ TEST_CASE("mpsc_queue steady push/pop reuses blocks instead of allocating", "[mp
   const std::size_t during = allocations.load() - before;
   CHECK(wrong == 0);
   CHECK(during == 0);
+}
+
+TEST_CASE("mpsc_queue steady push/pop reuses blocks instead of allocating", "[mpsc_queue][blocks]") {
+  mpsc_queue<wide_item> q;
+  check_steady_state_reuses_blocks(q, [&](wide_item&& v) { return q.push(std::move(v)); });
 }
 
 TEST_CASE("mpsc_queue size_approx counts exactly on a single thread", "[mpsc_queue][size]") {
@@ -891,25 +896,7 @@ TEST_CASE("mpsc_queue producer handle is FIFO across many blocks", "[mpsc_queue]
 TEST_CASE("mpsc_queue steady push/pop through a handle reuses blocks instead of allocating", "[mpsc_queue][producer][blocks]") {
   mpsc_queue<wide_item> q;
   auto h = q.make_producer();
-  std::uint64_t pushed = 0, next = 0;
-  for (int round = 0; round < 10; ++round) {  // warm up the lane's block cache
-    push_through(h, pushed, pushed + 31);
-    pushed += 31;
-    pop_expect(q, next, 31);
-  }
-  std::uint64_t wrong = 0;
-  const std::size_t before = allocations.load();
-  for (int round = 0; round < 500; ++round) {  // 15,500 items over 500 block boundaries
-    for (int i = 0; i < 31; ++i) wrong += h.push(wide_item(pushed++)) ? 0 : 1;
-    for (int i = 0; i < 31; ++i) {
-      auto r = q.try_pop();
-      if (!r || r->value != next) ++wrong;
-      ++next;
-    }
-  }
-  const std::size_t during = allocations.load() - before;
-  CHECK(wrong == 0);
-  CHECK(during == 0);
+  check_steady_state_reuses_blocks(q, [&](wide_item&& v) { return h.push(std::move(v)); });
 }
 
 TEST_CASE("mpsc_queue handle pushes and plain pushes mix: each source in order, nothing lost", "[mpsc_queue][producer][multi_producer]") {
