@@ -8,7 +8,7 @@
 //
 // Items live in blocks of slots. A producer claims a slot with one compare-and-swap on the
 // tail index, writes the item and publishes the slot; the producer that claims a block's last
-// slot links the next block (taken from a one-block cache, so steady state allocates
+// slot links the next block (taken from a pool of emptied blocks, so steady state allocates
 // nothing). The consumer reads slots in index order - so items from one producer come out
 // in the order that producer pushed them - and recycles each block it has emptied.
 //

@@ -1236,21 +1236,24 @@ class block_pool {
 // lane; the consumer half (ready, take, take_ready, ...) - the queue's consumer; try_own /
 // disown / size_approx - any thread.
 //
-// A lane is a single-producer single-consumer list of blocks. The producer writes items in
-// order and publishes them by storing its item count (tail_); the consumer reads the count
-// once and then takes every item up to it with no atomic operation per item - the point of
-// a lane: no compare-and-swap, no per-slot flag, 64-byte items on whole cache lines. The
-// producer links a new block before it publishes the first item in it, so the consumer
-// always finds the next block. An emptied block goes back to the producer through a
-// one-block cache; steady state allocates nothing.
+// A lane is a single-producer single-consumer list of blocks of slots; a slot is the item and
+// a `full` flag. The producer writes the item, then sets the flag (release); the consumer
+// reads the flag of its head slot (acquire) and takes the item - no compare-and-swap and no
+// cache line shared with other producers, the point of a lane. Per-slot flags rather than a
+// published item count: a consumer that has caught up then reads the line the producer is
+// filling anyway, instead of a counter line that every push rewrites (measured slower, see
+// bench/README.md). The producer links the next block before it publishes a block's last
+// slot, so the consumer always finds it. Emptied blocks go back to the producer through a
+// bounded pool (block_pool.hpp); steady state allocates nothing.
 //
 // Closing (see mpsc_queue's banner): emplace raises pushing_ for its whole length and reads
-// the queue's closing flag after a light fence; the consumer reads pushing_ before tail_
-// once closed, so a push that passed its check is either seen in flight or seen landed.
+// the queue's closing flag after a light fence; the consumer reads pushing_ before the head
+// flag once closed, so a push that passed its check is either seen in flight or seen landed.
 //
-// Memory ordering: tail_'s release store publishes the items (and links) before it; the
-// consumer's acquire load of tail_ pairs with it. pushing_'s release store pairs with the
-// consumer's acquire/seq_cst load after close. Ownership moves by owned_'s release/acquire.
+// Memory ordering: a slot's release flag store publishes its item (and, for a block's last
+// slot, the link to the next block); the consumer's acquire load pairs with it. pushing_'s
+// release store pairs with the consumer's seq_cst load after close. Ownership of the
+// producer side moves between handles by owned_'s release/acquire.
 
 
 
@@ -1441,7 +1444,7 @@ class producer_lane {
 //
 // Items live in blocks of slots. A producer claims a slot with one compare-and-swap on the
 // tail index, writes the item and publishes the slot; the producer that claims a block's last
-// slot links the next block (taken from a one-block cache, so steady state allocates
+// slot links the next block (taken from a pool of emptied blocks, so steady state allocates
 // nothing). The consumer reads slots in index order - so items from one producer come out
 // in the order that producer pushed them - and recycles each block it has emptied.
 //
