@@ -40,4 +40,17 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
+// Asks for the cache line at p in a writable state ahead of a store: a line this core still
+// holds shared (written earlier, read since by another core) is otherwise upgraded on the
+// store itself, one round trip at a time, where no hardware prefetcher helps. A hint only.
+inline void prefetch_for_write(const void* p) noexcept {
+#if defined(__x86_64__)
+  // prefetchw: every x86-64 decodes it (a no-op on CPUs without it); the builtin would emit it
+  // only when the translation unit is compiled for a CPU that has it.
+  asm volatile("prefetchw %0" ::"m"(*static_cast<const char*>(p)));
+#elif defined(__GNUC__)
+  __builtin_prefetch(p, 1, 3);
+#endif
+}
+
 }  // namespace tether::detail

@@ -5,20 +5,23 @@
 // disown / size_approx - any thread.
 //
 // A lane is a single-producer single-consumer list of blocks of slots; a slot is the item and
-// a `full` flag. The producer writes the item, then sets the flag (release); the consumer
-// reads the flag of its head slot (acquire) and takes the item - no compare-and-swap and no
-// cache line shared with other producers, the point of a lane. Per-slot flags rather than a
-// published item count: a consumer that has caught up then reads the line the producer is
-// filling anyway, instead of a counter line that every push rewrites (measured slower, see
-// bench/README.md). The producer links the next block before it publishes a block's last
-// slot, so the consumer always finds it. Emptied blocks go back to the producer through a
-// bounded pool (block_pool.hpp); steady state allocates nothing.
+// a stamp, the item's 1-based position in the lane. The producer writes the item, then stores
+// the stamp (release); the consumer compares its head slot's stamp (acquire) with the position
+// it expects and takes the item - no compare-and-swap and no cache line shared with other
+// producers, the point of a lane. Stamps rather than a published item count: a consumer that
+// has caught up then reads the line the producer is filling anyway, instead of a counter line
+// that every push rewrites (measured slower, see bench/README.md). Stamps rather than a flag
+// the consumer clears: the consumer only reads a block's lines, so the producer refilling a
+// reused block does not have to pull them back dirty. The producer links the next block
+// before it publishes a block's last slot, so the consumer always finds it. Emptied blocks
+// go back to the producer through a bounded pool (block_pool.hpp); steady state allocates
+// nothing.
 //
 // Closing (see mpsc_queue's banner): emplace raises pushing_ for its whole length and reads
 // the queue's closing flag after a light fence; the consumer reads pushing_ before the head
-// flag once closed, so a push that passed its check is either seen in flight or seen landed.
+// stamp once closed, so a push that passed its check is either seen in flight or seen landed.
 //
-// Memory ordering: a slot's release flag store publishes its item (and, for a block's last
+// Memory ordering: a slot's release stamp store publishes its item (and, for a block's last
 // slot, the link to the next block); the consumer's acquire load pairs with it. pushing_'s
 // release store pairs with the consumer's seq_cst load after close. Ownership of the
 // producer side moves between handles by owned_'s release/acquire.
@@ -40,24 +43,27 @@ namespace tether::detail {
 
 template <class T>
 class producer_lane {
-  struct slot;
-  // About 16 KiB per block, at least 32 items.
-  static constexpr std::size_t slot_size = (sizeof(T) + 1 + alignof(T) - 1) / alignof(T) * alignof(T);
-  static constexpr std::size_t block_items = slot_size * 32 >= 16384 ? 32 : 16384 / slot_size;
-  // Emptied blocks kept for reuse: up to about 1 MiB per lane, at least 4 blocks.
-  static constexpr std::size_t max_cached = (block_items * slot_size * 4 >= (1u << 20)) ? 4 : (1u << 20) / (block_items * slot_size);
-
   struct slot {
     alignas(T) unsigned char storage[sizeof(T)];
-    // Set (release) by the producer once the item is written; reset by the consumer when it
-    // recycles the block, while the producer cannot reach it.
-    std::atomic<bool> full{false};
+    // The item's stamp: its 1-based position in the lane, stored (release) by the producer
+    // once the item is written. A slot of a reused block keeps an older, smaller stamp, so
+    // the consumer never writes to a slot: recycling a block touches none of its lines.
+    std::atomic<std::uint64_t> stamp{0};
     T* item() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
   };
+  // About 16 KiB per block, at least 32 items.
+  static constexpr std::size_t block_items = sizeof(slot) * 32 >= 16384 ? 32 : 16384 / sizeof(slot);
+  // Emptied blocks kept for reuse: up to about 1 MiB per lane, at least 4 blocks.
+  static constexpr std::size_t max_cached = (block_items * sizeof(slot) * 4 >= (1u << 20)) ? 4 : (1u << 20) / (block_items * sizeof(slot));
+
+  // The producer asks for the line this many slots ahead of the one it writes (about 512
+  // bytes): the consumer has read those lines since the block's last use.
+  static constexpr std::size_t prefetch_slots = (512 + sizeof(slot) - 1) / sizeof(slot);
+
   struct block {
     slot slots[block_items];
-    // Written by the producer before it publishes the block's last slot; read by the
-    // consumer after it has taken that slot.
+    // Stored by the producer before it publishes the block's last slot; read by the
+    // consumer after it has taken that slot. A reused block keeps a stale value until then.
     std::atomic<block*> next{nullptr};
   };
 
@@ -68,12 +74,13 @@ class producer_lane {
 
   // Destroys the items left (no thread may use the lane). relaxed loads: no other thread.
   ~producer_lane() {
-    for (block* b = head_block_; b != nullptr;) {
-      for (std::size_t i = b == head_block_ ? head_pos_ : 0; i < block_items; ++i)
-        if (b->slots[i].full.load(std::memory_order_relaxed)) b->slots[i].item()->~T();
-      delete std::exchange(b, b->next.load(std::memory_order_relaxed));
+    std::uint64_t left = pushed_.load(std::memory_order_relaxed) - popped_.load(std::memory_order_relaxed);
+    for (; left != 0; --left) {
+      head_slot().item()->~T();
+      if (step_head()) delete std::exchange(spent_, nullptr);
     }
-
+    // head_block_ is the producer's tail block now; blocks after it are stale links.
+    delete head_block_;
   }
 
   // ---- producer (the owning handle's thread) ---------------------------------------------
@@ -90,6 +97,7 @@ class producer_lane {
     // relaxed: ordered by the handshake's fences; close() heavy-fences after its store.
     if (closing.load(std::memory_order_relaxed)) return false;
     slot& s = tail_block_->slots[tail_pos_];
+    if (tail_pos_ + prefetch_slots < block_items) prefetch_for_write(&s + prefetch_slots);
     if (tail_pos_ + 1 == block_items) {
       std::unique_ptr<block> next(take_spare());          // may throw: nothing written yet
       ::new (s.storage) T(std::forward<Args>(args)...);  // throws: nothing published
@@ -101,10 +109,11 @@ class producer_lane {
       ::new (s.storage) T(std::forward<Args>(args)...);  // throws: the slot is reused next time
       ++tail_pos_;
     }
+    // relaxed: only this thread writes pushed_ (size_approx() reads it as a statistic).
+    const std::uint64_t stamp = pushed_.load(std::memory_order_relaxed) + 1;
     // release: publishes the item; pairs with the consumer's acquire load in ready().
-    s.full.store(true, std::memory_order_release);
-    // relaxed: a statistic on the producer's own line.
-    pushed_.store(pushed_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    s.stamp.store(stamp, std::memory_order_release);
+    pushed_.store(stamp, std::memory_order_relaxed);  // relaxed: as above
     return true;
   }
 
@@ -112,10 +121,10 @@ class producer_lane {
 
   // Is the head item published?
   bool ready() noexcept {
-    return head_slot().full.load(std::memory_order_acquire);  // acquire: pairs with emplace()
+    return head_slot().stamp.load(std::memory_order_acquire) == next_stamp();  // acquire: pairs with emplace()
   }
   // The same with a seq_cst load: the re-check half of the parker handshake.
-  bool ready_seq_cst() noexcept { return head_slot().full.load(std::memory_order_seq_cst); }
+  bool ready_seq_cst() noexcept { return head_slot().stamp.load(std::memory_order_seq_cst) == next_stamp(); }
   // A push is between its closed check and its end. Read before ready_seq_cst() (banner).
   bool pushing() const noexcept { return pushing_.load(std::memory_order_seq_cst); }
 
@@ -174,36 +183,39 @@ class producer_lane {
   };
 
   slot& head_slot() noexcept { return head_block_->slots[head_pos_]; }
+  // The stamp the head slot carries once its item is published.
+  std::uint64_t next_stamp() const noexcept {
+    return popped_.load(std::memory_order_relaxed) + 1;  // relaxed: only the consumer writes popped_
+  }
   void advance() noexcept {
-    if (++head_pos_ == block_items) {
-      // acquire: pairs with emplace()'s release store of next, made before the last slot.
-      block* next = head_block_->next.load(std::memory_order_acquire);
-      recycle(head_block_);
-      head_block_ = next;
-      head_pos_ = 0;
-    }
-    popped_.store(popped_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);  // relaxed: size_approx() only
+    if (step_head()) pool_.give(std::exchange(spent_, nullptr));
+    // relaxed: the consumer's own counter; size_approx() reads it as a statistic.
+    popped_.store(popped_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+  // Moves past the head slot; true if that left a block behind (in spent_).
+  bool step_head() noexcept {
+    if (++head_pos_ != block_items) return false;
+    // acquire: pairs with emplace()'s release store of next, made before the last slot.
+    spent_ = std::exchange(head_block_, head_block_->next.load(std::memory_order_acquire));
+    head_pos_ = 0;
+    return true;
   }
 
   block* take_spare() {
     block* b = pool_.take();
     return b != nullptr ? b : new block;
   }
-  void recycle(block* b) noexcept {
-    for (slot& sl : b->slots) sl.full.store(false, std::memory_order_relaxed);  // relaxed: published by give()
-    b->next.store(nullptr, std::memory_order_relaxed);                        // relaxed: as above
-    pool_.give(b);
-  }
   // Producer side; the consumer reads pushing_ only after close.
   alignas(cache_line) block* tail_block_;
   std::size_t tail_pos_ = 0;              // next slot in tail_block_
   std::atomic<bool> pushing_{false};      // raised for the length of each emplace()
-  std::atomic<std::uint64_t> pushed_{0};  // for size_approx()
+  std::atomic<std::uint64_t> pushed_{0};  // items published: the last stamp stored
 
   // Consumer side.
   alignas(cache_line) block* head_block_;
   std::size_t head_pos_ = 0;              // next slot in head_block_
-  std::atomic<std::uint64_t> popped_{0};  // for size_approx()
+  std::atomic<std::uint64_t> popped_{0};  // items taken; the head slot's stamp is popped_ + 1
+  block* spent_ = nullptr;                // the block just emptied, on its way to pool_
 
   // Shared, written about once per block or per handle.
   alignas(cache_line) block_pool<block> pool_{max_cached};  // emptied blocks, for the producer
