@@ -165,7 +165,9 @@ def load_results(results_dir):
         contexts.append((fname, data.get("context", {})))
         for run in data.get("benchmarks", []):
             name = base_name(run)
-            g = grouped.setdefault(name, {"iterations": [], "aggregates": {}, "errors": [], "order": len(grouped)})
+            # Registration order (the JSON lists interleaved repetitions in the order they ran).
+            order = (files.index(fname), run.get("family_index", len(grouped)), run.get("per_family_instance_index", 0))
+            g = grouped.setdefault(name, {"iterations": [], "aggregates": {}, "errors": [], "order": order})
             if run.get("error_occurred"):
                 g["errors"].append(run.get("error_message", "error"))
             elif run.get("run_type") == "aggregate":

@@ -1373,6 +1373,7 @@ class producer_lane {
   }
 
   // Takes up to max ready items, oldest first, calling sink(T&&) for each. Returns how many.
+  // Each item leaves the lane before the sink sees it: a sink may pop from the same queue.
   template <class Sink>
   std::size_t take_ready(std::size_t max, Sink& sink) {
     std::size_t n = 0;

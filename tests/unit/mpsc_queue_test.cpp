@@ -1540,6 +1540,33 @@ TEST_CASE("mpsc_queue try_pop_bulk and drain take from every handle", "[mpsc_que
   CHECK(q.size_approx() == 0);
 }
 
+TEST_CASE("mpsc_queue a drain callback may pop handle items from the same queue", "[mpsc_queue][producer][drain]") {
+  // Each item leaves its lane before the callback sees it, across block boundaries too: a pop
+  // inside the callback takes the next item, never the one being handed over.
+  mpsc_queue<counted> q;
+  const long live_before = counted::live.load();
+  const long twice_before = counted::destroyed_twice.load();
+  std::uint64_t n = 0;
+  std::vector<std::uint64_t> seen;
+  {
+    auto h = q.make_producer();
+    n = 3 * 1024 + 7;  // several blocks whatever the block size
+    for (std::uint64_t i = 0; i < n; ++i) REQUIRE(h.emplace(i));
+  }
+  const std::size_t handed = q.drain([&](counted&& c) {
+    seen.push_back(c.value);
+    if (auto r = q.try_pop()) seen.push_back(r->value);
+  });
+  CHECK(handed == (n + 1) / 2);
+  REQUIRE(seen.size() == n);
+  std::uint64_t out_of_place = 0;
+  for (std::uint64_t i = 0; i < n; ++i) out_of_place += seen[i] == i ? 0 : 1;
+  CHECK(out_of_place == 0);
+  CHECK(q.try_pop().is_empty());
+  CHECK(counted::live.load() == live_before);
+  CHECK(counted::destroyed_twice.load() == twice_before);
+}
+
 namespace {
 
 // Fairness: the consumer takes at most source_quota (256) items in a row from one source
