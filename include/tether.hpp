@@ -11,6 +11,7 @@
 #include "tether/mpsc_queue.hpp"
 #include "tether/result.hpp"
 #include "tether/router.hpp"
+#include "tether/router_messages.hpp"
 #include "tether/select.hpp"
 #include "tether/thread_checker.hpp"
 #include "tether/version.hpp"

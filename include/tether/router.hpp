@@ -71,295 +71,30 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
-#include <string_view>
 #include <thread>
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
-#include <variant>
 #include <vector>
 
 #include "detail/call_slot.hpp"
-#include "detail/config.hpp"
 #include "detail/futex.hpp"
 #include "detail/parker.hpp"
+#include "detail/router_subshell.hpp"
 #include "detail/thread_record.hpp"
 #include "errors.hpp"
 #include "executor.hpp"
 #include "mpsc_queue.hpp"
 #include "result.hpp"
+#include "router_messages.hpp"
 #include "select.hpp"
 
 namespace tether {
-
-// ---- messages ------------------------------------------------------------------------------
-
-// Names a subshell. The default value is the parent (as in JEP 91, where the parent is
-// addressed by the absence of an id); children get 1, 2, 3 ... in creation order, never
-// reused.
-class subshell_id {
- public:
-  constexpr subshell_id() noexcept = default;
-  constexpr explicit subshell_id(std::uint64_t value) noexcept : value_(value) {}
-  constexpr std::uint64_t value() const noexcept { return value_; }
-  constexpr bool is_parent() const noexcept { return value_ == 0; }
-  // "parent" or "subshell-<id>" (also the child's executor and thread name).
-  std::string to_string() const { return is_parent() ? std::string("parent") : "subshell-" + std::to_string(value_); }
-  friend constexpr bool operator==(const subshell_id&, const subshell_id&) noexcept = default;
-  friend constexpr auto operator<=>(const subshell_id&, const subshell_id&) noexcept = default;
-
- private:
-  std::uint64_t value_ = 0;
-};
-
-inline constexpr subshell_id parent_subshell{};
-
-// What a sender hands the router: the header it routes on (subshell, tag) and a payload it
-// never looks at. The tag comes back in the reply, to match the two.
-template <class Payload>
-struct envelope {
-  envelope() requires std::default_initializable<Payload> = default;
-  template <class P>
-    requires std::constructible_from<Payload, P&&>
-  envelope(subshell_id id, P&& p, std::uint64_t t = 0) : subshell(id), payload(std::forward<P>(p)), tag(t) {}
-
-  subshell_id subshell{};
-  Payload payload;
-  std::uint64_t tag = 0;
-};
-
-// Why a message (or a control request) got an error instead of a value.
-enum class routing_errc : std::uint8_t {
-  unknown_subshell = 1,  // no subshell with that id was ever created     (payload handed back)
-  subshell_deleted,      // deleted before the message ran or arrived     (payload handed back)
-  subshell_stopped,      // the parent's executor refused or cancelled it (payload handed back)
-  handler_threw,         // the handler threw before replying (the message names the exception)
-  no_reply,              // the handler returned without replying
-  router_stopped,        // shutdown(cancel) came first, or a request came during shutdown
-  invalid_request,       // control: cannot be served (deleting the parent)
-  create_failed,         // control: the subshell's thread or its handler could not be made
-};
-
-constexpr const char* to_string(routing_errc c) noexcept {
-  switch (c) {
-    case routing_errc::unknown_subshell: return "unknown_subshell";
-    case routing_errc::subshell_deleted: return "subshell_deleted";
-    case routing_errc::subshell_stopped: return "subshell_stopped";
-    case routing_errc::handler_threw: return "handler_threw";
-    case routing_errc::no_reply: return "no_reply";
-    case routing_errc::router_stopped: return "router_stopped";
-    case routing_errc::invalid_request: return "invalid_request";
-    case routing_errc::create_failed: return "create_failed";
-  }
-  return "unknown";
-}
-
-// An error reply's cause: a code, the subshell it concerns and a message naming both.
-class routing_error {
- public:
-  routing_error(routing_errc code, subshell_id subshell, std::string message)
-      : code_(code), subshell_(subshell), message_(std::move(message)) {}
-  routing_errc code() const noexcept { return code_; }
-  subshell_id subshell() const noexcept { return subshell_; }
-  const std::string& message() const noexcept { return message_; }
-
- private:
-  routing_errc code_;
-  subshell_id subshell_;
-  std::string message_;
-};
-
-// What leaves the router: one per accepted message, tagged with the subshell and the
-// envelope's tag, holding the handler's value or an error. Errors are rare, so they live on
-// the heap and a value reply stays small.
-template <class Reply, class Payload>
-class routed_reply {
- public:
-  routed_reply(subshell_id subshell, std::uint64_t tag, Reply&& value)
-      : subshell_(subshell), tag_(tag), v_(std::in_place_index<0>, std::move(value)) {}
-  routed_reply(subshell_id subshell, std::uint64_t tag, routing_error error, std::optional<Payload> returned = {})
-      : subshell_(subshell),
-        tag_(tag),
-        v_(std::in_place_index<1>, std::make_unique<failure>(failure{std::move(error), std::move(returned)})) {}
-
-  subshell_id subshell() const noexcept { return subshell_; }
-  std::uint64_t tag() const noexcept { return tag_; }
-
-  bool has_value() const noexcept { return v_.index() == 0; }
-  explicit operator bool() const noexcept { return has_value(); }
-
-  // The handler's reply; throws std::logic_error carrying the error's message when there is
-  // none.
-  Reply& value() & {
-    check();
-    return *std::get_if<0>(&v_);
-  }
-  const Reply& value() const& {
-    check();
-    return *std::get_if<0>(&v_);
-  }
-  Reply&& value() && {
-    check();
-    return std::move(*std::get_if<0>(&v_));
-  }
-  // Precondition: has_value().
-  Reply& operator*() noexcept { return *std::get_if<0>(&v_); }
-  const Reply& operator*() const noexcept { return *std::get_if<0>(&v_); }
-  Reply* operator->() noexcept { return std::get_if<0>(&v_); }
-  const Reply* operator->() const noexcept { return std::get_if<0>(&v_); }
-
-  // The error; throws std::logic_error for a value reply.
-  const routing_error& error() const {
-    if (has_value()) throw std::logic_error("tether::routed_reply::error(): the reply holds a value");
-    return (*std::get_if<1>(&v_))->error;
-  }
-
-  // The payload handed back by a message that never reached a handler (unknown_subshell,
-  // subshell_deleted, subshell_stopped, router_stopped); nullptr otherwise.
-  Payload* returned_payload() noexcept {
-    if (has_value()) return nullptr;
-    auto& f = *std::get_if<1>(&v_);
-    return f->payload ? &*f->payload : nullptr;
-  }
-
- private:
-  struct failure {
-    routing_error error;
-    std::optional<Payload> payload;
-  };
-  void check() const {
-    if (has_value()) return;
-    const routing_error& e = (*std::get_if<1>(&v_))->error;
-    throw std::logic_error("tether::routed_reply::value(): no value (" + std::string(to_string(e.code())) + "): " +
-                           e.message());
-  }
-
-  subshell_id subshell_;
-  std::uint64_t tag_;
-  std::variant<Reply, std::unique_ptr<failure>> v_;
-};
-
-// The control channel's verbs (JEP 91's create / delete / list, and per-subshell counters).
-enum class control_op : std::uint8_t { create_subshell, delete_subshell, list_subshells, subshell_stats };
-
-struct control_request {
-  control_op op = control_op::list_subshells;
-  subshell_id subshell{};                // delete: which one
-  stop_mode policy = stop_mode::drain;   // delete: run its queued messages, or cancel them
-  std::uint64_t tag = 0;                 // comes back in the reply
-
-  static control_request create(std::uint64_t tag = 0) {
-    return {control_op::create_subshell, {}, stop_mode::drain, tag};
-  }
-  static control_request remove(subshell_id id, stop_mode policy = stop_mode::drain, std::uint64_t tag = 0) {
-    return {control_op::delete_subshell, id, policy, tag};
-  }
-  static control_request list(std::uint64_t tag = 0) { return {control_op::list_subshells, {}, stop_mode::drain, tag}; }
-  static control_request stats(std::uint64_t tag = 0) {
-    return {control_op::subshell_stats, {}, stop_mode::drain, tag};
-  }
-};
-
-// One subshell's counters; a snapshot, stale as soon as it is taken.
-struct subshell_stats {
-  subshell_id id{};
-  std::string executor_name;  // "subshell-<id>", or the parent executor's name
-  std::uint64_t accepted = 0;  // messages routed to it
-  std::uint64_t replied = 0;   // answered: reply sent and handler returned (or never run)
-  std::uint64_t failed = 0;    // of those, answered with an error
-  bool busy = false;           // a handler is running right now
-  std::uint64_t pending() const noexcept { return accepted - replied; }
-};
-
-struct control_reply {
-  control_op op = control_op::list_subshells;
-  std::uint64_t tag = 0;
-  subshell_id subshell{};               // create: the new subshell; delete: the deleted one
-  std::vector<subshell_stats> subshells;  // list: the children; stats: the parent, then them
-  std::optional<routing_error> error;     // set when the request was refused
-  bool ok() const noexcept { return !error.has_value(); }
-};
-
-struct router_options {
-  std::string name = "router";  // the router thread's name, in every error message
-};
-
-// Thrown by the direct control calls once the router is stopped (shutdown() was called).
-class router_stopped : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-template <class Payload, class Reply>
-class router;
-template <class Reply, class Payload>
-class reply_sender;
-
-namespace detail {
-
-// The router whose child subshell the calling thread runs, if any (join() refuses there).
-inline constinit thread_local const void* router_child_thread_of = nullptr;
-
-template <class Payload, class Reply>
-struct router_handler {
-  virtual ~router_handler() = default;
-  virtual void handle(Payload&& p, reply_sender<Reply, Payload>& reply) = 0;
-};
-
-template <class Payload, class Reply>
-struct router_factory {
-  virtual ~router_factory() = default;
-  virtual std::unique_ptr<router_handler<Payload, Reply>> make(subshell_id id) = 0;
-};
-
-// One subshell as the router sees it.
-template <class Payload, class Reply>
-struct router_subshell {
-  router_subshell(router<Payload, Reply>* r, subshell_id i, routing_errc unrun) noexcept
-      : owner(r), id(i), unrun_code(unrun) {}
-
-  router<Payload, Reply>* const owner;
-  const subshell_id id;
-  const routing_errc unrun_code;  // for a task destroyed unrun with no cancel code set
-  executor* ex = nullptr;          // the parent's executor, or own_ex
-  std::unique_ptr<executor> own_ex;  // children only
-  // Made, used and destroyed on the subshell's thread (the parent's: see the banner).
-  std::unique_ptr<router_handler<Payload, Reply>> handler;
-
-  // Router thread only: messages routed here, and those routed in the current inbox batch and
-  // not yet handed to the executor (one task per subshell per batch; see serve_inbox()).
-  std::uint64_t accepted_local = 0;
-  std::vector<std::pair<std::uint64_t, Payload>> staged;
-  // A copy of accepted_local for stats and the reaper: written by the router thread.
-  std::atomic<std::uint64_t> accepted{0};
-  // Raised by whichever thread finishes a message (the subshell's, or the router's when its
-  // executor refuses the task); read by stats and the reaper. Off the router's line.
-  alignas(detail::cache_line) std::atomic<std::uint64_t> answered{0};
-  std::atomic<std::uint64_t> failed{0};  // written as answered; read by stats
-  std::atomic<bool> busy{false};         // written by the subshell thread; read by stats
-  // 0, or the routing_errc with which queued tasks answer instead of running: set by the
-  // router thread (delete or shutdown with cancel), read by the subshell's tasks.
-  std::atomic<std::uint8_t> cancel_code{0};
-};
-
-// Where the reaper waits for the parent's last answers (answered == accepted). Static: the
-// parent's thread notifies after its last count, when the router may already be gone.
-struct alignas(cache_line) router_settle_slot {
-  parker settled;
-};
-inline router_settle_slot router_settle_slots[16];
-
-inline parker& router_settle_parker(const void* subshell) noexcept {
-  return router_settle_slots[(reinterpret_cast<std::uintptr_t>(subshell) / cache_line) % 16].settled;
-}
-
-}  // namespace detail
 
 // Handed to a handler of the form void(Payload&&, reply_sender&): send() answers the message
 // (once; later calls return false). If the handler returns without sending, the message is
@@ -397,38 +132,6 @@ class reply_sender {
   std::uint64_t tag_;
   bool sent_ = false;
 };
-
-namespace detail {
-
-template <class Payload, class Reply, class H>
-struct router_handler_impl final : router_handler<Payload, Reply> {
-  explicit router_handler_impl(H&& h) : fn(std::move(h)) {}
-  void handle(Payload&& p, reply_sender<Reply, Payload>& reply) override {
-    if constexpr (std::is_invocable_v<H&, Payload&&, reply_sender<Reply, Payload>&>) {
-      std::invoke(fn, std::move(p), reply);
-    } else {
-      reply.send(Reply(std::invoke(fn, std::move(p))));
-    }
-  }
-  H fn;
-};
-
-// A handler of either form (see router.hpp's banner).
-template <class H, class Payload, class Reply>
-inline constexpr bool router_handler_v = std::is_invocable_v<H&, Payload&&, reply_sender<Reply, Payload>&> ||
-                                         std::is_invocable_r_v<Reply, H&, Payload&&>;
-
-template <class Payload, class Reply, class F>
-struct router_factory_impl final : router_factory<Payload, Reply> {
-  explicit router_factory_impl(F&& f) : fn(std::move(f)) {}
-  std::unique_ptr<router_handler<Payload, Reply>> make(subshell_id id) override {
-    using H = std::decay_t<std::invoke_result_t<F&, subshell_id>>;
-    return std::make_unique<router_handler_impl<Payload, Reply, H>>(std::invoke(fn, id));
-  }
-  F fn;
-};
-
-}  // namespace detail
 
 template <class Payload, class Reply>
 class router {

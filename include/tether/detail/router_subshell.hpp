@@ -1,0 +1,127 @@
+// tether/detail/router_subshell.hpp - one subshell as the router sees it, and the handler
+// and factory it runs, with the user's callables type-erased.
+//
+// router.hpp holds what users touch (router, reply_sender); this holds what the router keeps
+// for each subshell: its executor, its handler, the counters stats() reports and the cancel
+// code its queued tasks answer with. Also the virtual handler and factory through which the
+// router calls the user's callables without knowing their types, and the static slots where
+// the reaper waits for the parent's last answers. Nothing here is public API.
+//
+// router and reply_sender are only declared here: router.hpp defines both before it
+// instantiates anything below.
+//
+// Who may call what: each router_subshell field as its comment says; router_child_thread_of -
+// set on a child subshell's own thread, read by join() on the calling thread.
+// Memory ordering: [A1]/[A2] and [C1]/[C2] on answered and cancel_code are router.hpp's (see
+// its banner).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../executor.hpp"
+#include "../router_messages.hpp"
+#include "config.hpp"
+#include "parker.hpp"
+
+namespace tether {
+
+template <class Payload, class Reply>
+class router;
+template <class Reply, class Payload>
+class reply_sender;
+
+namespace detail {
+
+// The router whose child subshell the calling thread runs, if any (join() refuses there).
+inline constinit thread_local const void* router_child_thread_of = nullptr;
+
+template <class Payload, class Reply>
+struct router_handler {
+  virtual ~router_handler() = default;
+  virtual void handle(Payload&& p, reply_sender<Reply, Payload>& reply) = 0;
+};
+
+template <class Payload, class Reply>
+struct router_factory {
+  virtual ~router_factory() = default;
+  virtual std::unique_ptr<router_handler<Payload, Reply>> make(subshell_id id) = 0;
+};
+
+// One subshell as the router sees it.
+template <class Payload, class Reply>
+struct router_subshell {
+  router_subshell(router<Payload, Reply>* r, subshell_id i, routing_errc unrun) noexcept
+      : owner(r), id(i), unrun_code(unrun) {}
+
+  router<Payload, Reply>* const owner;
+  const subshell_id id;
+  const routing_errc unrun_code;  // for a task destroyed unrun with no cancel code set
+  executor* ex = nullptr;          // the parent's executor, or own_ex
+  std::unique_ptr<executor> own_ex;  // children only
+  // Made, used and destroyed on the subshell's thread (the parent's: see router.hpp's banner).
+  std::unique_ptr<router_handler<Payload, Reply>> handler;
+
+  // Router thread only: messages routed here, and those routed in the current inbox batch and
+  // not yet handed to the executor (one task per subshell per batch; see router::serve_inbox()).
+  std::uint64_t accepted_local = 0;
+  std::vector<std::pair<std::uint64_t, Payload>> staged;
+  // A copy of accepted_local for stats and the reaper: written by the router thread.
+  std::atomic<std::uint64_t> accepted{0};
+  // Raised by whichever thread finishes a message (the subshell's, or the router's when its
+  // executor refuses the task); read by stats and the reaper. Off the router's line.
+  alignas(detail::cache_line) std::atomic<std::uint64_t> answered{0};
+  std::atomic<std::uint64_t> failed{0};  // written as answered; read by stats
+  std::atomic<bool> busy{false};         // written by the subshell thread; read by stats
+  // 0, or the routing_errc with which queued tasks answer instead of running: set by the
+  // router thread (delete or shutdown with cancel), read by the subshell's tasks.
+  std::atomic<std::uint8_t> cancel_code{0};
+};
+
+// Where the reaper waits for the parent's last answers (answered == accepted). Static: the
+// parent's thread notifies after its last count, when the router may already be gone.
+struct alignas(cache_line) router_settle_slot {
+  parker settled;
+};
+inline router_settle_slot router_settle_slots[16];
+
+inline parker& router_settle_parker(const void* subshell) noexcept {
+  return router_settle_slots[(reinterpret_cast<std::uintptr_t>(subshell) / cache_line) % 16].settled;
+}
+
+template <class Payload, class Reply, class H>
+struct router_handler_impl final : router_handler<Payload, Reply> {
+  explicit router_handler_impl(H&& h) : fn(std::move(h)) {}
+  void handle(Payload&& p, reply_sender<Reply, Payload>& reply) override {
+    if constexpr (std::is_invocable_v<H&, Payload&&, reply_sender<Reply, Payload>&>) {
+      std::invoke(fn, std::move(p), reply);
+    } else {
+      reply.send(Reply(std::invoke(fn, std::move(p))));
+    }
+  }
+  H fn;
+};
+
+// A handler of either form (see router.hpp's banner).
+template <class H, class Payload, class Reply>
+inline constexpr bool router_handler_v = std::is_invocable_v<H&, Payload&&, reply_sender<Reply, Payload>&> ||
+                                         std::is_invocable_r_v<Reply, H&, Payload&&>;
+
+template <class Payload, class Reply, class F>
+struct router_factory_impl final : router_factory<Payload, Reply> {
+  explicit router_factory_impl(F&& f) : fn(std::move(f)) {}
+  std::unique_ptr<router_handler<Payload, Reply>> make(subshell_id id) override {
+    using H = std::decay_t<std::invoke_result_t<F&, subshell_id>>;
+    return std::make_unique<router_handler_impl<Payload, Reply, H>>(std::invoke(fn, id));
+  }
+  F fn;
+};
+
+}  // namespace detail
+
+}  // namespace tether
