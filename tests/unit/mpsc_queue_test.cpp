@@ -845,17 +845,21 @@ TEST_CASE("mpsc_queue producer handle is FIFO across many blocks", "[mpsc_queue]
     CHECK(q.size_approx() == 0);
   }
   SECTION("small blocks (wide items), batches around the block size") {
+    // Emptied blocks come back from the pool holding the stamps of their last use: an
+    // emptied lane must still read as empty at every position of a reused block.
     mpsc_queue<wide_item> q;
     auto h = q.make_producer();
-    std::uint64_t pushed = 0, next = 0;
+    std::uint64_t pushed = 0, next = 0, not_empty = 0;
     for (const std::uint64_t batch : {1, 2, 30, 31, 32, 33, 62, 63, 64, 93, 100, 500, 1}) {
       for (int round = 0; round < 20; ++round) {
         push_through(h, pushed, pushed + batch);
         pushed += batch;
         pop_expect(q, next, batch);
+        not_empty += q.try_pop().is_empty() ? 0 : 1;
       }
     }
     CHECK(pushed > 10000);
+    CHECK(not_empty == 0);
     CHECK(q.try_pop().is_empty());
   }
   SECTION("small blocks, the consumer trails the handle by a varying distance") {
