@@ -1249,25 +1249,25 @@ class block_pool {
 // lane; the consumer half (ready, take, take_ready, ...) - the queue's consumer; try_own /
 // disown / size_approx - any thread.
 //
-// A lane is a single-producer single-consumer list of blocks of slots; a slot is the item and
-// a stamp, the item's 1-based position in the lane. The producer writes the item, then stores
-// the stamp (release); the consumer compares its head slot's stamp (acquire) with the position
-// it expects and takes the item - no compare-and-swap and no cache line shared with other
-// producers, the point of a lane. Stamps rather than a published item count: a consumer that
-// has caught up then reads the line the producer is filling anyway, instead of a counter line
+// A lane is a single-producer single-consumer list of blocks of items, each item with a
+// stamp: its 1-based position in the lane. The producer writes the item, then stores the
+// stamp (release); the consumer compares its head stamp (acquire) with the position it
+// expects and takes the item - no compare-and-swap and no cache line shared with other
+// producers, the point of a lane. Stamps rather than a published item count: a consumer
+// that has caught up then polls near the producer's current item, instead of a counter line
 // that every push rewrites (measured slower, see bench/README.md). Stamps rather than a flag
-// the consumer clears: the consumer only reads a block's lines, so the producer refilling a
-// reused block does not have to pull them back dirty. The producer links the next block
-// before it publishes a block's last slot, so the consumer always finds it. Emptied blocks
-// go back to the producer through a bounded pool (block_pool.hpp); steady state allocates
-// nothing.
+// the consumer clears: the consumer only reads a block, so a reused block's stale stamps are
+// simply smaller than expected. The producer links the next block before it publishes a
+// block's last item, so the consumer always finds it. Emptied blocks go back to the producer
+// through a bounded pool (block_pool.hpp); steady state allocates nothing. Small items sit
+// next to their stamps; items of a cache line or more on whole lines (lane_block below).
 //
 // Closing (see mpsc_queue's banner): emplace raises pushing_ for its whole length and reads
 // the queue's closing flag after a light fence; the consumer reads pushing_ before the head
 // stamp once closed, so a push that passed its check is either seen in flight or seen landed.
 //
-// Memory ordering: a slot's release stamp store publishes its item (and, for a block's last
-// slot, the link to the next block); the consumer's acquire load pairs with it. pushing_'s
+// Memory ordering: an item's release stamp store publishes it (and, for a block's last
+// item, the link to the next block); the consumer's acquire load pairs with it. pushing_'s
 // release store pairs with the consumer's seq_cst load after close. Ownership of the
 // producer side moves between handles by owned_'s release/acquire.
 
@@ -1275,31 +1275,61 @@ class block_pool {
 
 namespace tether::detail {
 
+// A lane's block: about 16 KiB of items (at least 32) with their stamps, in one of two
+// layouts chosen by the item's size. Both say which line to prefetch ahead of a write.
+template <class T, bool StampsApart = (sizeof(T) >= cache_line)>
+struct lane_block;
+
+// Items smaller than a cache line: each slot holds the item and its stamp, so reading the
+// stamp brings in the item's line too.
 template <class T>
-class producer_lane {
+struct lane_block<T, false> {
   struct slot {
     alignas(T) unsigned char storage[sizeof(T)];
-    // The item's stamp: its 1-based position in the lane, stored (release) by the producer
-    // once the item is written. A slot of a reused block keeps an older, smaller stamp, so
-    // the consumer never writes to a slot: recycling a block touches none of its lines.
     std::atomic<std::uint64_t> stamp{0};
-    T* item() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
   };
-  // About 16 KiB per block, at least 32 items.
-  static constexpr std::size_t block_items = sizeof(slot) * 32 >= 16384 ? 32 : 16384 / sizeof(slot);
+  static constexpr std::size_t items = sizeof(slot) * 32 >= 16384 ? 32 : 16384 / sizeof(slot);
+  // About 512 bytes ahead of the slot being written.
+  static constexpr std::size_t prefetch_ahead = (512 + sizeof(slot) - 1) / sizeof(slot);
+
+  slot slots[items];
+  // Stored by the producer before it publishes the block's last item; read by the consumer
+  // after it has taken that item. A reused block keeps a stale value until then.
+  std::atomic<lane_block*> next{nullptr};
+
+  unsigned char* item(std::size_t i) noexcept { return slots[i].storage; }
+  std::atomic<std::uint64_t>& stamp(std::size_t i) noexcept { return slots[i].stamp; }
+  void prefetch(std::size_t i) noexcept { prefetch_for_write(&slots[i]); }
+};
+
+// Items of a cache line or more: items on whole lines, stamps in an array of their own. A
+// consumer that has caught up polls a stamp line, not the line the producer is writing an
+// item into. Measured with 64-byte items against the layout above, in one process with
+// interleaved repetitions: try_pop 1.2-1.6x as fast at 1 and 4 producers (0.94-1.33x at 2),
+// try_pop_bulk 0.8-0.9x at 1 and 2 producers and even at 4 (bench/README.md).
+template <class T>
+struct lane_block<T, true> {
+  static constexpr std::size_t items = sizeof(T) * 32 >= 16384 ? 32 : 16384 / sizeof(T);
+  static constexpr std::size_t prefetch_ahead = (512 + sizeof(T) - 1) / sizeof(T);
+
+  alignas(alignof(T) > cache_line ? alignof(T) : cache_line) unsigned char storage[items][sizeof(T)];
+  alignas(cache_line) std::atomic<std::uint64_t> stamps[items] = {};
+  std::atomic<lane_block*> next{nullptr};  // as above
+
+  unsigned char* item(std::size_t i) noexcept { return storage[i]; }
+  std::atomic<std::uint64_t>& stamp(std::size_t i) noexcept { return stamps[i]; }
+  void prefetch(std::size_t i) noexcept {
+    prefetch_for_write(storage[i]);
+    prefetch_for_write(&stamps[i]);
+  }
+};
+
+template <class T>
+class producer_lane {
+  using block = lane_block<T>;
+  static constexpr std::size_t block_items = block::items;
   // Emptied blocks kept for reuse: up to about 1 MiB per lane, at least 4 blocks.
-  static constexpr std::size_t max_cached = (block_items * sizeof(slot) * 4 >= (1u << 20)) ? 4 : (1u << 20) / (block_items * sizeof(slot));
-
-  // The producer asks for the line this many slots ahead of the one it writes (about 512
-  // bytes): the consumer has read those lines since the block's last use.
-  static constexpr std::size_t prefetch_slots = (512 + sizeof(slot) - 1) / sizeof(slot);
-
-  struct block {
-    slot slots[block_items];
-    // Stored by the producer before it publishes the block's last slot; read by the
-    // consumer after it has taken that slot. A reused block keeps a stale value until then.
-    std::atomic<block*> next{nullptr};
-  };
+  static constexpr std::size_t max_cached = sizeof(block) * 4 >= (1u << 20) ? 4 : (1u << 20) / sizeof(block);
 
  public:
   producer_lane() : tail_block_(new block), head_block_(tail_block_) {}
@@ -1310,7 +1340,7 @@ class producer_lane {
   ~producer_lane() {
     std::uint64_t left = pushed_.load(std::memory_order_relaxed) - popped_.load(std::memory_order_relaxed);
     for (; left != 0; --left) {
-      head_slot().item()->~T();
+      head_item()->~T();
       if (step_head()) delete std::exchange(spent_, nullptr);
     }
     // head_block_ is the producer's tail block now; blocks after it are stale links.
@@ -1330,23 +1360,27 @@ class producer_lane {
     const lower_on_exit lower{pushing_};
     // relaxed: ordered by the handshake's fences; close() heavy-fences after its store.
     if (closing.load(std::memory_order_relaxed)) return false;
-    slot& s = tail_block_->slots[tail_pos_];
-    if (tail_pos_ + prefetch_slots < block_items) prefetch_for_write(&s + prefetch_slots);
-    if (tail_pos_ + 1 == block_items) {
+    block& b = *tail_block_;
+    const std::size_t pos = tail_pos_;
+    unsigned char* const s = b.item(pos);
+    // The lines about to be written were read by the consumer since the block's last use: ask
+    // for them ahead, or each store waits for its line in turn (no hardware prefetcher helps).
+    if (pos + block::prefetch_ahead < block_items) b.prefetch(pos + block::prefetch_ahead);
+    if (pos + 1 == block_items) {
       std::unique_ptr<block> next(take_spare());          // may throw: nothing written yet
-      ::new (s.storage) T(std::forward<Args>(args)...);  // throws: nothing published
-      // release: the consumer reads next only after it has taken the slot published below.
-      tail_block_->next.store(next.get(), std::memory_order_release);
+      ::new (s) T(std::forward<Args>(args)...);  // throws: nothing published
+      // release: the consumer reads next only after it has taken the item published below.
+      b.next.store(next.get(), std::memory_order_release);
       tail_block_ = next.release();
       tail_pos_ = 0;
     } else {
-      ::new (s.storage) T(std::forward<Args>(args)...);  // throws: the slot is reused next time
+      ::new (s) T(std::forward<Args>(args)...);  // throws: the slot is reused next time
       ++tail_pos_;
     }
     // relaxed: only this thread writes pushed_ (size_approx() reads it as a statistic).
     const std::uint64_t stamp = pushed_.load(std::memory_order_relaxed) + 1;
     // release: publishes the item; pairs with the consumer's acquire load in ready().
-    s.stamp.store(stamp, std::memory_order_release);
+    b.stamp(pos).store(stamp, std::memory_order_release);
     pushed_.store(stamp, std::memory_order_relaxed);  // relaxed: as above
     return true;
   }
@@ -1355,10 +1389,10 @@ class producer_lane {
 
   // Is the head item published?
   bool ready() noexcept {
-    return head_slot().stamp.load(std::memory_order_acquire) == next_stamp();  // acquire: pairs with emplace()
+    return head_stamp().load(std::memory_order_acquire) == next_stamp();  // acquire: pairs with emplace()
   }
   // The same with a seq_cst load: the re-check half of the parker handshake.
-  bool ready_seq_cst() noexcept { return head_slot().stamp.load(std::memory_order_seq_cst) == next_stamp(); }
+  bool ready_seq_cst() noexcept { return head_stamp().load(std::memory_order_seq_cst) == next_stamp(); }
   // A push is between its closed check and its end. Read before ready_seq_cst() (banner).
   bool pushing() const noexcept { return pushing_.load(std::memory_order_seq_cst); }
 
@@ -1366,7 +1400,7 @@ class producer_lane {
   // item stays queued.
   template <class F>
   void take(F&& f) {
-    T* p = head_slot().item();
+    T* p = head_item();
     f(std::move(*p));
     p->~T();
     advance();
@@ -1378,7 +1412,7 @@ class producer_lane {
   std::size_t take_ready(std::size_t max, Sink& sink) {
     std::size_t n = 0;
     while (n < max && ready()) {
-      T* p = head_slot().item();
+      T* p = head_item();
       T v(std::move(*p));
       p->~T();
       advance();
@@ -1417,7 +1451,8 @@ class producer_lane {
     ~lower_on_exit() { flag.store(false, std::memory_order_release); }
   };
 
-  slot& head_slot() noexcept { return head_block_->slots[head_pos_]; }
+  T* head_item() noexcept { return std::launder(reinterpret_cast<T*>(head_block_->item(head_pos_))); }
+  std::atomic<std::uint64_t>& head_stamp() noexcept { return head_block_->stamp(head_pos_); }
   // The stamp the head slot carries once its item is published.
   std::uint64_t next_stamp() const noexcept {
     return popped_.load(std::memory_order_relaxed) + 1;  // relaxed: only the consumer writes popped_
