@@ -505,8 +505,12 @@ class router {
       return;
     }
     // The router removes it, then answers the create. Shutting down, the router stops it
-    // anyway: answer here.
-    if (control_in_.emplace(control_request::remove(s.id, stop_mode::drain, tag), waiter, true, failure)) return;
+    // anyway: answer here. The exception moves with the request (a closed queue leaves it
+    // here), so the thread that reads it also drops the last reference: libstdc++ counts
+    // exception_ptr references with atomics ThreadSanitizer does not see, and would report
+    // this thread freeing the exception after the router read it.
+    if (control_in_.emplace(control_request::remove(s.id, stop_mode::drain, tag), waiter, true, std::move(failure)))
+      return;
     answer_failed_create(waiter, tag, s.id, failure);
   }
 
