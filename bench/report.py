@@ -154,7 +154,7 @@ def load_results(results_dir):
     contexts = []
     problems = []
     files = sorted(f for f in os.listdir(results_dir) if f.endswith(".json") and f != "build-info.json")
-    for fname in files:
+    for file_index, fname in enumerate(files):
         path = os.path.join(results_dir, fname)
         try:
             with open(path, encoding="utf-8") as f:
@@ -166,7 +166,7 @@ def load_results(results_dir):
         for run in data.get("benchmarks", []):
             name = base_name(run)
             # Registration order (the JSON lists interleaved repetitions in the order they ran).
-            order = (files.index(fname), run.get("family_index", len(grouped)), run.get("per_family_instance_index", 0))
+            order = (file_index, run.get("family_index", len(grouped)), run.get("per_family_instance_index", 0))
             g = grouped.setdefault(name, {"iterations": [], "aggregates": {}, "errors": [], "order": order})
             if run.get("error_occurred"):
                 g["errors"].append(run.get("error_message", "error"))

@@ -1181,8 +1181,8 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
 // block and pushes the rest back as one chain. The count is approximate (relaxed): at worst
 // a block more or less is kept than the limit says; memory follows the backlog down.
 //
-// Memory ordering: give()'s release CAS publishes the block (reset by the caller) to take()'s
-// acquire exchange.
+// Memory ordering: give()'s release CAS publishes the block (the giver's last reads and any
+// reset of it) to take()'s acquire exchange.
 
 
 namespace tether::detail {
@@ -1202,7 +1202,7 @@ class block_pool {
 
   // A kept block (its next null), or nullptr when none is kept.
   Block* take() noexcept {
-    // acquire: pairs with give()'s release; the block's reset is visible.
+    // acquire: pairs with give()'s release; the giver is done with the block.
     Block* b = head_.exchange(nullptr, std::memory_order_acquire);
     if (b == nullptr) return nullptr;
     count_.fetch_sub(1, std::memory_order_relaxed);  // relaxed: the count only steers give()
@@ -1231,7 +1231,7 @@ class block_pool {
     Block* head = head_.load(std::memory_order_relaxed);  // relaxed: the CAS re-checks it
     do {
       last->next.store(head, std::memory_order_relaxed);  // relaxed: published by the CAS
-      // release: publishes the chain (and the blocks' reset) to take()'s acquire exchange.
+      // release: publishes the chain (and the givers' last accesses) to take()'s acquire exchange.
     } while (!head_.compare_exchange_weak(head, first, std::memory_order_release, std::memory_order_relaxed));
   }
 
@@ -1341,7 +1341,7 @@ class producer_lane {
     std::uint64_t left = pushed_.load(std::memory_order_relaxed) - popped_.load(std::memory_order_relaxed);
     for (; left != 0; --left) {
       head_item()->~T();
-      if (step_head()) delete std::exchange(spent_, nullptr);
+      delete step_head();
     }
     // head_block_ is the producer's tail block now; blocks after it are stale links.
     delete head_block_;
@@ -1458,17 +1458,17 @@ class producer_lane {
     return popped_.load(std::memory_order_relaxed) + 1;  // relaxed: only the consumer writes popped_
   }
   void advance() noexcept {
-    if (step_head()) pool_.give(std::exchange(spent_, nullptr));
+    if (block* emptied = step_head()) pool_.give(emptied);
     // relaxed: the consumer's own counter; size_approx() reads it as a statistic.
     popped_.store(popped_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
-  // Moves past the head slot; true if that left a block behind (in spent_).
-  bool step_head() noexcept {
-    if (++head_pos_ != block_items) return false;
+  // Moves past the head slot; returns the block it left, if it left one (else nullptr).
+  block* step_head() noexcept {
+    if (++head_pos_ != block_items) return nullptr;
     // acquire: pairs with emplace()'s release store of next, made before the last slot.
-    spent_ = std::exchange(head_block_, head_block_->next.load(std::memory_order_acquire));
+    block* const emptied = std::exchange(head_block_, head_block_->next.load(std::memory_order_acquire));
     head_pos_ = 0;
-    return true;
+    return emptied;
   }
 
   block* take_spare() {
@@ -1485,7 +1485,6 @@ class producer_lane {
   alignas(cache_line) block* head_block_;
   std::size_t head_pos_ = 0;              // next slot in head_block_
   std::atomic<std::uint64_t> popped_{0};  // items taken; the head slot's stamp is popped_ + 1
-  block* spent_ = nullptr;                // the block just emptied, on its way to pool_
 
   // Shared, written about once per block or per handle.
   alignas(cache_line) block_pool<block> pool_{max_cached};  // emptied blocks, for the producer

@@ -11,8 +11,8 @@
 // block and pushes the rest back as one chain. The count is approximate (relaxed): at worst
 // a block more or less is kept than the limit says; memory follows the backlog down.
 //
-// Memory ordering: give()'s release CAS publishes the block (reset by the caller) to take()'s
-// acquire exchange.
+// Memory ordering: give()'s release CAS publishes the block (the giver's last reads and any
+// reset of it) to take()'s acquire exchange.
 #pragma once
 
 #include <atomic>
@@ -36,7 +36,7 @@ class block_pool {
 
   // A kept block (its next null), or nullptr when none is kept.
   Block* take() noexcept {
-    // acquire: pairs with give()'s release; the block's reset is visible.
+    // acquire: pairs with give()'s release; the giver is done with the block.
     Block* b = head_.exchange(nullptr, std::memory_order_acquire);
     if (b == nullptr) return nullptr;
     count_.fetch_sub(1, std::memory_order_relaxed);  // relaxed: the count only steers give()
@@ -65,7 +65,7 @@ class block_pool {
     Block* head = head_.load(std::memory_order_relaxed);  // relaxed: the CAS re-checks it
     do {
       last->next.store(head, std::memory_order_relaxed);  // relaxed: published by the CAS
-      // release: publishes the chain (and the blocks' reset) to take()'s acquire exchange.
+      // release: publishes the chain (and the givers' last accesses) to take()'s acquire exchange.
     } while (!head_.compare_exchange_weak(head, first, std::memory_order_release, std::memory_order_relaxed));
   }
 

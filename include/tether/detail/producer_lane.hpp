@@ -107,7 +107,7 @@ class producer_lane {
     std::uint64_t left = pushed_.load(std::memory_order_relaxed) - popped_.load(std::memory_order_relaxed);
     for (; left != 0; --left) {
       head_item()->~T();
-      if (step_head()) delete std::exchange(spent_, nullptr);
+      delete step_head();
     }
     // head_block_ is the producer's tail block now; blocks after it are stale links.
     delete head_block_;
@@ -224,17 +224,17 @@ class producer_lane {
     return popped_.load(std::memory_order_relaxed) + 1;  // relaxed: only the consumer writes popped_
   }
   void advance() noexcept {
-    if (step_head()) pool_.give(std::exchange(spent_, nullptr));
+    if (block* emptied = step_head()) pool_.give(emptied);
     // relaxed: the consumer's own counter; size_approx() reads it as a statistic.
     popped_.store(popped_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
-  // Moves past the head slot; true if that left a block behind (in spent_).
-  bool step_head() noexcept {
-    if (++head_pos_ != block_items) return false;
+  // Moves past the head slot; returns the block it left, if it left one (else nullptr).
+  block* step_head() noexcept {
+    if (++head_pos_ != block_items) return nullptr;
     // acquire: pairs with emplace()'s release store of next, made before the last slot.
-    spent_ = std::exchange(head_block_, head_block_->next.load(std::memory_order_acquire));
+    block* const emptied = std::exchange(head_block_, head_block_->next.load(std::memory_order_acquire));
     head_pos_ = 0;
-    return true;
+    return emptied;
   }
 
   block* take_spare() {
@@ -251,7 +251,6 @@ class producer_lane {
   alignas(cache_line) block* head_block_;
   std::size_t head_pos_ = 0;              // next slot in head_block_
   std::atomic<std::uint64_t> popped_{0};  // items taken; the head slot's stamp is popped_ + 1
-  block* spent_ = nullptr;                // the block just emptied, on its way to pool_
 
   // Shared, written about once per block or per handle.
   alignas(cache_line) block_pool<block> pool_{max_cached};  // emptied blocks, for the producer
