@@ -862,6 +862,35 @@ TEST_CASE("mpsc_queue producer handle is FIFO across many blocks", "[mpsc_queue]
     CHECK(not_empty == 0);
     CHECK(q.try_pop().is_empty());
   }
+  SECTION("uint64_t items, batches around the block size, in single and bulk pops") {
+    // Emptied blocks come back from the pool holding the stamps of their last use: an
+    // emptied lane must read as empty at every position of a reused block, whichever way
+    // the consumer takes its items.
+    constexpr std::uint64_t b = tether::detail::lane_block<std::uint64_t>::items;
+    mpsc_queue<std::uint64_t> q;
+    auto h = q.make_producer();
+    std::uint64_t pushed = 0, next = 0, not_empty = 0, wrong = 0;
+    std::vector<std::uint64_t> out(3 * b);
+    for (const std::uint64_t batch : {std::uint64_t{1}, std::uint64_t{2}, std::uint64_t{7}, b / 2, b - 1, b, b + 1,
+                                      2 * b + 1, std::uint64_t{1}}) {
+      for (int round = 0; round < 6; ++round) {
+        push_through(h, pushed, pushed + batch);
+        pushed += batch;
+        if (round % 2 == 0) {
+          pop_expect(q, next, batch);
+        } else {
+          const std::size_t n = q.try_pop_bulk(out.data(), out.size());
+          wrong += n == batch ? 0 : 1;
+          for (std::size_t i = 0; i < n; ++i) wrong += out[i] == next++ ? 0 : 1;
+        }
+        not_empty += q.try_pop().is_empty() ? 0 : 1;
+      }
+    }
+    CHECK(pushed > 5 * b);
+    CHECK(wrong == 0);
+    CHECK(not_empty == 0);
+    CHECK(q.try_pop().is_empty());
+  }
   SECTION("small blocks, the consumer trails the handle by a varying distance") {
     mpsc_queue<wide_item> q;
     auto h = q.make_producer();
