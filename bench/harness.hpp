@@ -44,6 +44,7 @@
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <tether/detail/config.hpp>
 
@@ -213,6 +214,54 @@ inline void fail(benchmark::State& state, const std::string& run, const std::str
 
 inline void set_queue_label(benchmark::State& state, bool bounded) {
   state.SetLabel(bounded ? "bounded" : "unbounded");
+}
+
+// machine/cross_core/<bench>: the time one cache line takes to go from one thread to
+// another and back (an atomic handed to and fro, the threads spinning). Every queue's figures
+// rest on this; a virtual machine's can change several-fold for minutes at a time, so a bench
+// registers this probe beside its runs and, with interleaved repetitions, samples it across
+// the whole run. The report shows the median and the spread (min and max of the repetitions).
+inline void cross_core_round_trip(benchmark::State& state) {
+  constexpr std::uint32_t trips = 2000;         // per iteration
+  constexpr std::uint32_t done = 0xffffffffu;   // the echo thread's cue to leave
+  alignas(64) std::atomic<std::uint32_t> turn{0};  // odd: the echo thread's turn; even: ours
+  std::thread echo([&turn] {
+    spin_wait wait(4096);
+    for (std::uint32_t want = 1;; want += 2) {
+      for (std::uint32_t v; (v = turn.load(std::memory_order_acquire)) != want; wait()) {  // acquire: pairs with our release
+        if (v == done) return;
+      }
+      wait.reset();
+      turn.store(want + 1, std::memory_order_release);  // release: pairs with the main thread's acquire
+    }
+  });
+  spin_wait wait(4096);
+  std::uint32_t next = 1;
+  for (auto _ : state) {
+    const auto t0 = bench_clock::now();
+    for (std::uint32_t i = 0; i < trips; ++i, next += 2) {
+      turn.store(next, std::memory_order_release);                                     // release: as above
+      for (; turn.load(std::memory_order_acquire) != next + 1; wait()) {}  // acquire: as above
+      wait.reset();
+    }
+    state.SetIterationTime(seconds_between(t0, bench_clock::now()) / trips);  // one round trip
+  }
+  turn.store(done, std::memory_order_relaxed);  // relaxed: a cue to leave; no data rides on it
+  echo.join();
+}
+
+// Registers the probe as machine/cross_core/<bench>: one column per bench binary.
+inline void add_cross_core_probe(const std::string& bench) {
+  const auto min = [](const std::vector<double>& v) { return v.empty() ? 0.0 : *std::min_element(v.begin(), v.end()); };
+  const auto max = [](const std::vector<double>& v) { return v.empty() ? 0.0 : *std::max_element(v.begin(), v.end()); };
+  // Fixed iterations: a manual time of one round trip per iteration would make
+  // --benchmark_min_time ask for millions of them.
+  benchmark::RegisterBenchmark(("machine/cross_core/" + bench).c_str(), cross_core_round_trip)
+      ->UseManualTime()
+      ->Iterations(25)
+      ->Unit(benchmark::kNanosecond)
+      ->ComputeStatistics("min", min)
+      ->ComputeStatistics("max", max);
 }
 
 namespace detail {

@@ -239,6 +239,7 @@ void add_mpsc() {
 }
 
 void register_all() {
+  add_cross_core_probe("mpsc_bench");
   add_mpsc<peers::tether_unbounded>();
   add_mpsc<peers::tether_unbounded_bulk>();
   add_mpsc<peers::tether_producer>();

@@ -117,6 +117,7 @@ void add_pingpong_blocking() {
 }
 
 void register_all() {
+  add_cross_core_probe("pingpong_bench");
   add_pingpong<peers::tether_unbounded>();
   add_pingpong<peers::tether_bounded>();
   add_pingpong<peers::mutex_deque>();
