@@ -41,6 +41,7 @@
 #include "detail/consumer_ops.hpp"
 #include "detail/futex.hpp"
 #include "detail/parker.hpp"
+#include "detail/sink.hpp"
 #include "result.hpp"
 
 namespace tether {
@@ -290,11 +291,8 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
         release_head(s);
         continue;
       }
-      T v(std::move(*s.value()));
-      s.value()->~T();
-      release_head(s);
+      detail::hand_over(s.value(), sink, [&] { release_head(s); });
       ++n;
-      sink(std::move(v));
     }
     return n;
   }

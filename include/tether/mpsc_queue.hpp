@@ -59,6 +59,7 @@
 #include "detail/futex.hpp"
 #include "detail/parker.hpp"
 #include "detail/producer_lane.hpp"
+#include "detail/sink.hpp"
 #include "result.hpp"
 
 namespace tether {
@@ -448,11 +449,8 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
         advance_ring();
         continue;
       }
-      T v(std::move(*s.value()));
-      s.value()->~T();
-      advance_ring();
+      detail::hand_over(s.value(), sink, [this] { advance_ring(); });
       ++n;
-      sink(std::move(v));
     }
     return n;
   }

@@ -632,6 +632,54 @@ class backoff {
 
 }  // namespace tether::detail
 
+// ---- tether/detail/sink.hpp -------------------------------------------------
+// tether/detail/sink.hpp - how a consumer hands an item over to whoever takes it.
+//
+// Two kinds of taker: a drain() callback, which may pop from the same queue, so the item
+// must have left the queue before the callback sees it; and the output iterator of
+// try_pop_bulk / pop_bulk, which never uses the queue, so the item can go to it straight
+// from its slot and leave the queue only once it is there - if the assignment throws, the
+// item stays queued instead of being lost.
+
+#include <utility>
+
+namespace tether::detail {
+
+// The sink of try_pop_bulk / pop_bulk: moves each item to an output iterator.
+template <class OutputIt>
+struct output_sink {
+  static constexpr bool reenters = false;
+  OutputIt& out;
+  template <class T>
+  void operator()(T&& v) {
+    *out = std::move(v);
+    ++out;
+  }
+};
+
+// Sinks that say they never call back into the queue.
+template <class Sink>
+concept non_reentrant_sink = requires { requires !std::remove_cvref_t<Sink>::reenters; };
+
+// Hands the item at p to sink and destroys it; leave() moves the queue past its slot. For a
+// non-re-entrant sink leave() runs after the sink (a throwing sink leaves the item queued);
+// for any other, before (the sink may pop from the same queue).
+template <class T, class Sink, class Leave>
+void hand_over(T* p, Sink& sink, Leave&& leave) {
+  if constexpr (non_reentrant_sink<Sink>) {
+    sink(std::move(*p));
+    p->~T();
+    leave();
+  } else {
+    T v(std::move(*p));
+    p->~T();
+    leave();
+    sink(std::move(v));
+  }
+}
+
+}  // namespace tether::detail
+
 // ---- tether/result.hpp ------------------------------------------------------
 // tether/result.hpp - what a push or pop reports: a value, or why there is none.
 //
@@ -642,7 +690,6 @@ class backoff {
 
 #include <optional>
 #include <string>
-#include <utility>
 
 namespace tether {
 
@@ -782,19 +829,18 @@ class consumer_ops {
     return pop_until_steady(to_steady(deadline));
   }
 
-  // Moves up to max ready items to out, oldest first; never blocks. Returns how many.
-  // Consumer thread only.
+  // Moves up to max ready items to out, oldest first; never blocks. Returns how many. If an
+  // assignment to out throws, the items before it are popped and that one stays queued. out
+  // must not use this queue (drain() may). Consumer thread only.
   template <class OutputIt>
   std::size_t try_pop_bulk(OutputIt out, std::size_t max) {
     consumer_check::scope scope(q().check_);
-    return q().take_ready(max, [&](T&& v) {
-      *out = std::move(v);
-      ++out;
-    });
+    return q().take_ready(max, output_sink<OutputIt>{out});
   }
 
   // Blocks until at least one item is ready, then moves up to max ready items to out.
-  // Returns how many; 0 only when closed and drained (or max == 0). Consumer thread only.
+  // Returns how many; 0 only when closed and drained (or max == 0). As try_pop_bulk if an
+  // assignment to out throws. Consumer thread only.
   template <class OutputIt>
   std::size_t pop_bulk(OutputIt out, std::size_t max) {
     consumer_check::scope scope(q().check_);
@@ -803,10 +849,7 @@ class consumer_ops {
       const head_state hs = q().probe();
       if (hs == head_state::closed) return 0;
       if (hs == head_state::ready) {
-        const std::size_t n = q().take_ready(max, [&](T&& v) {
-          *out = std::move(v);
-          ++out;
-        });
+        const std::size_t n = q().take_ready(max, output_sink<OutputIt>{out});
         if (n != 0) return n;
         continue;  // only skipped slots
       }
@@ -1136,11 +1179,8 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
         release_head(s);
         continue;
       }
-      T v(std::move(*s.value()));
-      s.value()->~T();
-      release_head(s);
+      detail::hand_over(s.value(), sink, [&] { release_head(s); });
       ++n;
-      sink(std::move(v));
     }
     return n;
   }
@@ -1407,18 +1447,12 @@ class producer_lane {
   }
 
   // Takes up to max ready items, oldest first, calling sink(T&&) for each. Returns how many.
-  // Each item leaves the lane before the sink sees it: a sink may pop from the same queue.
+  // A sink that may pop from the same queue sees each item after it has left the lane
+  // (hand_over, sink.hpp).
   template <class Sink>
   std::size_t take_ready(std::size_t max, Sink& sink) {
     std::size_t n = 0;
-    while (n < max && ready()) {
-      T* p = head_item();
-      T v(std::move(*p));
-      p->~T();
-      advance();
-      ++n;
-      sink(std::move(v));
-    }
+    for (; n < max && ready(); ++n) detail::hand_over(head_item(), sink, [this] { advance(); });
     return n;
   }
 
@@ -1926,11 +1960,8 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
         advance_ring();
         continue;
       }
-      T v(std::move(*s.value()));
-      s.value()->~T();
-      advance_ring();
+      detail::hand_over(s.value(), sink, [this] { advance_ring(); });
       ++n;
-      sink(std::move(v));
     }
     return n;
   }

@@ -1,11 +1,13 @@
 // Helpers for the queue tests: tagged items, an exactly-once / per-producer order checker,
-// a joining thread group, and a watchdog for threads that must finish.
+// a joining thread group, a watchdog for threads that must finish, and an output iterator
+// that throws.
 //
 // Catch2 assertions are not thread-safe: worker threads record what they saw in these
 // helpers (or in atomics) and the test thread asserts after joining them.
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -122,6 +124,21 @@ decltype(auto) finish_or_abort(Future& f, const char* what,
   }
   return f.get();
 }
+
+// An output iterator for try_pop_bulk whose assignment throws std::runtime_error once
+// `fail_at` items have gone through it; it records the value of each item it took.
+struct failing_output {
+  std::vector<std::uint64_t>* seen;
+  std::size_t fail_at;
+  failing_output& operator*() { return *this; }
+  failing_output& operator++() { return *this; }
+  template <class Item>
+  failing_output& operator=(Item&& item) {
+    if (seen->size() == fail_at) throw std::runtime_error("output full");
+    seen->push_back(item.value);
+    return *this;
+  }
+};
 
 // The wait is long enough for a blocked caller to have gone past its spin phase (well
 // under a millisecond) and parked.

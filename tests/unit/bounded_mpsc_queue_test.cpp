@@ -25,6 +25,7 @@ using namespace std::chrono_literals;
 using tether::bounded_mpsc_queue;
 using tether::status;
 using tether_test::counted;
+using tether_test::failing_output;
 
 struct fragile {
   counted c;
@@ -524,6 +525,35 @@ TEST_CASE("bounded_mpsc_queue size_approx counts exactly on a single thread", "[
   }
   CHECK(wrong == 0);
   CHECK(q.empty_approx());
+}
+
+TEST_CASE("bounded_mpsc_queue try_pop_bulk: an output that throws leaves its item queued", "[bounded_mpsc_queue][bulk][exceptions]") {
+  // The items before the throw are out, the one being assigned stays first in line, and
+  // nothing is lost, duplicated or destroyed twice - round the ring's end too.
+  const long live_before = counted::live.load();
+  const long twice_before = counted::destroyed_twice.load();
+  {
+    bounded_mpsc_queue<counted> q(16);
+    std::vector<std::uint64_t> seen;
+    std::uint64_t pushed = 0, throws = 0;
+    for (int round = 0; round < 10; ++round) {
+      while (pushed < seen.size() + q.capacity()) REQUIRE(q.try_push(counted(pushed++)));
+      try {
+        q.try_pop_bulk(failing_output{&seen, seen.size() + 5}, SIZE_MAX);
+      } catch (const std::runtime_error&) {
+        ++throws;
+      }
+    }
+    while (q.try_pop_bulk(failing_output{&seen, SIZE_MAX}, SIZE_MAX) != 0) {
+    }
+    CHECK(throws == 10);
+    REQUIRE(seen.size() == pushed);
+    std::uint64_t out_of_place = 0;
+    for (std::uint64_t i = 0; i < pushed; ++i) out_of_place += seen[i] == i ? 0 : 1;
+    CHECK(out_of_place == 0);
+  }
+  CHECK(counted::live.load() == live_before);
+  CHECK(counted::destroyed_twice.load() == twice_before);
 }
 
 TEST_CASE("bounded_mpsc_queue try_pop_bulk, pop_bulk and drain respect max and keep order", "[bounded_mpsc_queue][bulk]") {

@@ -92,6 +92,7 @@ using namespace std::chrono_literals;
 using tether::mpsc_queue;
 using tether::status;
 using tether_test::counted;
+using tether_test::failing_output;
 
 // 256 bytes: the queue packs only 31 of these per block, so block boundaries come often.
 struct wide_item {
@@ -1571,6 +1572,41 @@ TEST_CASE("mpsc_queue try_pop_bulk and drain take from every handle", "[mpsc_que
   for (std::size_t i = 0; i < handles; ++i) CHECK(check.next(i) == per_handle);
   CHECK(q.try_pop().is_empty());
   CHECK(q.size_approx() == 0);
+}
+
+TEST_CASE("mpsc_queue try_pop_bulk: an output that throws leaves its item queued", "[mpsc_queue][producer][bulk][exceptions]") {
+  // The items before the throw are out, the one being assigned stays first in line, and
+  // nothing is lost, duplicated or destroyed twice - across a block boundary too.
+  const std::uint64_t n = 3 * tether::detail::lane_block<counted>::items + 5;
+  const long live_before = counted::live.load();
+  const long twice_before = counted::destroyed_twice.load();
+  {
+    mpsc_queue<counted> q;
+    {
+      auto h = q.make_producer();
+      for (std::uint64_t i = 0; i < n; ++i) REQUIRE(h.emplace(i));
+    }
+    std::vector<std::uint64_t> seen;
+    std::uint64_t throws = 0;
+    const std::size_t step = tether::detail::lane_block<counted>::items - 3;  // ends fall all over the blocks
+    while (seen.size() < n) {
+      const std::size_t before = seen.size();
+      try {
+        q.try_pop_bulk(failing_output{&seen, before + step}, SIZE_MAX);
+      } catch (const std::runtime_error&) {
+        ++throws;
+      }
+      if (seen.size() == before) break;  // no progress: fail below rather than loop
+    }
+    CHECK(throws == 3);  // n spans four calls of `step` items, the last one short
+    REQUIRE(seen.size() == n);
+    std::uint64_t out_of_place = 0;
+    for (std::uint64_t i = 0; i < n; ++i) out_of_place += seen[i] == i ? 0 : 1;
+    CHECK(out_of_place == 0);
+    CHECK(q.try_pop().is_empty());
+  }
+  CHECK(counted::live.load() == live_before);
+  CHECK(counted::destroyed_twice.load() == twice_before);
 }
 
 TEST_CASE("mpsc_queue a drain callback may pop handle items from the same queue", "[mpsc_queue][producer][drain]") {

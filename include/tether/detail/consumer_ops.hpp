@@ -21,6 +21,7 @@
 #include "consumer_check.hpp"
 #include "futex.hpp"
 #include "parker.hpp"
+#include "sink.hpp"
 #include "../result.hpp"
 
 namespace tether::detail {
@@ -64,19 +65,18 @@ class consumer_ops {
     return pop_until_steady(to_steady(deadline));
   }
 
-  // Moves up to max ready items to out, oldest first; never blocks. Returns how many.
-  // Consumer thread only.
+  // Moves up to max ready items to out, oldest first; never blocks. Returns how many. If an
+  // assignment to out throws, the items before it are popped and that one stays queued. out
+  // must not use this queue (drain() may). Consumer thread only.
   template <class OutputIt>
   std::size_t try_pop_bulk(OutputIt out, std::size_t max) {
     consumer_check::scope scope(q().check_);
-    return q().take_ready(max, [&](T&& v) {
-      *out = std::move(v);
-      ++out;
-    });
+    return q().take_ready(max, output_sink<OutputIt>{out});
   }
 
   // Blocks until at least one item is ready, then moves up to max ready items to out.
-  // Returns how many; 0 only when closed and drained (or max == 0). Consumer thread only.
+  // Returns how many; 0 only when closed and drained (or max == 0). As try_pop_bulk if an
+  // assignment to out throws. Consumer thread only.
   template <class OutputIt>
   std::size_t pop_bulk(OutputIt out, std::size_t max) {
     consumer_check::scope scope(q().check_);
@@ -85,10 +85,7 @@ class consumer_ops {
       const head_state hs = q().probe();
       if (hs == head_state::closed) return 0;
       if (hs == head_state::ready) {
-        const std::size_t n = q().take_ready(max, [&](T&& v) {
-          *out = std::move(v);
-          ++out;
-        });
+        const std::size_t n = q().take_ready(max, output_sink<OutputIt>{out});
         if (n != 0) return n;
         continue;  // only skipped slots
       }

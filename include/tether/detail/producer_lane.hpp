@@ -38,6 +38,7 @@
 #include "block_pool.hpp"
 #include "config.hpp"
 #include "fence.hpp"
+#include "sink.hpp"
 
 namespace tether::detail {
 
@@ -173,18 +174,12 @@ class producer_lane {
   }
 
   // Takes up to max ready items, oldest first, calling sink(T&&) for each. Returns how many.
-  // Each item leaves the lane before the sink sees it: a sink may pop from the same queue.
+  // A sink that may pop from the same queue sees each item after it has left the lane
+  // (hand_over, sink.hpp).
   template <class Sink>
   std::size_t take_ready(std::size_t max, Sink& sink) {
     std::size_t n = 0;
-    while (n < max && ready()) {
-      T* p = head_item();
-      T v(std::move(*p));
-      p->~T();
-      advance();
-      ++n;
-      sink(std::move(v));
-    }
+    for (; n < max && ready(); ++n) detail::hand_over(head_item(), sink, [this] { advance(); });
     return n;
   }
 

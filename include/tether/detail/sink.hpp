@@ -1,0 +1,48 @@
+// tether/detail/sink.hpp - how a consumer hands an item over to whoever takes it.
+//
+// Two kinds of taker: a drain() callback, which may pop from the same queue, so the item
+// must have left the queue before the callback sees it; and the output iterator of
+// try_pop_bulk / pop_bulk, which never uses the queue, so the item can go to it straight
+// from its slot and leave the queue only once it is there - if the assignment throws, the
+// item stays queued instead of being lost.
+#pragma once
+
+#include <type_traits>
+#include <utility>
+
+namespace tether::detail {
+
+// The sink of try_pop_bulk / pop_bulk: moves each item to an output iterator.
+template <class OutputIt>
+struct output_sink {
+  static constexpr bool reenters = false;
+  OutputIt& out;
+  template <class T>
+  void operator()(T&& v) {
+    *out = std::move(v);
+    ++out;
+  }
+};
+
+// Sinks that say they never call back into the queue.
+template <class Sink>
+concept non_reentrant_sink = requires { requires !std::remove_cvref_t<Sink>::reenters; };
+
+// Hands the item at p to sink and destroys it; leave() moves the queue past its slot. For a
+// non-re-entrant sink leave() runs after the sink (a throwing sink leaves the item queued);
+// for any other, before (the sink may pop from the same queue).
+template <class T, class Sink, class Leave>
+void hand_over(T* p, Sink& sink, Leave&& leave) {
+  if constexpr (non_reentrant_sink<Sink>) {
+    sink(std::move(*p));
+    p->~T();
+    leave();
+  } else {
+    T v(std::move(*p));
+    p->~T();
+    leave();
+    sink(std::move(v));
+  }
+}
+
+}  // namespace tether::detail
