@@ -140,6 +140,13 @@ struct failing_output {
   }
 };
 
+// How many of seen are not 0, 1, 2, ... in turn: 0 when items came out exactly in order.
+inline std::uint64_t count_out_of_place(const std::vector<std::uint64_t>& seen) {
+  std::uint64_t wrong = 0;
+  for (std::uint64_t i = 0; i < seen.size(); ++i) wrong += seen[i] == i ? 0 : 1;
+  return wrong;
+}
+
 // The wait is long enough for a blocked caller to have gone past its spin phase (well
 // under a millisecond) and parked.
 inline constexpr std::chrono::milliseconds park_settle{50};

@@ -548,9 +548,7 @@ TEST_CASE("bounded_mpsc_queue try_pop_bulk: an output that throws leaves its ite
     }
     CHECK(throws == 10);
     REQUIRE(seen.size() == pushed);
-    std::uint64_t out_of_place = 0;
-    for (std::uint64_t i = 0; i < pushed; ++i) out_of_place += seen[i] == i ? 0 : 1;
-    CHECK(out_of_place == 0);
+    CHECK(tether_test::count_out_of_place(seen) == 0);
   }
   CHECK(counted::live.load() == live_before);
   CHECK(counted::destroyed_twice.load() == twice_before);

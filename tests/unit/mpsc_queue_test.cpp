@@ -1600,9 +1600,7 @@ TEST_CASE("mpsc_queue try_pop_bulk: an output that throws leaves its item queued
     }
     CHECK(throws == 3);  // n spans four calls of `step` items, the last one short
     REQUIRE(seen.size() == n);
-    std::uint64_t out_of_place = 0;
-    for (std::uint64_t i = 0; i < n; ++i) out_of_place += seen[i] == i ? 0 : 1;
-    CHECK(out_of_place == 0);
+    CHECK(tether_test::count_out_of_place(seen) == 0);
     CHECK(q.try_pop().is_empty());
   }
   CHECK(counted::live.load() == live_before);
@@ -1628,9 +1626,7 @@ TEST_CASE("mpsc_queue a drain callback may pop handle items from the same queue"
   });
   CHECK(handed == (n + 1) / 2);
   REQUIRE(seen.size() == n);
-  std::uint64_t out_of_place = 0;
-  for (std::uint64_t i = 0; i < n; ++i) out_of_place += seen[i] == i ? 0 : 1;
-  CHECK(out_of_place == 0);
+  CHECK(tether_test::count_out_of_place(seen) == 0);
   CHECK(q.try_pop().is_empty());
   CHECK(counted::live.load() == live_before);
   CHECK(counted::destroyed_twice.load() == twice_before);
