@@ -228,7 +228,7 @@ inline void cross_core_round_trip(benchmark::State& state) {
   std::thread echo([&turn] {
     spin_wait wait(4096);
     for (std::uint32_t want = 1;; want += 2) {
-      for (std::uint32_t v; (v = turn.load(std::memory_order_acquire)) != want; wait()) {  // acquire: pairs with our release
+      for (std::uint32_t v; (v = turn.load(std::memory_order_acquire)) != want; wait()) {  // acquire: pairs with the main thread's release
         if (v == done) return;
       }
       wait.reset();

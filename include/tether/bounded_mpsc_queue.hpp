@@ -271,9 +271,9 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
       release_head(s);
       return std::nullopt;
     }
-    std::optional<T> v(std::move(*s.value()));  // if this throws, the item stays queued
-    s.value()->~T();
-    release_head(s);
+    std::optional<T> v;
+    // if this throws, the item stays queued
+    detail::move_out(s.value(), [&](T&& item) { v.emplace(std::move(item)); }, [&] { release_head(s); });
     return v;
   }
 

@@ -409,9 +409,8 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
         advance_ring();
         return v;
       }
-      v.emplace(std::move(*s.value()));  // if this throws, the item stays queued
-      s.value()->~T();
-      advance_ring();
+      // if this throws, the item stays queued
+      detail::move_out(s.value(), [&](T&& item) { v.emplace(std::move(item)); }, [this] { advance_ring(); });
     }
     count_taken(1);
     return v;

@@ -661,15 +661,23 @@ struct output_sink {
 template <class Sink>
 concept non_reentrant_sink = requires { requires !std::remove_cvref_t<Sink>::reenters; };
 
+// Moves the item at p into sink, destroys it, then leave() moves the queue past its slot.
+// If sink throws, leave() does not run: the item stays queued (in whatever state the throwing
+// move left it). Every single-item take and every non-re-entrant hand-over goes this way.
+template <class T, class Sink, class Leave>
+void move_out(T* p, Sink&& sink, Leave&& leave) {
+  sink(std::move(*p));
+  p->~T();
+  leave();
+}
+
 // Hands the item at p to sink and destroys it; leave() moves the queue past its slot. For a
-// non-re-entrant sink leave() runs after the sink (a throwing sink leaves the item queued);
-// for any other, before (the sink may pop from the same queue).
+// non-re-entrant sink leave() runs after the sink (move_out: a throwing sink leaves the item
+// queued); for any other, before (the sink may pop from the same queue).
 template <class T, class Sink, class Leave>
 void hand_over(T* p, Sink& sink, Leave&& leave) {
   if constexpr (non_reentrant_sink<Sink>) {
-    sink(std::move(*p));
-    p->~T();
-    leave();
+    move_out(p, sink, leave);
   } else {
     T v(std::move(*p));
     p->~T();
@@ -830,7 +838,8 @@ class consumer_ops {
   }
 
   // Moves up to max ready items to out, oldest first; never blocks. Returns how many. If an
-  // assignment to out throws, the items before it are popped and that one stays queued. out
+  // assignment to out throws, the items before it are popped and that one stays queued (as
+  // the throwing move left it). out
   // must not use this queue (drain() may). Consumer thread only.
   template <class OutputIt>
   std::size_t try_pop_bulk(OutputIt out, std::size_t max) {
@@ -1159,9 +1168,9 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
       release_head(s);
       return std::nullopt;
     }
-    std::optional<T> v(std::move(*s.value()));  // if this throws, the item stays queued
-    s.value()->~T();
-    release_head(s);
+    std::optional<T> v;
+    // if this throws, the item stays queued
+    detail::move_out(s.value(), [&](T&& item) { v.emplace(std::move(item)); }, [&] { release_head(s); });
     return v;
   }
 
@@ -1440,10 +1449,7 @@ class producer_lane {
   // item stays queued.
   template <class F>
   void take(F&& f) {
-    T* p = head_item();
-    f(std::move(*p));
-    p->~T();
-    advance();
+    detail::move_out(head_item(), f, [this] { advance(); });
   }
 
   // Takes up to max ready items, oldest first, calling sink(T&&) for each. Returns how many.
@@ -1920,9 +1926,8 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
         advance_ring();
         return v;
       }
-      v.emplace(std::move(*s.value()));  // if this throws, the item stays queued
-      s.value()->~T();
-      advance_ring();
+      // if this throws, the item stays queued
+      detail::move_out(s.value(), [&](T&& item) { v.emplace(std::move(item)); }, [this] { advance_ring(); });
     }
     count_taken(1);
     return v;

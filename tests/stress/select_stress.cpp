@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <latch>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -304,16 +305,16 @@ TEST_CASE("select stress: parker listeners detached (and freed) while notifiers 
   };
   tether::detail::parker p;
   std::atomic<bool> stop{false};
-  std::atomic<int> running{0};
+  std::latch running(2);
   std::vector<std::thread> notifiers;
   for (int t = 0; t < 2; ++t)
     notifiers.emplace_back([&] {
-      running.fetch_add(1);
+      running.count_down();
       while (!stop.load(std::memory_order_relaxed)) p.notify_one();
     });
   // The rounds start once both notifiers run: on a loaded machine (sanitizers, ctest -j) a new
   // thread may otherwise first run after the last round, and nothing would be exercised.
-  while (running.load() < 2) std::this_thread::yield();
+  running.wait();
   // Each round yields twice to spinning notifiers: on 2 busy cores a yield may cost a slice.
   const std::uint64_t rounds = tether_test::scaled(2000, 200);
   std::uint64_t attached = 0, calls = 0, late_calls = 0;

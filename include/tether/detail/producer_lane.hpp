@@ -167,10 +167,7 @@ class producer_lane {
   // item stays queued.
   template <class F>
   void take(F&& f) {
-    T* p = head_item();
-    f(std::move(*p));
-    p->~T();
-    advance();
+    detail::move_out(head_item(), f, [this] { advance(); });
   }
 
   // Takes up to max ready items, oldest first, calling sink(T&&) for each. Returns how many.

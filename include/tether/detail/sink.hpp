@@ -28,15 +28,23 @@ struct output_sink {
 template <class Sink>
 concept non_reentrant_sink = requires { requires !std::remove_cvref_t<Sink>::reenters; };
 
+// Moves the item at p into sink, destroys it, then leave() moves the queue past its slot.
+// If sink throws, leave() does not run: the item stays queued (in whatever state the throwing
+// move left it). Every single-item take and every non-re-entrant hand-over goes this way.
+template <class T, class Sink, class Leave>
+void move_out(T* p, Sink&& sink, Leave&& leave) {
+  sink(std::move(*p));
+  p->~T();
+  leave();
+}
+
 // Hands the item at p to sink and destroys it; leave() moves the queue past its slot. For a
-// non-re-entrant sink leave() runs after the sink (a throwing sink leaves the item queued);
-// for any other, before (the sink may pop from the same queue).
+// non-re-entrant sink leave() runs after the sink (move_out: a throwing sink leaves the item
+// queued); for any other, before (the sink may pop from the same queue).
 template <class T, class Sink, class Leave>
 void hand_over(T* p, Sink& sink, Leave&& leave) {
   if constexpr (non_reentrant_sink<Sink>) {
-    sink(std::move(*p));
-    p->~T();
-    leave();
+    move_out(p, sink, leave);
   } else {
     T v(std::move(*p));
     p->~T();
