@@ -1668,6 +1668,10 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
       } else {
         return_spare(next_block);
       }
+      // The lines about to be written were read by the consumer in the block's last use: ask
+      // for them ahead, as lanes do. Measured (bench/README.md): 64-byte items at 1 producer
+      // 1.5x as fast while cross-core traffic is slow, no change while it is fast.
+      if (offset + prefetch_ahead < block_cap) detail::prefetch_for_write(&b->slots[offset + prefetch_ahead]);
       const notify_on_exit notify{consumer_wait_};
       fill(b->slots[offset], std::forward<Args>(args)...);
       return true;
@@ -1741,6 +1745,8 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     std::atomic<block*> next{nullptr};
     slot slots[block_cap];
   };
+  // Slots between the one a producer fills and the one it prefetches: about 512 bytes.
+  static constexpr std::uint64_t prefetch_ahead = (512 + sizeof(slot) - 1) / sizeof(slot);
   // Emptied blocks kept for reuse: about 1 MiB, at least 4.
   static constexpr std::size_t pool_limit = sizeof(block) * 4 >= (1u << 20) ? 4 : (1u << 20) / sizeof(block);
 
