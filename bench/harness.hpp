@@ -29,6 +29,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -216,38 +218,86 @@ inline void set_queue_label(benchmark::State& state, bool bounded) {
   state.SetLabel(bounded ? "bounded" : "unbounded");
 }
 
-// machine/cross_core/<bench>: the time one cache line takes to go from one thread to
-// another and back (an atomic handed to and fro, the threads spinning). Every queue's figures
-// rest on this; a virtual machine's can change several-fold for minutes at a time, so a bench
-// registers this probe beside its runs and, with interleaved repetitions, samples it across
-// the whole run. The report shows the median and the spread (min and max of the repetitions).
-inline void cross_core_round_trip(benchmark::State& state) {
-  constexpr std::uint32_t trips = 2000;         // per iteration
-  constexpr std::uint32_t done = 0xffffffffu;   // the echo thread's cue to leave
-  alignas(64) std::atomic<std::uint32_t> turn{0};  // odd: the echo thread's turn; even: ours
-  std::thread echo([&turn] {
-    spin_wait wait(4096);
-    for (std::uint32_t want = 1;; want += 2) {
-      for (std::uint32_t v; (v = turn.load(std::memory_order_acquire)) != want; wait()) {  // acquire: pairs with the main thread's release
-        if (v == done) return;
-      }
-      wait.reset();
-      turn.store(want + 1, std::memory_order_release);  // release: pairs with the main thread's acquire
-    }
-  });
-  spin_wait wait(4096);
-  std::uint32_t next = 1;
-  for (auto _ : state) {
-    const auto t0 = bench_clock::now();
-    for (std::uint32_t i = 0; i < trips; ++i, next += 2) {
-      turn.store(next, std::memory_order_release);                                     // release: as above
-      for (; turn.load(std::memory_order_acquire) != next + 1; wait()) {}  // acquire: as above
-      wait.reset();
-    }
-    state.SetIterationTime(seconds_between(t0, bench_clock::now()) / trips);  // one round trip
+// The cross-core round trip: the time one cache line takes to go from one thread to another
+// and back (an atomic handed to and fro, both threads spinning). Every queue's figures rest on
+// it, and a virtual machine's can change several-fold for minutes at a time. A pinger starts
+// its echo thread once, on another CPU than the caller's (a new thread otherwise starts beside
+// its parent and trades the line through yields until the scheduler moves it, tens of ms);
+// round_trip() times `trips` round trips and returns the mean in ns.
+class cross_core_pinger {
+ public:
+  cross_core_pinger()
+      : echo_([this, cpu = other_cpu()] {
+          if (cpu >= 0) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(cpu, &set);
+            (void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);  // failing: left where it is
+          }
+          spin_wait wait(4096);
+          for (std::uint32_t want = 1;; want += 2) {
+            for (std::uint32_t v; (v = turn_.load(std::memory_order_acquire)) != want; wait()) {  // acquire: pairs with round_trip()'s release
+              if (v == done) return;
+            }
+            wait.reset();
+            turn_.store(want + 1, std::memory_order_release);  // release: pairs with round_trip()'s acquire
+          }
+        }) {}
+  cross_core_pinger(const cross_core_pinger&) = delete;
+  cross_core_pinger& operator=(const cross_core_pinger&) = delete;
+  ~cross_core_pinger() {
+    turn_.store(done, std::memory_order_relaxed);  // relaxed: a cue to leave; no data rides on it
+    echo_.join();
   }
-  turn.store(done, std::memory_order_relaxed);  // relaxed: a cue to leave; no data rides on it
-  echo.join();
+
+  double round_trip(std::uint32_t trips) {
+    spin_wait wait(4096);
+    const auto t0 = bench_clock::now();
+    for (std::uint32_t i = 0; i < trips; ++i, next_ += 2) {
+      turn_.store(next_, std::memory_order_release);                                     // release: as above
+      for (; turn_.load(std::memory_order_acquire) != next_ + 1; wait()) {}  // acquire: as above
+      wait.reset();
+    }
+    return seconds_between(t0, bench_clock::now()) * 1e9 / trips;
+  }
+
+ private:
+  // An allowed CPU other than the one the caller runs on; -1 if there is none.
+  static int other_cpu() {
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return -1;
+    const int here = sched_getcpu();
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+      if (cpu != here && CPU_ISSET(cpu, &allowed)) return cpu;
+    return -1;
+  }
+
+  static constexpr std::uint32_t done = 0xffffffffu;  // the echo thread's cue to leave
+  alignas(64) std::atomic<std::uint32_t> turn_{0};    // odd: the echo thread's turn; even: ours
+  std::uint32_t next_ = 1;
+  std::thread echo_;  // last: starts once turn_ is initialised
+};
+
+// machine/cross_core/<bench>: the probe as a benchmark of its own. A bench registers it beside
+// its runs and, with interleaved repetitions, samples it across the whole run. The report
+// shows the median and the spread (min and max of the repetitions).
+inline void cross_core_round_trip(benchmark::State& state) {
+  cross_core_pinger pinger;
+  for (auto _ : state) state.SetIterationTime(pinger.round_trip(2000) * 1e-9);  // one round trip
+}
+
+// The cross-core speed now, in ns per round trip. mpsc runs report it at their start and end
+// (counters cross_core_ns_start, cross_core_ns_end): the report groups a bench's repetitions
+// by the speed they ran at.
+// Each is the median of 5 batches of 100 round trips, after one batch that lets the echo
+// thread start: under a millisecond. Called outside the timed part of a run.
+inline double cross_core_now() {
+  cross_core_pinger pinger;
+  (void)pinger.round_trip(100);
+  std::vector<double> batches;
+  for (int i = 0; i < 5; ++i) batches.push_back(pinger.round_trip(100));
+  std::nth_element(batches.begin(), batches.begin() + 2, batches.end());
+  return batches[2];
 }
 
 // Registers the probe as machine/cross_core/<bench>: one column per bench binary.

@@ -10,6 +10,9 @@
 // not counted. A full queue makes its producer retry (pause, then yield); an empty queue makes
 // the consumer do the same. Consumers with try_pop_bulk take up to bulk_max items at a time.
 //
+// Before and after its rounds a run times the cross-core round trip (harness.hpp) and reports
+// both as counters, so that the report can compare queues at the same machine speed.
+//
 // Every item carries (producer, sequence number). The consumer checks that each producer's
 // items arrive exactly once and in the order pushed (only exactly once for a queue whose
 // adapter says per_producer_fifo = false), that 64-byte items are not torn, and after each
@@ -141,6 +144,7 @@ void run_mpsc(benchmark::State& state, const std::string& run, int producers) {
   using T = typename Q::value_type;
   const std::uint64_t per_producer = items_per_round / static_cast<std::uint64_t>(producers);
   const std::uint64_t per_round = per_producer * static_cast<std::uint64_t>(producers);
+  const double cross_core_start = cross_core_now();  // before any thread of the run exists
 
   Q q(queue_capacity);
   std::atomic<std::uint32_t> round{0};  // bumped by the consumer to release a round
@@ -218,6 +222,8 @@ void run_mpsc(benchmark::State& state, const std::string& run, int producers) {
   }
   state.SetItemsProcessed(static_cast<std::int64_t>(rounds * per_round));
   set_queue_label(state, Q::bounded);
+  state.counters["cross_core_ns_start"] = cross_core_start;
+  state.counters["cross_core_ns_end"] = cross_core_now();
 }
 
 template <template <class> class Adapter, class T>
