@@ -1,7 +1,8 @@
 // bench/mpsc_bench.cpp - many producers, one consumer: items per second through each queue.
 //
 // Runs: mpsc/<queue>/producers:<N> (uint64_t items) and mpsc/<queue>/producers:<N>/payload:64
-// (64-byte items), N = 1, 2, 4, 8, one consumer.
+// (64-byte items), N = 1, 2, 4, 8, one consumer; and cost/<queue>/{push,pop}[/payload:64],
+// one thread alone (see run_cost).
 //
 // A run starts its producer threads once and keeps them for all its iterations. One
 // iteration is a round: the consumer (the benchmark thread) releases every producer at once,
@@ -226,6 +227,63 @@ void run_mpsc(benchmark::State& state, const std::string& run, int producers) {
   state.counters["cross_core_ns_end"] = cross_core_now();
 }
 
+// cost/<queue>/push and cost/<queue>/pop (and /payload:64): what one call costs on its own.
+// One thread pushes cost_items items (through a producer handle if the adapter has one), then
+// takes them all (in batches if it can); `push` times the first phase, `pop` the second, per
+// item, with no other thread running and no cache line crossing cores - the instructions and
+// the queue's own memory. The mpsc runs add the cross-core traffic. Checked like mpsc (one
+// producer: order, count and sum).
+constexpr std::uint64_t cost_items = 4096;  // 32-256 KiB of items: in the core's caches
+constexpr int cost_rounds = 200;            // iterations per repetition (fixed: see below)
+
+template <class Q>
+void run_cost(benchmark::State& state, const std::string& run, bool time_push) {
+  using T = typename Q::value_type;
+  Q q(queue_capacity);
+  producer_of_t<Q> out(q);
+  mpsc_check<T> check(1, cost_items, keeps_producer_order<Q>());
+  std::vector<T> got(cost_items + bulk_max);  // checked after the clock stops
+  std::string error;
+  std::uint64_t seq = 0;
+  std::uint64_t rounds = 0;
+  for (auto _ : state) {
+    const auto t0 = bench_clock::now();
+    for (std::uint64_t i = 0; i < cost_items && error.empty(); ++i)
+      if (!out.try_push(item_traits<T>::make(seq++))) error = "push refused with room left";
+    const auto t1 = bench_clock::now();
+    std::uint64_t taken = 0;
+    while (taken < cost_items && error.empty()) {
+      const std::size_t n = take_some(q, got.data() + taken);
+      if (n == 0) error = "only " + std::to_string(taken) + " of " + std::to_string(cost_items) + " items came out";
+      taken += n;
+    }
+    const auto t2 = bench_clock::now();
+    for (std::uint64_t i = 0; i < taken && error.empty(); ++i) check.take(got[i], error);
+    ++rounds;
+    if (error.empty()) check.end_round(rounds, error);
+    if (!error.empty()) {
+      fail(state, run, error);
+      return;
+    }
+    state.SetIterationTime((time_push ? seconds_between(t0, t1) : seconds_between(t1, t2)) / cost_items);
+  }
+  set_queue_label(state, Q::bounded);
+}
+
+template <template <class> class Adapter, class T>
+void add_cost() {
+  using Q = Adapter<T>;
+  for (const bool push : {true, false}) {
+    const std::string run = std::string("cost/") + Q::name + (push ? "/push" : "/pop") + item_traits<T>::name_suffix;
+    // Fixed iterations: with a manual time per item, --benchmark_min_time would ask for
+    // millions of rounds.
+    benchmark::RegisterBenchmark(run.c_str(), [run, push](benchmark::State& state) { run_cost<Q>(state, run, push); })
+        ->UseManualTime()
+        ->Iterations(cost_rounds)
+        ->Unit(benchmark::kNanosecond);
+  }
+}
+
 template <template <class> class Adapter, class T>
 void add_one(int producers) {
   using Q = Adapter<T>;
@@ -242,6 +300,8 @@ template <template <class> class Adapter>
 void add_mpsc() {
   for (const int producers : producer_counts) add_one<Adapter, std::uint64_t>(producers);
   for (const int producers : producer_counts) add_one<Adapter, payload64>(producers);
+  add_cost<Adapter, std::uint64_t>();
+  add_cost<Adapter, payload64>();
 }
 
 void register_all() {
