@@ -375,6 +375,10 @@ def format_value(run):
 
 
 def format_ns(v):
+    if v < 10:
+        return "%.2f ns" % v
+    if v < 100:
+        return "%.1f ns" % v
     if v < 1e3:
         return "%.0f ns" % v
     if v < 1e6:
