@@ -233,7 +233,7 @@ void run_mpsc(benchmark::State& state, const std::string& run, int producers) {
 // item, with no other thread running and no cache line crossing cores - the instructions and
 // the queue's own memory. The mpsc runs add the cross-core traffic. Checked like mpsc (one
 // producer: order, count and sum).
-constexpr std::uint64_t cost_items = 4096;  // 32-256 KiB of items: in the core's caches
+constexpr std::uint64_t cost_items = 4096;  // up to about 300 KiB of slots: in the core's caches
 constexpr int cost_rounds = 200;            // iterations per repetition (fixed: see below)
 
 template <class Q>

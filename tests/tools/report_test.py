@@ -18,6 +18,11 @@ def mpsc_run(queue, producers, rate, start_ns, end_ns):
             "cross_core_ns_start": start_ns, "cross_core_ns_end": end_ns, "label": "unbounded"}
 
 
+def repetitions(n, producers, *cells):
+    """n repetitions of each (queue, items/s, probe at start, probe at end)."""
+    return [mpsc_run(q, producers, rate, a, b) for _ in range(n) for q, rate, a, b in cells]
+
+
 def render(runs):
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "mpsc_bench.json"), "w", encoding="utf-8") as f:
@@ -34,12 +39,8 @@ class BySpeed(unittest.TestCase):
     def test_two_speeds_are_compared_apart(self):
         # Fast spells: tether 90 vs peer 100 (0.90x). Slow spells: tether 70 vs peer 20 (3.5x).
         # Over all repetitions tether's median is ahead (70 vs 60), which would hide the loss.
-        runs = []
-        for _ in range(5):
-            runs.append(mpsc_run("tether_producer", 4, 90e6, 70, 75))
-            runs.append(mpsc_run("moodycamel_bulk", 4, 100e6, 72, 71))
-            runs.append(mpsc_run("tether_producer", 4, 70e6, 480, 470))
-            runs.append(mpsc_run("moodycamel_bulk", 4, 20e6, 490, 460))
+        runs = repetitions(5, 4, ("tether_producer", 90e6, 70, 75), ("moodycamel_bulk", 100e6, 72, 71),
+                           ("tether_producer", 70e6, 480, 470), ("moodycamel_bulk", 20e6, 490, 460))
         runs.append(mpsc_run("tether_producer", 4, 1e6, 70, 480))  # one probe of each: left out
         body = render(runs)
         self.assertIn("### mpsc — by cross-core speed", body)
@@ -62,18 +63,13 @@ class BySpeed(unittest.TestCase):
 
     def test_a_stray_probe_does_not_make_a_speed(self):
         # One slow probe among many fast ones is under the minimum share of a speed.
-        runs = [mpsc_run(q, 1, 30e6, 80, 85) for _ in range(10) for q in ("tether", "moodycamel")]
+        runs = repetitions(10, 1, ("tether", 30e6, 80, 85), ("moodycamel", 30e6, 80, 85))
         runs.append(mpsc_run("tether", 1, 30e6, 80, 900))
         self.assertNotIn("by cross-core speed", render(runs))
 
     def test_too_few_repetitions_at_a_speed_give_no_ratio(self):
-        runs = []
-        for _ in range(4):
-            runs.append(mpsc_run("tether", 8, 40e6, 60, 60))
-            runs.append(mpsc_run("moodycamel", 8, 20e6, 60, 60))
-            runs.append(mpsc_run("tether", 8, 30e6, 500, 500))
-        runs.append(mpsc_run("moodycamel", 8, 10e6, 500, 500))  # below MIN_SAMPLES at slow speed
-        runs.append(mpsc_run("moodycamel", 8, 10e6, 500, 500))
+        runs = repetitions(4, 8, ("tether", 40e6, 60, 60), ("moodycamel", 20e6, 60, 60), ("tether", 30e6, 500, 500))
+        runs += repetitions(2, 8, ("moodycamel", 10e6, 500, 500))  # below MIN_SAMPLES at the slow speed
         body = render(runs)
         self.assertIn("| uint64_t | fast | **2.00×**", body)
         self.assertIn("| uint64_t | slow | — |", body)
