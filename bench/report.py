@@ -19,6 +19,7 @@ Standard library only.
 """
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -63,18 +64,23 @@ def _ratio_text(r):
 UNBOUNDED = ("tether", "tether_bulk", "tether_producer", "tether_producer_bulk")
 
 
+def best_against_peers(values):
+    """values: queue -> items/s. Returns (ours, peer, ratio): tether's best unbounded queue and
+    the best peer as (value, queue), and ours ÷ peer; None for what is missing."""
+    ours = max(((v, q) for q, v in values.items() if q in UNBOUNDED), default=None)
+    peer = max(((v, q) for q, v in values.items() if not is_tether(q)), default=None)
+    return ours, peer, (ours[0] / peer[0] if ours and peer and peer[0] else None)
+
+
 def target_unbounded(tables, speeds):
     worst = None
     for key, table in tables.items():
         if key[0] != "mpsc":
             continue
         for col in table["columns"]:
-            ours = [table["cells"].get((q, col)) for q in UNBOUNDED]
-            ours = [c for c in ours if c]
-            peers = [c for (q, c2), c in table["cells"].items() if c2 == col and not is_tether(q)]
-            if not ours or not peers:
+            _, _, r = best_against_peers({q: c["value"] for (q, c2), c in table["cells"].items() if c2 == col})
+            if r is None:
                 continue
-            r = max(c["value"] for c in ours) / max(c["value"] for c in peers)
             where = "/".join((key[0],) + (col,) + key[1])
             if worst is None or r < worst[0]:
                 worst = (r, where)
@@ -84,8 +90,9 @@ def target_unbounded(tables, speeds):
     detail = "lowest: %s at %s" % (_ratio_text(worst[0]), worst[1])
     # The same comparison within each group of repetitions that ran at one cross-core speed.
     for group in speeds.get("groups", []):
-        cells = [(c["ratio"], "/".join(("mpsc", c["column"]) + c["rest"]))
-                 for c in speeds["cells"] if c["group"] == group["name"] and c["ratio"] is not None]
+        cells = [(c["ratio"], "/".join(("mpsc", column) + rest))
+                 for (rest, name, column), c in speeds["cells"].items()
+                 if name == group["name"] and c["ratio"] is not None]
         if cells:
             r, where = min(cells)
             lowest.append(r)
@@ -274,9 +281,10 @@ MIN_SAMPLES = 3
 
 def split_by_speed(tables):
     """Groups the mpsc repetitions by the cross-core speed they ran at (their probes at start
-    and end). Returns {} when the probes show one speed, else {"groups": [...], "cells": [...],
-    "left_out": n}: per group its name, range and count; per (table, column, group) the
-    median of each queue's repetitions at that speed and tether's best ÷ the best peer."""
+    and end). Returns {} when the probes show one speed, else {"groups": [...], "rows": [...],
+    "columns": [...], "cells": {...}, "left_out": n}: per group its name, range and count; per
+    (payload, group, column) tether's best and the best peer, each the median of its
+    repetitions at that speed, and their ratio."""
     runs = [run for key, t in tables.items() if key[0] == "mpsc" for run in t["cells"].values()]
     values = sorted(v for run in runs for s in run.get("samples", []) for v in s[1:3] if v > 0)
     n = len(values)
@@ -294,34 +302,27 @@ def split_by_speed(tables):
         fast = (sample[1] < cut, sample[2] < cut)
         return "fast" if all(fast) else "slow" if not any(fast) else None
 
-    groups = [{"name": "fast", "low": values[0], "high": values[split - 1], "count": 0},
-              {"name": "slow", "low": values[split], "high": values[-1], "count": 0}]
-    left_out = 0
-    for run in runs:
-        for sample in run.get("samples", []):
-            g = group_of(sample)
-            if g is None:
-                left_out += 1
-            else:
-                next(x for x in groups if x["name"] == g)["count"] += 1
+    counts = collections.Counter(group_of(s) for run in runs for s in run.get("samples", []))
+    groups = [{"name": "fast", "low": values[0], "high": values[split - 1], "count": counts["fast"]},
+              {"name": "slow", "low": values[split], "high": values[-1], "count": counts["slow"]}]
 
-    cells = []
+    rows, columns, cells = [], [], {}
     for key, t in tables.items():
         if key[0] != "mpsc":
             continue
-        for col in t["columns"]:
-            for g in groups:
+        for g in groups:
+            rows.append((key[1], g["name"]))
+            for col in t["columns"]:
+                if col not in columns:
+                    columns.append(col)
                 medians = {}
-                for q in t["queues"]:
-                    run = t["cells"].get((q, col))
-                    vals = [s[0] for s in (run or {}).get("samples", []) if group_of(s) == g["name"]]
+                for (q, c), run in t["cells"].items():
+                    vals = [s[0] for s in run.get("samples", []) if c == col and group_of(s) == g["name"]]
                     if len(vals) >= MIN_SAMPLES:
                         medians[q] = statistics.median(vals)
-                ours = max(((v, q) for q, v in medians.items() if q in UNBOUNDED), default=None)
-                peer = max(((v, q) for q, v in medians.items() if not is_tether(q)), default=None)
-                cells.append({"group": g["name"], "column": col, "rest": key[1], "ours": ours, "peer": peer,
-                              "ratio": ours[0] / peer[0] if ours and peer and peer[0] else None})
-    return {"groups": groups, "cells": cells, "left_out": left_out}
+                ours, peer, ratio = best_against_peers(medians)
+                cells[(key[1], g["name"], col)] = {"ours": ours, "peer": peer, "ratio": ratio}
+    return {"groups": groups, "rows": rows, "columns": columns, "cells": cells, "left_out": counts[None]}
 
 
 def render_speeds(speeds):
@@ -336,20 +337,13 @@ def render_speeds(speeds):
                  " and ".join("%s, %s–%s (%d repetitions)" % (g["name"], format_ns(g["low"]), format_ns(g["high"]),
                                                               g["count"]) for g in groups),
                  speeds["left_out"], MIN_SAMPLES), ""]
-    rows = []  # (rest, group) in table order
-    columns = []
-    for c in speeds["cells"]:
-        if (c["rest"], c["group"]) not in rows:
-            rows.append((c["rest"], c["group"]))
-        if c["column"] not in columns:
-            columns.append(c["column"])
+    columns = speeds["columns"]
     lines.append("| payload | speed | " + " | ".join(columns) + " |")
     lines.append("|---|---|" + "---:|" * len(columns))
-    for rest, group in rows:
+    for rest, group in speeds["rows"]:
         out = []
         for col in columns:
-            c = next((c for c in speeds["cells"]
-                      if c["rest"] == rest and c["group"] == group and c["column"] == col), None)
+            c = speeds["cells"].get((rest, group, col))
             if not c or c["ratio"] is None:
                 out.append("—")
                 continue

@@ -67,8 +67,8 @@ class consumer_ops {
 
   // Moves up to max ready items to out, oldest first; never blocks. Returns how many. If an
   // assignment to out throws, the items before it are popped and that one stays queued (as
-  // the throwing move left it). out
-  // must not use this queue (drain() may). Consumer thread only.
+  // the throwing move left it). out must not use this queue (drain() may). Consumer thread
+  // only.
   template <class OutputIt>
   std::size_t try_pop_bulk(OutputIt out, std::size_t max) {
     consumer_check::scope scope(q().check_);
