@@ -8,9 +8,10 @@
 //
 // Items live in blocks of slots. A producer claims a slot with one compare-and-swap on the
 // tail index, writes the item and publishes the slot; the producer that claims a block's last
-// slot links the next block (taken from a pool of emptied blocks, so steady state allocates
-// nothing). The consumer reads slots in index order - so items from one producer come out
-// in the order that producer pushed them - and recycles each block it has emptied.
+// slot links the next block (taken from a pool of emptied blocks, so a steady state whose
+// backlog fits the pool allocates nothing). The consumer reads slots in index order - so
+// items from one producer come out in the order that producer pushed them - and recycles
+// each block it has emptied.
 //
 // A producer preempted between claiming and publishing its slot holds up only the consumer,
 // which parks on that slot (it does not spin) and is woken by the publish. A producer

@@ -1308,8 +1308,10 @@ class block_pool {
 // the consumer clears: the consumer only reads a block, so a reused block's stale stamps are
 // simply smaller than expected. The producer links the next block before it publishes a
 // block's last item, so the consumer always finds it. Emptied blocks go back to the producer
-// through a bounded pool (block_pool.hpp); steady state allocates nothing. Small items sit
-// next to their stamps; items of a cache line or more on whole lines (lane_block below).
+// through a bounded pool (block_pool.hpp): while the lane's backlog fits it, nothing is
+// allocated; past it, blocks are freed and allocated again (bench/README.md measures the
+// page faults). Small items sit next to their stamps; items of a cache line or more on
+// whole lines (lane_block below).
 //
 // Closing (see mpsc_queue's banner): emplace raises pushing_ for its whole length and reads
 // the queue's closing flag after a light fence; the consumer reads pushing_ before the head
@@ -1544,9 +1546,10 @@ class producer_lane {
 //
 // Items live in blocks of slots. A producer claims a slot with one compare-and-swap on the
 // tail index, writes the item and publishes the slot; the producer that claims a block's last
-// slot links the next block (taken from a pool of emptied blocks, so steady state allocates
-// nothing). The consumer reads slots in index order - so items from one producer come out
-// in the order that producer pushed them - and recycles each block it has emptied.
+// slot links the next block (taken from a pool of emptied blocks, so a steady state whose
+// backlog fits the pool allocates nothing). The consumer reads slots in index order - so
+// items from one producer come out in the order that producer pushed them - and recycles
+// each block it has emptied.
 //
 // A producer preempted between claiming and publishing its slot holds up only the consumer,
 // which parks on that slot (it does not spin) and is woken by the publish. A producer

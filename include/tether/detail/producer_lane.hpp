@@ -14,8 +14,10 @@
 // the consumer clears: the consumer only reads a block, so a reused block's stale stamps are
 // simply smaller than expected. The producer links the next block before it publishes a
 // block's last item, so the consumer always finds it. Emptied blocks go back to the producer
-// through a bounded pool (block_pool.hpp); steady state allocates nothing. Small items sit
-// next to their stamps; items of a cache line or more on whole lines (lane_block below).
+// through a bounded pool (block_pool.hpp): while the lane's backlog fits it, nothing is
+// allocated; past it, blocks are freed and allocated again (bench/README.md measures the
+// page faults). Small items sit next to their stamps; items of a cache line or more on
+// whole lines (lane_block below).
 //
 // Closing (see mpsc_queue's banner): emplace raises pushing_ for its whole length and reads
 // the queue's closing flag after a light fence; the consumer reads pushing_ before the head
