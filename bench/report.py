@@ -316,8 +316,9 @@ def split_by_speed(tables):
                 if col not in columns:
                     columns.append(col)
                 medians = {}
-                for (q, c), run in t["cells"].items():
-                    vals = [s[0] for s in run.get("samples", []) if c == col and group_of(s) == g["name"]]
+                for q in t["queues"]:
+                    run = t["cells"].get((q, col), {})
+                    vals = [s[0] for s in run.get("samples", []) if group_of(s) == g["name"]]
                     if len(vals) >= MIN_SAMPLES:
                         medians[q] = statistics.median(vals)
                 ours, peer, ratio = best_against_peers(medians)
