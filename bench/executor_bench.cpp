@@ -305,7 +305,7 @@ void register_all() {
 }  // namespace
 
 // --symmetric_fences: an experiment - the parker's handshake with a full fence on both sides
-// instead of membarrier on the waiter's side (detail/fence.hpp), to show what parking costs.
+// instead of membarrier on the waiter's side (detail/platform/fence.hpp), to show what parking costs.
 int main(int argc, char** argv) {
   int kept = 1;
   for (int i = 1; i < argc; ++i) {

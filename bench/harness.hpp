@@ -48,7 +48,7 @@
 #include <utility>
 #include <vector>
 
-#include <tether/detail/config.hpp>
+#include <tether/detail/platform/config.hpp>
 
 namespace tether_bench {
 

@@ -18,7 +18,7 @@
 // Memory ordering: a producer's release store of `pos + 1` publishes the item to the
 // consumer's acquire load; the consumer's release store of `pos + capacity` hands the
 // emptied slot to the producer's acquire load. Waking parked threads is the parker's
-// handshake (detail/parker.hpp).
+// handshake (detail/wait/parker.hpp).
 //
 // After D. Vyukov's bounded MPMC queue (per-slot sequence numbers), with one consumer,
 // close, and parking instead of spinning.
@@ -36,12 +36,12 @@
 #include <type_traits>
 #include <utility>
 
-#include "detail/config.hpp"
-#include "detail/consumer_check.hpp"
-#include "detail/consumer_ops.hpp"
-#include "detail/futex.hpp"
-#include "detail/parker.hpp"
-#include "detail/sink.hpp"
+#include "detail/platform/config.hpp"
+#include "detail/queue/consumer_check.hpp"
+#include "detail/queue/consumer_ops.hpp"
+#include "detail/platform/futex.hpp"
+#include "detail/wait/parker.hpp"
+#include "detail/queue/sink.hpp"
 #include "result.hpp"
 
 namespace tether {
@@ -225,7 +225,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     }
   }
 
-  // ---- consumer primitives (see detail/consumer_ops.hpp) ----
+  // ---- consumer primitives (see detail/queue/consumer_ops.hpp) ----
 
   slot& head_slot() noexcept { return slots_[head_ & mask_]; }
 

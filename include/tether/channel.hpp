@@ -39,9 +39,9 @@
 #include <memory>
 #include <utility>
 
-#include "detail/futex.hpp"
-#include "detail/lane.hpp"
-#include "detail/source_access.hpp"
+#include "detail/platform/futex.hpp"
+#include "detail/channel/direction.hpp"
+#include "detail/select/source_access.hpp"
 #include "result.hpp"
 
 namespace tether {
@@ -53,8 +53,8 @@ template <class A, class B>
 struct pair_state {
   pair_state() = default;
   explicit pair_state(std::size_t capacity) : a_to_b(capacity), b_to_a(capacity) {}
-  lane<A> a_to_b;
-  lane<B> b_to_a;
+  channel_direction<A> a_to_b;
+  channel_direction<B> b_to_a;
 };
 
 }  // namespace detail
@@ -170,14 +170,14 @@ class endpoint {
   friend std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t);
   friend struct detail::source_access;
 
-  endpoint(std::shared_ptr<void> state, detail::lane<Send>& tx, detail::lane<Recv>& rx) noexcept
+  endpoint(std::shared_ptr<void> state, detail::channel_direction<Send>& tx, detail::channel_direction<Recv>& rx) noexcept
       : state_(std::move(state)), tx_(&tx), rx_(&rx) {}
 
-  detail::lane<Recv>& rx_lane() const noexcept { return *rx_; }
+  detail::channel_direction<Recv>& rx_direction() const noexcept { return *rx_; }
 
-  std::shared_ptr<void> state_;       // keeps both lanes alive
-  detail::lane<Send>* tx_ = nullptr;  // the peer receives from it
-  detail::lane<Recv>* rx_ = nullptr;  // this endpoint receives from it
+  std::shared_ptr<void> state_;       // keeps both directions alive
+  detail::channel_direction<Send>* tx_ = nullptr;  // the peer receives from it
+  detail::channel_direction<Recv>* rx_ = nullptr;  // this endpoint receives from it
 };
 
 // Two connected endpoints, unbounded in both directions: the first sends A and receives B,

@@ -31,8 +31,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "detail/config.hpp"
-#include "detail/thread_record.hpp"
+#include "detail/platform/config.hpp"
+#include "detail/platform/thread_record.hpp"
 #include "errors.hpp"
 #include "executor.hpp"
 

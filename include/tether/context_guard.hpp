@@ -26,7 +26,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "detail/thread_record.hpp"
+#include "detail/platform/thread_record.hpp"
 
 namespace tether {
 

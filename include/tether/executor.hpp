@@ -39,9 +39,9 @@
 // destroys everything pending instead of running it.
 //
 // Memory ordering: every hand-over goes through the queue (a release publish, the owner's
-// acquire) and, for call(), the caller's stack slot (detail/call_slot.hpp); the owner side
-// is described in detail/executor_core.hpp. Deadlock edges are seq_cst
-// (detail/thread_record.hpp).
+// acquire) and, for call(), the caller's stack slot (detail/wait/call_slot.hpp); the owner side
+// is described in detail/executor/executor_core.hpp. Deadlock edges are seq_cst
+// (detail/platform/thread_record.hpp).
 #pragma once
 
 #include <atomic>
@@ -59,14 +59,14 @@
 #include <type_traits>
 #include <utility>
 
-#include "detail/call_slot.hpp"
-#include "detail/config.hpp"
-#include "detail/executor_core.hpp"
-#include "detail/futex.hpp"
-#include "detail/parker.hpp"
-#include "detail/task.hpp"
-#include "detail/thread_record.hpp"
-#include "detail/timer_heap.hpp"
+#include "detail/wait/call_slot.hpp"
+#include "detail/platform/config.hpp"
+#include "detail/executor/executor_core.hpp"
+#include "detail/platform/futex.hpp"
+#include "detail/wait/parker.hpp"
+#include "detail/executor/task.hpp"
+#include "detail/platform/thread_record.hpp"
+#include "detail/executor/timer_heap.hpp"
 #include "errors.hpp"
 #include "executor_options.hpp"
 #include "result.hpp"
@@ -74,7 +74,7 @@
 namespace tether {
 
 namespace detail {
-struct source_access;  // a poller's view of the executor's queue and timers (detail/source_access.hpp)
+struct source_access;  // a poller's view of the executor's queue and timers (detail/select/source_access.hpp)
 }  // namespace detail
 
 // Handle to a delayed task; copies share one task. The default-constructed handle refers to

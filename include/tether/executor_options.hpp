@@ -21,7 +21,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "detail/task.hpp"
+#include "detail/executor/task.hpp"
 
 namespace tether {
 

@@ -21,7 +21,7 @@
 // Memory ordering: a slot's release state store publishes the item to the consumer's
 // acquire load of that state; a block's `next` is stored before its last slot is
 // published, so the consumer always finds it. Waking a parked consumer is the parker's
-// handshake (detail/parker.hpp): a push pays no locked instruction beyond its claim.
+// handshake (detail/wait/parker.hpp): a push pays no locked instruction beyond its claim.
 //
 // After crossbeam-channel's list flavour (block list, CAS-claimed slots, a sentinel index
 // while the next block is linked), adapted to one consumer, block reuse and parking.
@@ -53,14 +53,14 @@
 #include <type_traits>
 #include <utility>
 
-#include "detail/block_pool.hpp"
-#include "detail/config.hpp"
-#include "detail/consumer_check.hpp"
-#include "detail/consumer_ops.hpp"
-#include "detail/futex.hpp"
-#include "detail/parker.hpp"
-#include "detail/producer_lane.hpp"
-#include "detail/sink.hpp"
+#include "detail/queue/block_pool.hpp"
+#include "detail/platform/config.hpp"
+#include "detail/queue/consumer_check.hpp"
+#include "detail/queue/consumer_ops.hpp"
+#include "detail/platform/futex.hpp"
+#include "detail/wait/parker.hpp"
+#include "detail/queue/producer_lane.hpp"
+#include "detail/queue/sink.hpp"
 #include "result.hpp"
 
 namespace tether {

@@ -82,11 +82,11 @@
 #include <utility>
 #include <vector>
 
-#include "detail/call_slot.hpp"
-#include "detail/futex.hpp"
-#include "detail/parker.hpp"
-#include "detail/router_subshell.hpp"
-#include "detail/thread_record.hpp"
+#include "detail/wait/call_slot.hpp"
+#include "detail/platform/futex.hpp"
+#include "detail/wait/parker.hpp"
+#include "detail/router/subshell.hpp"
+#include "detail/platform/thread_record.hpp"
 #include "errors.hpp"
 #include "executor.hpp"
 #include "mpsc_queue.hpp"

@@ -34,10 +34,10 @@
 // the endpoint's destructor closes it, so the source turns ready with closed).
 //
 // Design: zero CPU while idle - one park for the waiting thread, no polling, no thread per
-// source. Each watched source's consumer parker carries a listener (detail/parker.hpp). A
+// source. Each watched source's consumer parker carries a listener (detail/wait/parker.hpp). A
 // push to the source publishes, then notifies its parker; the parker calls the listener,
 // which flips the source's `signalled` flag and, if that was false, pushes the source onto
-// the poller's ready list and wakes the waiting thread (detail/ready_list.hpp). A burst of
+// the poller's ready list and wakes the waiting thread (detail/select/ready_list.hpp). A burst of
 // pushes therefore costs one ready-list push, and the waiter looks only at sources that were
 // signalled, never at all 1,000. The waiter keeps its candidates in a FIFO: it takes one off
 // the front, probes it, returns it and puts it at the back if ready (it may hold more), or
@@ -97,15 +97,15 @@
 
 #include "bounded_mpsc_queue.hpp"
 #include "channel.hpp"
-#include "detail/consumer_check.hpp"
-#include "detail/consumer_ops.hpp"
-#include "detail/fence.hpp"
-#include "detail/futex.hpp"
-#include "detail/lane.hpp"
-#include "detail/parker.hpp"
-#include "detail/ready_list.hpp"
-#include "detail/source_access.hpp"
-#include "detail/thread_record.hpp"
+#include "detail/queue/consumer_check.hpp"
+#include "detail/queue/consumer_ops.hpp"
+#include "detail/platform/fence.hpp"
+#include "detail/platform/futex.hpp"
+#include "detail/channel/direction.hpp"
+#include "detail/wait/parker.hpp"
+#include "detail/select/ready_list.hpp"
+#include "detail/select/source_access.hpp"
+#include "detail/platform/thread_record.hpp"
 #include "errors.hpp"
 #include "executor.hpp"
 #include "mpsc_queue.hpp"
@@ -117,20 +117,20 @@ namespace detail {
 
 // ---- what a poller needs from each kind of source ----------------------------------------
 
-// The receiving object: the queue itself, or the endpoint's receiving lane.
+// The receiving object: the queue itself, or the endpoint's receiving direction.
 template <class T>
 mpsc_queue<T>& rx_of(mpsc_queue<T>& q) noexcept { return q; }
 template <class T>
 bounded_mpsc_queue<T>& rx_of(bounded_mpsc_queue<T>& q) noexcept { return q; }
 template <class S, class R>
-lane<R>& rx_of(const endpoint<S, R>& e) noexcept { return source_access::rx_lane(e); }
+channel_direction<R>& rx_of(const endpoint<S, R>& e) noexcept { return source_access::rx_direction(e); }
 
 template <class T>
 const void* identity_of(const mpsc_queue<T>& q) noexcept { return &q; }
 template <class T>
 const void* identity_of(const bounded_mpsc_queue<T>& q) noexcept { return &q; }
 template <class S, class R>
-const void* identity_of(const endpoint<S, R>& e) noexcept { return &source_access::rx_lane(e); }
+const void* identity_of(const endpoint<S, R>& e) noexcept { return &source_access::rx_direction(e); }
 
 template <class Source>
 std::shared_ptr<void> keep_alive_of(const Source&) noexcept { return nullptr; }
@@ -140,12 +140,12 @@ std::shared_ptr<void> keep_alive_of(const endpoint<S, R>& e) noexcept { return s
 template <class Queue, class T>
 parker& rx_parker(consumer_ops<Queue, T>& q) noexcept { return source_access::watched_parker(q); }
 template <class T>
-parker& rx_parker(lane<T>& l) noexcept { return l.watched_parker(); }
+parker& rx_parker(channel_direction<T>& l) noexcept { return l.watched_parker(); }
 
 template <class Queue, class T>
 bool rx_ready(consumer_ops<Queue, T>& q) { return source_access::watched_ready(q); }
 template <class T>
-bool rx_ready(lane<T>& l) { return l.watched_ready(); }
+bool rx_ready(channel_direction<T>& l) { return l.watched_ready(); }
 
 // An adopting executor: its task queue (a push notifies the queue's consumer parker, a close
 // too) and its delayed tasks (no notify when one falls due: the waiter parks until the

@@ -29,8 +29,8 @@
 #include <string>
 #include <string_view>
 
-#include "detail/config.hpp"
-#include "detail/thread_record.hpp"
+#include "detail/platform/config.hpp"
+#include "detail/platform/thread_record.hpp"
 #include "errors.hpp"
 
 namespace tether {

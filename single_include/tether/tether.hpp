@@ -11,8 +11,8 @@
 // One number for comparisons: major * 10000 + minor * 100 + patch.
 #define TETHER_VERSION (TETHER_VERSION_MAJOR * 10000 + TETHER_VERSION_MINOR * 100 + TETHER_VERSION_PATCH)
 
-// ---- tether/detail/config.hpp -----------------------------------------------
-// tether/detail/config.hpp - cache-line size, CPU pause and the annotation seam.
+// ---- tether/detail/platform/config.hpp --------------------------------------
+// tether/detail/platform/config.hpp - cache-line size, CPU pause and the annotation seam.
 //
 // Nothing here changes what a header means: the macros below only add attributes that
 // clang's -Wthread-safety understands and that other compilers never see.
@@ -67,8 +67,8 @@ inline void prefetch_for_write(const void* p) noexcept {
 
 }  // namespace tether::detail
 
-// ---- tether/detail/consumer_check.hpp ---------------------------------------
-// tether/detail/consumer_check.hpp - catches two threads consuming one queue at once.
+// ---- tether/detail/queue/consumer_check.hpp ---------------------------------
+// tether/detail/queue/consumer_check.hpp - catches two threads consuming one queue at once.
 //
 // Single-consumer queues are only correct with one consumer at a time. In debug builds
 // (NDEBUG not defined) every consumer call holds a consumer_scope; a second thread entering
@@ -128,8 +128,8 @@ class consumer_check {
 
 }  // namespace tether::detail
 
-// ---- tether/detail/futex.hpp ------------------------------------------------
-// tether/detail/futex.hpp - the platform seam: sleep on a 32-bit word until it changes.
+// ---- tether/detail/platform/futex.hpp ---------------------------------------
+// tether/detail/platform/futex.hpp - the platform seam: sleep on a 32-bit word until it changes.
 //
 // std::atomic<T>::wait has no timed form in C++20, and every blocking call in tether has a
 // timed variant, so the parker needs "wait while *word == expected, until a deadline".
@@ -254,8 +254,8 @@ steady_time deadline_after(const std::chrono::duration<Rep, Period>& d) {
 
 }  // namespace tether::detail
 
-// ---- tether/detail/fence.hpp ------------------------------------------------
-// tether/detail/fence.hpp - the platform seam for asymmetric fences.
+// ---- tether/detail/platform/fence.hpp ---------------------------------------
+// tether/detail/platform/fence.hpp - the platform seam for asymmetric fences.
 //
 // The parker handshake (see parker.hpp) is Dekker's: the notifier stores its condition and
 // then loads the waiter count; the waiter stores its announcement and then loads the
@@ -341,8 +341,8 @@ inline void heavy_fence() noexcept {
 
 }  // namespace tether::detail
 
-// ---- tether/detail/parker.hpp -----------------------------------------------
-// tether/detail/parker.hpp - spin briefly, then sleep until notified: the one wait strategy.
+// ---- tether/detail/wait/parker.hpp ------------------------------------------
+// tether/detail/wait/parker.hpp - spin briefly, then sleep until notified: the one wait strategy.
 //
 // parker is an event count (after Dekker's handshake as used by folly's EventCount and
 // Vyukov's eventcount): waiters announce themselves before their final re-check of the
@@ -543,7 +543,7 @@ spun spin_phase(Ready& ready, steady_time deadline) {
 
 // Spin, then park_now(): the wait for callers that decide themselves whether to spin (see
 // park()). ready() is called the same number of times in every spin phase, which the
-// executor's idle wait counts on (detail/executor_core.hpp). Returns ready()'s verdict.
+// executor's idle wait counts on (detail/executor/executor_core.hpp). Returns ready()'s verdict.
 template <class Ready>
 bool park_spinning(parker& p, Ready&& ready, steady_time deadline) {
   switch (spin_phase(ready, deadline)) {
@@ -632,8 +632,8 @@ class backoff {
 
 }  // namespace tether::detail
 
-// ---- tether/detail/sink.hpp -------------------------------------------------
-// tether/detail/sink.hpp - how a consumer hands an item over to whoever takes it.
+// ---- tether/detail/queue/sink.hpp -------------------------------------------
+// tether/detail/queue/sink.hpp - how a consumer hands an item over to whoever takes it.
 //
 // Two kinds of taker: a drain() callback, which may pop from the same queue, so the item
 // must have left the queue before the callback sees it; and the output iterator of
@@ -780,8 +780,8 @@ class [[nodiscard]] pop_result {
 
 }  // namespace tether
 
-// ---- tether/detail/consumer_ops.hpp -----------------------------------------
-// tether/detail/consumer_ops.hpp - the consumer half shared by both single-consumer queues.
+// ---- tether/detail/queue/consumer_ops.hpp -----------------------------------
+// tether/detail/queue/consumer_ops.hpp - the consumer half shared by both single-consumer queues.
 //
 // mpsc_queue and bounded_mpsc_queue differ in how producers claim slots, not in how their
 // one consumer takes items out, waits and sees the end. This CRTP base gives both the same
@@ -802,7 +802,7 @@ namespace tether::detail {
 // after close, or the end (closed and drained).
 enum class head_state { ready, empty, in_flight, closed };
 
-struct source_access;  // a poller's view of a consumer (detail/source_access.hpp)
+struct source_access;  // a poller's view of a consumer (detail/select/source_access.hpp)
 
 template <class Queue, class T>
 class consumer_ops {
@@ -932,7 +932,7 @@ class consumer_ops {
 // Memory ordering: a producer's release store of `pos + 1` publishes the item to the
 // consumer's acquire load; the consumer's release store of `pos + capacity` hands the
 // emptied slot to the producer's acquire load. Waking parked threads is the parker's
-// handshake (detail/parker.hpp).
+// handshake (detail/wait/parker.hpp).
 //
 // After D. Vyukov's bounded MPMC queue (per-slot sequence numbers), with one consumer,
 // close, and parking instead of spinning.
@@ -1122,7 +1122,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     }
   }
 
-  // ---- consumer primitives (see detail/consumer_ops.hpp) ----
+  // ---- consumer primitives (see detail/queue/consumer_ops.hpp) ----
 
   slot& head_slot() noexcept { return slots_[head_ & mask_]; }
 
@@ -1216,8 +1216,8 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
 
 }  // namespace tether
 
-// ---- tether/detail/block_pool.hpp -------------------------------------------
-// tether/detail/block_pool.hpp - emptied queue blocks kept for reuse, up to a limit.
+// ---- tether/detail/queue/block_pool.hpp -------------------------------------
+// tether/detail/queue/block_pool.hpp - emptied queue blocks kept for reuse, up to a limit.
 //
 // Who may call what: take / give - any thread, concurrently; the destructor - no other thread.
 //
@@ -1291,8 +1291,8 @@ class block_pool {
 
 }  // namespace tether::detail
 
-// ---- tether/detail/producer_lane.hpp ----------------------------------------
-// tether/detail/producer_lane.hpp - one producer handle's private FIFO inside an mpsc_queue.
+// ---- tether/detail/queue/producer_lane.hpp ----------------------------------
+// tether/detail/queue/producer_lane.hpp - one producer handle's private FIFO inside an mpsc_queue.
 //
 // Who may call what: the producer half (emplace) - the thread using the handle that owns the
 // lane; the consumer half (ready, take, take_ready, ...) - the queue's consumer; try_own /
@@ -1559,7 +1559,7 @@ class producer_lane {
 // Memory ordering: a slot's release state store publishes the item to the consumer's
 // acquire load of that state; a block's `next` is stored before its last slot is
 // published, so the consumer always finds it. Waking a parked consumer is the parker's
-// handshake (detail/parker.hpp): a push pays no locked instruction beyond its claim.
+// handshake (detail/wait/parker.hpp): a push pays no locked instruction beyond its claim.
 //
 // After crossbeam-channel's list flavour (block list, CAS-claimed slots, a sentinel index
 // while the next block is linked), adapted to one consumer, block reuse and parking.
@@ -2060,13 +2060,13 @@ typename mpsc_queue<T>::producer mpsc_queue<T>::make_producer() {
 
 }  // namespace tether
 
-// ---- tether/detail/source_access.hpp ----------------------------------------
-// tether/detail/source_access.hpp - a poller's view of the things it can watch.
+// ---- tether/detail/select/source_access.hpp ---------------------------------
+// tether/detail/select/source_access.hpp - a poller's view of the things it can watch.
 //
 // A poller (select.hpp) needs three things from a source that are no part of the source's
 // public API: the parker its consumer sleeps on (to hang a listener there), the parker's
 // condition (an item is ready, or closed and drained), and for channel endpoints the
-// receiving lane and the shared state that keeps it alive. For an adopting executor it also
+// receiving direction and the shared state that keeps it alive. For an adopting executor it also
 // needs the task queue (whose consumer is the owner), the earliest delayed-task deadline and
 // a bounded poll(). The sources befriend this one struct instead of exposing those to every
 // user.
@@ -2097,8 +2097,8 @@ struct source_access {
 
   // ---- channel endpoints (channel.hpp) ----
   template <class Endpoint>
-  static auto& rx_lane(Endpoint& e) noexcept {
-    return e.rx_lane();
+  static auto& rx_direction(Endpoint& e) noexcept {
+    return e.rx_direction();
   }
   template <class Endpoint>
   static std::shared_ptr<void> shared_state(const Endpoint& e) noexcept {
@@ -2138,8 +2138,8 @@ struct source_access {
 
 }  // namespace tether::detail
 
-// ---- tether/detail/lane.hpp -------------------------------------------------
-// tether/detail/lane.hpp - one direction of a channel: an unbounded or a bounded queue,
+// ---- tether/detail/channel/direction.hpp ------------------------------------
+// tether/detail/channel/direction.hpp - one direction of a channel: an unbounded or a bounded queue,
 // chosen at run time.
 //
 // A channel pair is unbounded or bounded as its creator asks, so each direction holds one of
@@ -2158,15 +2158,15 @@ struct source_access {
 namespace tether::detail {
 
 template <class T>
-class lane {
+class channel_direction {
  public:
   // Unbounded.
-  lane() : q_(std::in_place_index<0>) {}
+  channel_direction() : q_(std::in_place_index<0>) {}
   // Bounded: holds at least `capacity` items (the queue rounds up to a power of two).
-  explicit lane(std::size_t capacity) : q_(std::in_place_index<1>, capacity) {}
+  explicit channel_direction(std::size_t capacity) : q_(std::in_place_index<1>, capacity) {}
 
-  lane(const lane&) = delete;
-  lane& operator=(const lane&) = delete;
+  channel_direction(const channel_direction&) = delete;
+  channel_direction& operator=(const channel_direction&) = delete;
 
   // ok, full or closed; v untouched unless ok.
   template <class U>
@@ -2217,7 +2217,7 @@ class lane {
     return std::get_if<1>(&q_)->size_approx();
   }
 
-  // For a poller (select.hpp): see detail/source_access.hpp.
+  // For a poller (select.hpp): see detail/select/source_access.hpp.
   parker& watched_parker() noexcept {
     return with_queue([](auto& q) -> parker& { return source_access::watched_parker(q); });
   }
@@ -2284,8 +2284,8 @@ template <class A, class B>
 struct pair_state {
   pair_state() = default;
   explicit pair_state(std::size_t capacity) : a_to_b(capacity), b_to_a(capacity) {}
-  lane<A> a_to_b;
-  lane<B> b_to_a;
+  channel_direction<A> a_to_b;
+  channel_direction<B> b_to_a;
 };
 
 }  // namespace detail
@@ -2401,14 +2401,14 @@ class endpoint {
   friend std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t);
   friend struct detail::source_access;
 
-  endpoint(std::shared_ptr<void> state, detail::lane<Send>& tx, detail::lane<Recv>& rx) noexcept
+  endpoint(std::shared_ptr<void> state, detail::channel_direction<Send>& tx, detail::channel_direction<Recv>& rx) noexcept
       : state_(std::move(state)), tx_(&tx), rx_(&rx) {}
 
-  detail::lane<Recv>& rx_lane() const noexcept { return *rx_; }
+  detail::channel_direction<Recv>& rx_direction() const noexcept { return *rx_; }
 
-  std::shared_ptr<void> state_;       // keeps both lanes alive
-  detail::lane<Send>* tx_ = nullptr;  // the peer receives from it
-  detail::lane<Recv>* rx_ = nullptr;  // this endpoint receives from it
+  std::shared_ptr<void> state_;       // keeps both directions alive
+  detail::channel_direction<Send>* tx_ = nullptr;  // the peer receives from it
+  detail::channel_direction<Recv>* rx_ = nullptr;  // this endpoint receives from it
 };
 
 // Two connected endpoints, unbounded in both directions: the first sends A and receives B,
@@ -2432,8 +2432,8 @@ std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t capacity) {
 
 }  // namespace tether
 
-// ---- tether/detail/thread_record.hpp ----------------------------------------
-// tether/detail/thread_record.hpp - who a thread is, and which executor it is blocked on.
+// ---- tether/detail/platform/thread_record.hpp -------------------------------
+// tether/detail/platform/thread_record.hpp - who a thread is, and which executor it is blocked on.
 //
 // Every thread tether meets gets a thread_record: a serial number unique for that thread's
 // life (what affinity checks compare), its name and ids (what error messages print), and the
@@ -2798,8 +2798,8 @@ class executor_stopped : public std::runtime_error {
 
 }  // namespace tether
 
-// ---- tether/detail/call_slot.hpp --------------------------------------------
-// tether/detail/call_slot.hpp - where a blocking call() waits for its result, on its own stack.
+// ---- tether/detail/wait/call_slot.hpp ---------------------------------------
+// tether/detail/wait/call_slot.hpp - where a blocking call() waits for its result, on its own stack.
 //
 // A std::promise / std::future round trip allocates a shared state and, when the waiter has
 // gone to sleep, costs a futex wake-up. call() needs neither: the caller owns a call_slot on
@@ -2904,8 +2904,8 @@ class call_slot {
 
 }  // namespace tether::detail
 
-// ---- tether/detail/task.hpp -------------------------------------------------
-// tether/detail/task.hpp - a move-only, small-buffer `void()` callable: what executors queue.
+// ---- tether/detail/executor/task.hpp ----------------------------------------
+// tether/detail/executor/task.hpp - a move-only, small-buffer `void()` callable: what executors queue.
 //
 // Like std::move_only_function<void()> (C++23), with a buffer sized so that a task fills one
 // cache line: callables of up to 56 bytes whose move constructor does not throw live inside
@@ -3121,8 +3121,8 @@ enum class timer_status : std::uint8_t { pending, running, ran, cancelled, stopp
 
 }  // namespace tether
 
-// ---- tether/detail/timer_heap.hpp -------------------------------------------
-// tether/detail/timer_heap.hpp - the owner's min-heap of delayed tasks.
+// ---- tether/detail/executor/timer_heap.hpp ----------------------------------
+// tether/detail/executor/timer_heap.hpp - the owner's min-heap of delayed tasks.
 //
 // post_at() from any thread allocates a timer_state (shared with the caller's handle) and
 // pushes one internal task through the executor's queue; that task, run by the owner,
@@ -3200,8 +3200,8 @@ class timer_heap {
 
 }  // namespace tether::detail
 
-// ---- tether/detail/wake_fd.hpp ----------------------------------------------
-// tether/detail/wake_fd.hpp - the platform seam for a file descriptor a foreign loop can watch.
+// ---- tether/detail/platform/wake_fd.hpp -------------------------------------
+// tether/detail/platform/wake_fd.hpp - the platform seam for a file descriptor a foreign loop can watch.
 //
 // signal() makes the descriptor readable now; arm(deadline) makes it not readable until
 // `deadline` (never, for no_deadline) and forgets earlier signals. So one descriptor wakes
@@ -3300,8 +3300,8 @@ class wake_fd {
 
 }  // namespace tether::detail
 
-// ---- tether/detail/executor_core.hpp ----------------------------------------
-// tether/detail/executor_core.hpp - the owner's side of tether::executor.
+// ---- tether/detail/executor/executor_core.hpp -------------------------------
+// tether/detail/executor/executor_core.hpp - the owner's side of tether::executor.
 //
 // executor.hpp holds what callers use (post, submit, call, stop, ...); this holds what they
 // feed: the queue of tasks, the owner's loop (due delayed tasks, ready tasks in batches, the
@@ -3936,16 +3936,16 @@ class executor_core {
 // destroys everything pending instead of running it.
 //
 // Memory ordering: every hand-over goes through the queue (a release publish, the owner's
-// acquire) and, for call(), the caller's stack slot (detail/call_slot.hpp); the owner side
-// is described in detail/executor_core.hpp. Deadlock edges are seq_cst
-// (detail/thread_record.hpp).
+// acquire) and, for call(), the caller's stack slot (detail/wait/call_slot.hpp); the owner side
+// is described in detail/executor/executor_core.hpp. Deadlock edges are seq_cst
+// (detail/platform/thread_record.hpp).
 
 
 
 namespace tether {
 
 namespace detail {
-struct source_access;  // a poller's view of the executor's queue and timers (detail/source_access.hpp)
+struct source_access;  // a poller's view of the executor's queue and timers (detail/select/source_access.hpp)
 }  // namespace detail
 
 // Handle to a delayed task; copies share one task. The default-constructed handle refers to
@@ -4646,8 +4646,8 @@ class router_stopped : public std::runtime_error {
 };
 }  // namespace tether
 
-// ---- tether/detail/router_subshell.hpp --------------------------------------
-// tether/detail/router_subshell.hpp - one subshell as the router sees it, and the handler
+// ---- tether/detail/router/subshell.hpp --------------------------------------
+// tether/detail/router/subshell.hpp - one subshell as the router sees it, and the handler
 // and factory it runs, with the user's callables type-erased.
 //
 // router.hpp holds what users touch (router, reply_sender); this holds what the router keeps
@@ -4763,8 +4763,8 @@ struct router_factory_impl final : router_factory<Payload, Reply> {
 
 }  // namespace tether
 
-// ---- tether/detail/ready_list.hpp -------------------------------------------
-// tether/detail/ready_list.hpp - the nodes a poller must look at, and the parker it sleeps on.
+// ---- tether/detail/select/ready_list.hpp ------------------------------------
+// tether/detail/select/ready_list.hpp - the nodes a poller must look at, and the parker it sleeps on.
 //
 // Every source a poller watches has a poll_node. A notifier that finds the node unsignalled
 // pushes it here (a Treiber stack: one compare-and-swap) and wakes the poller; the poller
@@ -4873,10 +4873,10 @@ inline void notify_poller(parker_listener& l) noexcept {
 // the endpoint's destructor closes it, so the source turns ready with closed).
 //
 // Design: zero CPU while idle - one park for the waiting thread, no polling, no thread per
-// source. Each watched source's consumer parker carries a listener (detail/parker.hpp). A
+// source. Each watched source's consumer parker carries a listener (detail/wait/parker.hpp). A
 // push to the source publishes, then notifies its parker; the parker calls the listener,
 // which flips the source's `signalled` flag and, if that was false, pushes the source onto
-// the poller's ready list and wakes the waiting thread (detail/ready_list.hpp). A burst of
+// the poller's ready list and wakes the waiting thread (detail/select/ready_list.hpp). A burst of
 // pushes therefore costs one ready-list push, and the waiter looks only at sources that were
 // signalled, never at all 1,000. The waiter keeps its candidates in a FIFO: it takes one off
 // the front, probes it, returns it and puts it at the back if ready (it may hold more), or
@@ -4926,20 +4926,20 @@ namespace detail {
 
 // ---- what a poller needs from each kind of source ----------------------------------------
 
-// The receiving object: the queue itself, or the endpoint's receiving lane.
+// The receiving object: the queue itself, or the endpoint's receiving direction.
 template <class T>
 mpsc_queue<T>& rx_of(mpsc_queue<T>& q) noexcept { return q; }
 template <class T>
 bounded_mpsc_queue<T>& rx_of(bounded_mpsc_queue<T>& q) noexcept { return q; }
 template <class S, class R>
-lane<R>& rx_of(const endpoint<S, R>& e) noexcept { return source_access::rx_lane(e); }
+channel_direction<R>& rx_of(const endpoint<S, R>& e) noexcept { return source_access::rx_direction(e); }
 
 template <class T>
 const void* identity_of(const mpsc_queue<T>& q) noexcept { return &q; }
 template <class T>
 const void* identity_of(const bounded_mpsc_queue<T>& q) noexcept { return &q; }
 template <class S, class R>
-const void* identity_of(const endpoint<S, R>& e) noexcept { return &source_access::rx_lane(e); }
+const void* identity_of(const endpoint<S, R>& e) noexcept { return &source_access::rx_direction(e); }
 
 template <class Source>
 std::shared_ptr<void> keep_alive_of(const Source&) noexcept { return nullptr; }
@@ -4949,12 +4949,12 @@ std::shared_ptr<void> keep_alive_of(const endpoint<S, R>& e) noexcept { return s
 template <class Queue, class T>
 parker& rx_parker(consumer_ops<Queue, T>& q) noexcept { return source_access::watched_parker(q); }
 template <class T>
-parker& rx_parker(lane<T>& l) noexcept { return l.watched_parker(); }
+parker& rx_parker(channel_direction<T>& l) noexcept { return l.watched_parker(); }
 
 template <class Queue, class T>
 bool rx_ready(consumer_ops<Queue, T>& q) { return source_access::watched_ready(q); }
 template <class T>
-bool rx_ready(lane<T>& l) { return l.watched_ready(); }
+bool rx_ready(channel_direction<T>& l) { return l.watched_ready(); }
 
 // An adopting executor: its task queue (a push notifies the queue's consumer parker, a close
 // too) and its delayed tasks (no notify when one falls due: the waiter parks until the

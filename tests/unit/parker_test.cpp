@@ -2,7 +2,7 @@
 // blocking call goes through: notify wakes a parked waiter, deadlines are honoured, no
 // wake-up is lost however notify and wait interleave, and a notify nobody waits for is
 // harmless.
-#include <tether/detail/parker.hpp>
+#include <tether/detail/wait/parker.hpp>
 
 #include <atomic>
 #include <chrono>

@@ -1,7 +1,7 @@
 // Unit tests for tether::detail::task, the executor's queued callable: small callables stay
 // inline (no allocation), large / over-aligned / throwing-move ones go to the heap, move-only
 // captures work, moves transfer ownership, and every callable is destroyed exactly once.
-#include <tether/detail/task.hpp>
+#include <tether/detail/executor/task.hpp>
 
 #include <array>
 #include <memory>

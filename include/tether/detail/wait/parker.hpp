@@ -1,4 +1,4 @@
-// tether/detail/parker.hpp - spin briefly, then sleep until notified: the one wait strategy.
+// tether/detail/wait/parker.hpp - spin briefly, then sleep until notified: the one wait strategy.
 //
 // parker is an event count (after Dekker's handshake as used by folly's EventCount and
 // Vyukov's eventcount): waiters announce themselves before their final re-check of the
@@ -28,9 +28,9 @@
 #include <cstdint>
 #include <thread>
 
-#include "config.hpp"
-#include "fence.hpp"
-#include "futex.hpp"
+#include "../platform/config.hpp"
+#include "../platform/fence.hpp"
+#include "../platform/futex.hpp"
 
 namespace tether::detail {
 
@@ -207,7 +207,7 @@ spun spin_phase(Ready& ready, steady_time deadline) {
 
 // Spin, then park_now(): the wait for callers that decide themselves whether to spin (see
 // park()). ready() is called the same number of times in every spin phase, which the
-// executor's idle wait counts on (detail/executor_core.hpp). Returns ready()'s verdict.
+// executor's idle wait counts on (detail/executor/executor_core.hpp). Returns ready()'s verdict.
 template <class Ready>
 bool park_spinning(parker& p, Ready&& ready, steady_time deadline) {
   switch (spin_phase(ready, deadline)) {

@@ -1,4 +1,4 @@
-// tether/detail/call_slot.hpp - where a blocking call() waits for its result, on its own stack.
+// tether/detail/wait/call_slot.hpp - where a blocking call() waits for its result, on its own stack.
 //
 // A std::promise / std::future round trip allocates a shared state and, when the waiter has
 // gone to sleep, costs a futex wake-up. call() needs neither: the caller owns a call_slot on
@@ -31,7 +31,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "futex.hpp"
+#include "../platform/futex.hpp"
 #include "parker.hpp"
 
 namespace tether::detail {

@@ -1,4 +1,4 @@
-// tether/detail/block_pool.hpp - emptied queue blocks kept for reuse, up to a limit.
+// tether/detail/queue/block_pool.hpp - emptied queue blocks kept for reuse, up to a limit.
 //
 // Who may call what: take / give - any thread, concurrently; the destructor - no other thread.
 //

@@ -1,4 +1,4 @@
-// tether/detail/fence.hpp - the platform seam for asymmetric fences.
+// tether/detail/platform/fence.hpp - the platform seam for asymmetric fences.
 //
 // The parker handshake (see parker.hpp) is Dekker's: the notifier stores its condition and
 // then loads the waiter count; the waiter stores its announcement and then loads the

@@ -1,4 +1,4 @@
-// tether/detail/wake_fd.hpp - the platform seam for a file descriptor a foreign loop can watch.
+// tether/detail/platform/wake_fd.hpp - the platform seam for a file descriptor a foreign loop can watch.
 //
 // signal() makes the descriptor readable now; arm(deadline) makes it not readable until
 // `deadline` (never, for no_deadline) and forgets earlier signals. So one descriptor wakes

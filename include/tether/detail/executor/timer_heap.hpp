@@ -1,4 +1,4 @@
-// tether/detail/timer_heap.hpp - the owner's min-heap of delayed tasks.
+// tether/detail/executor/timer_heap.hpp - the owner's min-heap of delayed tasks.
 //
 // post_at() from any thread allocates a timer_state (shared with the caller's handle) and
 // pushes one internal task through the executor's queue; that task, run by the owner,
@@ -23,7 +23,7 @@
 #include <utility>
 #include <vector>
 
-#include "futex.hpp"
+#include "../platform/futex.hpp"
 #include "task.hpp"
 
 namespace tether::detail {

@@ -1,4 +1,4 @@
-// tether/detail/producer_lane.hpp - one producer handle's private FIFO inside an mpsc_queue.
+// tether/detail/queue/producer_lane.hpp - one producer handle's private FIFO inside an mpsc_queue.
 //
 // Who may call what: the producer half (emplace) - the thread using the handle that owns the
 // lane; the consumer half (ready, take, take_ready, ...) - the queue's consumer; try_own /
@@ -38,8 +38,8 @@
 #include <utility>
 
 #include "block_pool.hpp"
-#include "config.hpp"
-#include "fence.hpp"
+#include "../platform/config.hpp"
+#include "../platform/fence.hpp"
 #include "sink.hpp"
 
 namespace tether::detail {

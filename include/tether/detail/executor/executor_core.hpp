@@ -1,4 +1,4 @@
-// tether/detail/executor_core.hpp - the owner's side of tether::executor.
+// tether/detail/executor/executor_core.hpp - the owner's side of tether::executor.
 //
 // executor.hpp holds what callers use (post, submit, call, stop, ...); this holds what they
 // feed: the queue of tasks, the owner's loop (due delayed tasks, ready tasks in batches, the
@@ -37,18 +37,18 @@
 #include <utility>
 #include <vector>
 
-#include "../errors.hpp"
-#include "../executor_options.hpp"
-#include "../mpsc_queue.hpp"
-#include "../result.hpp"
-#include "call_slot.hpp"
-#include "config.hpp"
-#include "futex.hpp"
-#include "parker.hpp"
+#include "../../errors.hpp"
+#include "../../executor_options.hpp"
+#include "../../mpsc_queue.hpp"
+#include "../../result.hpp"
+#include "../wait/call_slot.hpp"
+#include "../platform/config.hpp"
+#include "../platform/futex.hpp"
+#include "../wait/parker.hpp"
 #include "task.hpp"
-#include "thread_record.hpp"
+#include "../platform/thread_record.hpp"
 #include "timer_heap.hpp"
-#include "wake_fd.hpp"
+#include "../platform/wake_fd.hpp"
 
 namespace tether::detail {
 

@@ -1,4 +1,4 @@
-// tether/detail/consumer_check.hpp - catches two threads consuming one queue at once.
+// tether/detail/queue/consumer_check.hpp - catches two threads consuming one queue at once.
 //
 // Single-consumer queues are only correct with one consumer at a time. In debug builds
 // (NDEBUG not defined) every consumer call holds a consumer_scope; a second thread entering

@@ -1,4 +1,4 @@
-// tether/detail/task.hpp - a move-only, small-buffer `void()` callable: what executors queue.
+// tether/detail/executor/task.hpp - a move-only, small-buffer `void()` callable: what executors queue.
 //
 // Like std::move_only_function<void()> (C++23), with a buffer sized so that a task fills one
 // cache line: callables of up to 56 bytes whose move constructor does not throw live inside

@@ -1,4 +1,4 @@
-// tether/detail/ready_list.hpp - the nodes a poller must look at, and the parker it sleeps on.
+// tether/detail/select/ready_list.hpp - the nodes a poller must look at, and the parker it sleeps on.
 //
 // Every source a poller watches has a poll_node. A notifier that finds the node unsignalled
 // pushes it here (a Treiber stack: one compare-and-swap) and wakes the poller; the poller
@@ -16,8 +16,8 @@
 
 #include <atomic>
 
-#include "config.hpp"
-#include "parker.hpp"
+#include "../platform/config.hpp"
+#include "../wait/parker.hpp"
 
 namespace tether::detail {
 

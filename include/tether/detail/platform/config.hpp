@@ -1,4 +1,4 @@
-// tether/detail/config.hpp - cache-line size, CPU pause and the annotation seam.
+// tether/detail/platform/config.hpp - cache-line size, CPU pause and the annotation seam.
 //
 // Nothing here changes what a header means: the macros below only add attributes that
 // clang's -Wthread-safety understands and that other compilers never see.
@@ -7,7 +7,7 @@
 #include <cstddef>
 #include <new>
 
-#include "../version.hpp"
+#include "../../version.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

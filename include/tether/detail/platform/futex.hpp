@@ -1,4 +1,4 @@
-// tether/detail/futex.hpp - the platform seam: sleep on a 32-bit word until it changes.
+// tether/detail/platform/futex.hpp - the platform seam: sleep on a 32-bit word until it changes.
 //
 // std::atomic<T>::wait has no timed form in C++20, and every blocking call in tether has a
 // timed variant, so the parker needs "wait while *word == expected, until a deadline".

@@ -1,4 +1,4 @@
-// tether/detail/router_subshell.hpp - one subshell as the router sees it, and the handler
+// tether/detail/router/subshell.hpp - one subshell as the router sees it, and the handler
 // and factory it runs, with the user's callables type-erased.
 //
 // router.hpp holds what users touch (router, reply_sender); this holds what the router keeps
@@ -24,10 +24,10 @@
 #include <utility>
 #include <vector>
 
-#include "../executor.hpp"
-#include "../router_messages.hpp"
-#include "config.hpp"
-#include "parker.hpp"
+#include "../../executor.hpp"
+#include "../../router_messages.hpp"
+#include "../platform/config.hpp"
+#include "../wait/parker.hpp"
 
 namespace tether {
 

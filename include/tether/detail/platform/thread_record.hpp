@@ -1,4 +1,4 @@
-// tether/detail/thread_record.hpp - who a thread is, and which executor it is blocked on.
+// tether/detail/platform/thread_record.hpp - who a thread is, and which executor it is blocked on.
 //
 // Every thread tether meets gets a thread_record: a serial number unique for that thread's
 // life (what affinity checks compare), its name and ids (what error messages print), and the

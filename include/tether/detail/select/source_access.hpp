@@ -1,9 +1,9 @@
-// tether/detail/source_access.hpp - a poller's view of the things it can watch.
+// tether/detail/select/source_access.hpp - a poller's view of the things it can watch.
 //
 // A poller (select.hpp) needs three things from a source that are no part of the source's
 // public API: the parker its consumer sleeps on (to hang a listener there), the parker's
 // condition (an item is ready, or closed and drained), and for channel endpoints the
-// receiving lane and the shared state that keeps it alive. For an adopting executor it also
+// receiving direction and the shared state that keeps it alive. For an adopting executor it also
 // needs the task queue (whose consumer is the owner), the earliest delayed-task deadline and
 // a bounded poll(). The sources befriend this one struct instead of exposing those to every
 // user.
@@ -22,9 +22,9 @@
 #include <cstdint>
 #include <memory>
 
-#include "consumer_ops.hpp"
-#include "futex.hpp"
-#include "parker.hpp"
+#include "../queue/consumer_ops.hpp"
+#include "../platform/futex.hpp"
+#include "../wait/parker.hpp"
 
 namespace tether::detail {
 
@@ -41,8 +41,8 @@ struct source_access {
 
   // ---- channel endpoints (channel.hpp) ----
   template <class Endpoint>
-  static auto& rx_lane(Endpoint& e) noexcept {
-    return e.rx_lane();
+  static auto& rx_direction(Endpoint& e) noexcept {
+    return e.rx_direction();
   }
   template <class Endpoint>
   static std::shared_ptr<void> shared_state(const Endpoint& e) noexcept {

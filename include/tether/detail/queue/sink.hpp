@@ -1,4 +1,4 @@
-// tether/detail/sink.hpp - how a consumer hands an item over to whoever takes it.
+// tether/detail/queue/sink.hpp - how a consumer hands an item over to whoever takes it.
 //
 // Two kinds of taker: a drain() callback, which may pop from the same queue, so the item
 // must have left the queue before the callback sees it; and the output iterator of

@@ -1,4 +1,4 @@
-// tether/detail/consumer_ops.hpp - the consumer half shared by both single-consumer queues.
+// tether/detail/queue/consumer_ops.hpp - the consumer half shared by both single-consumer queues.
 //
 // mpsc_queue and bounded_mpsc_queue differ in how producers claim slots, not in how their
 // one consumer takes items out, waits and sees the end. This CRTP base gives both the same
@@ -19,10 +19,10 @@
 #include <utility>
 
 #include "consumer_check.hpp"
-#include "futex.hpp"
-#include "parker.hpp"
+#include "../platform/futex.hpp"
+#include "../wait/parker.hpp"
 #include "sink.hpp"
-#include "../result.hpp"
+#include "../../result.hpp"
 
 namespace tether::detail {
 
@@ -30,7 +30,7 @@ namespace tether::detail {
 // after close, or the end (closed and drained).
 enum class head_state { ready, empty, in_flight, closed };
 
-struct source_access;  // a poller's view of a consumer (detail/source_access.hpp)
+struct source_access;  // a poller's view of a consumer (detail/select/source_access.hpp)
 
 template <class Queue, class T>
 class consumer_ops {

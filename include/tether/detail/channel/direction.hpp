@@ -1,4 +1,4 @@
-// tether/detail/lane.hpp - one direction of a channel: an unbounded or a bounded queue,
+// tether/detail/channel/direction.hpp - one direction of a channel: an unbounded or a bounded queue,
 // chosen at run time.
 //
 // A channel pair is unbounded or bounded as its creator asks, so each direction holds one of
@@ -17,25 +17,25 @@
 #include <utility>
 #include <variant>
 
-#include "../bounded_mpsc_queue.hpp"
-#include "../mpsc_queue.hpp"
-#include "../result.hpp"
-#include "futex.hpp"
-#include "parker.hpp"
-#include "source_access.hpp"
+#include "../../bounded_mpsc_queue.hpp"
+#include "../../mpsc_queue.hpp"
+#include "../../result.hpp"
+#include "../platform/futex.hpp"
+#include "../wait/parker.hpp"
+#include "../select/source_access.hpp"
 
 namespace tether::detail {
 
 template <class T>
-class lane {
+class channel_direction {
  public:
   // Unbounded.
-  lane() : q_(std::in_place_index<0>) {}
+  channel_direction() : q_(std::in_place_index<0>) {}
   // Bounded: holds at least `capacity` items (the queue rounds up to a power of two).
-  explicit lane(std::size_t capacity) : q_(std::in_place_index<1>, capacity) {}
+  explicit channel_direction(std::size_t capacity) : q_(std::in_place_index<1>, capacity) {}
 
-  lane(const lane&) = delete;
-  lane& operator=(const lane&) = delete;
+  channel_direction(const channel_direction&) = delete;
+  channel_direction& operator=(const channel_direction&) = delete;
 
   // ok, full or closed; v untouched unless ok.
   template <class U>
@@ -86,7 +86,7 @@ class lane {
     return std::get_if<1>(&q_)->size_approx();
   }
 
-  // For a poller (select.hpp): see detail/source_access.hpp.
+  // For a poller (select.hpp): see detail/select/source_access.hpp.
   parker& watched_parker() noexcept {
     return with_queue([](auto& q) -> parker& { return source_access::watched_parker(q); });
   }
