@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether.hpp - the whole toolkit: includes every public header, nothing else.
 #pragma once
 

@@ -18,6 +18,7 @@ SYSTEM_INCLUDE = re.compile(r"^\s*#\s*include\s+<([^>]+)>")
 OPENS = re.compile(r"^\s*#\s*if")
 CLOSES = re.compile(r"^\s*#\s*endif")
 PRAGMA_ONCE = re.compile(r"^\s*#\s*pragma\s+once")
+SPDX = re.compile(r"^// SPDX-License-Identifier:")
 
 
 def amalgamate():
@@ -42,7 +43,7 @@ def amalgamate():
         for line in lines:
             if LOCAL_INCLUDE.match(line):
                 continue
-            if PRAGMA_ONCE.match(line):
+            if PRAGMA_ONCE.match(line) or SPDX.match(line):
                 continue
             system = SYSTEM_INCLUDE.match(line)
             if system and depth == 0:
@@ -61,6 +62,7 @@ def amalgamate():
 
     visit(ENTRY)
     header = [
+        "// SPDX-License-Identifier: MIT",
         "// tether - single-header edition, generated from include/ by scripts/make_single_header.py.",
         "// Do not edit: change the headers under include/ and regenerate.",
         "#pragma once",

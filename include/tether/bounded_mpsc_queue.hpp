@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/bounded_mpsc_queue.hpp - fixed-capacity ring: many producers, one consumer,
 // backpressure.
 //

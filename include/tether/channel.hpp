@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/channel.hpp - in-process pair channels: two connected endpoints, each sends and
 // receives.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/confined.hpp - a T that lives, is used and dies on one executor's owner thread.
 //
 //   tether::executor owner{{.name = "lua"}};

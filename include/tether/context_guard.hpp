@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/context_guard.hpp - install a thread-local "current context" for a scope.
 //
 //   struct julia_tag { using context_type = jl_task_t; };   // or use the context type itself

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/errors.hpp - the exceptions tether throws for misuse and for refused work.
 //
 // Each message says what happened, who was involved (threads by id and name, executors by

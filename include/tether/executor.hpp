@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/executor.hpp - one owner thread runs the tasks; any thread hands them over.
 //
 //   tether::executor ex{{.name = "julia"}};            // starts and owns a thread

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/executor_options.hpp - how an executor is set up, and what it reports.
 //
 //   tether::executor ex{{.name = "julia",

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/mpsc_queue.hpp - unbounded, lock-free queue: many producers, one consumer.
 //
 // Who may call what:

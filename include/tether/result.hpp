@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/result.hpp - what a push or pop reports: a value, or why there is none.
 //
 // Every non-blocking and timed call in tether says exactly what happened, so a caller can

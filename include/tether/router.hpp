@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/router.hpp - a subshell router: messages routed by subshell id, one thread per
 // subshell, every accepted message answered exactly once.
 //

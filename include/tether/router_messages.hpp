@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/router_messages.hpp - the values a router's users send and receive: subshell ids,
 // envelopes and replies, control requests and their answers, and the errors they carry.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/select.hpp - wait on many receivers at once: tether::poller and tether::select.
 //
 //   tether::poller p;

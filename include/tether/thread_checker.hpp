@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/thread_checker.hpp - "this object belongs to one thread", checked in release builds.
 //
 //   class session_cache {

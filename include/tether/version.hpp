@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/version.hpp - the library version (CMakeLists.txt reads it from here).
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether - single-header edition, generated from include/ by scripts/make_single_header.py.
 // Do not edit: change the headers under include/ and regenerate.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/channel/direction.hpp - one direction of a channel: an unbounded or a bounded queue,
 // chosen at run time.
 //

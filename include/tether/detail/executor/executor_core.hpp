@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/executor/executor_core.hpp - the owner's side of tether::executor.
 //
 // executor.hpp holds what callers use (post, submit, call, stop, ...); this holds what they

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/executor/task.hpp - a move-only, small-buffer `void()` callable: what executors queue.
 //
 // Like std::move_only_function<void()> (C++23), with a buffer sized so that a task fills one

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/executor/timer_heap.hpp - the owner's min-heap of delayed tasks.
 //
 // post_at() from any thread allocates a timer_state (shared with the caller's handle) and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/platform/config.hpp - cache-line size, CPU pause and the annotation seam.
 //
 // Nothing here changes what a header means: the macros below only add attributes that

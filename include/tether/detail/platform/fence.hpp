@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/platform/fence.hpp - the platform seam for asymmetric fences.
 //
 // The parker handshake (see parker.hpp) is Dekker's: the notifier stores its condition and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/platform/futex.hpp - the platform seam: sleep on a 32-bit word until it changes.
 //
 // std::atomic<T>::wait has no timed form in C++20, and every blocking call in tether has a

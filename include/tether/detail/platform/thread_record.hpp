@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/platform/thread_record.hpp - who a thread is, and which executor it is blocked on.
 //
 // Every thread tether meets gets a thread_record: a serial number unique for that thread's

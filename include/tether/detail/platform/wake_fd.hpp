@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/platform/wake_fd.hpp - the platform seam for a file descriptor a foreign loop can watch.
 //
 // signal() makes the descriptor readable now; arm(deadline) makes it not readable until

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/queue/block_pool.hpp - emptied queue blocks kept for reuse, up to a limit.
 //
 // Who may call what: take / give - any thread, concurrently; the destructor - no other thread.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/queue/consumer_check.hpp - catches two threads consuming one queue at once.
 //
 // Single-consumer queues are only correct with one consumer at a time. In debug builds

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/queue/consumer_ops.hpp - the consumer half shared by both single-consumer queues.
 //
 // mpsc_queue and bounded_mpsc_queue differ in how producers claim slots, not in how their

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/queue/producer_lane.hpp - one producer handle's private FIFO inside an mpsc_queue.
 //
 // Who may call what: the producer half (emplace) - the thread using the handle that owns the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/queue/sink.hpp - how a consumer hands an item over to whoever takes it.
 //
 // Two kinds of taker: a drain() callback, which may pop from the same queue, so the item

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/router/subshell.hpp - one subshell as the router sees it, and the handler
 // and factory it runs, with the user's callables type-erased.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/select/ready_list.hpp - the nodes a poller must look at, and the parker it sleeps on.
 //
 // Every source a poller watches has a poll_node. A notifier that finds the node unsignalled

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/select/source_access.hpp - a poller's view of the things it can watch.
 //
 // A poller (select.hpp) needs three things from a source that are no part of the source's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/wait/call_slot.hpp - where a blocking call() waits for its result, on its own stack.
 //
 // A std::promise / std::future round trip allocates a shared state and, when the waiter has

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // tether/detail/wait/parker.hpp - spin briefly, then sleep until notified: the one wait strategy.
 //
 // parker is an event count (after Dekker's handshake as used by folly's EventCount and
