@@ -23,12 +23,17 @@ def repetitions(n, producers, *cells):
     return [mpsc_run(q, producers, rate, a, b) for _ in range(n) for q, rate, a, b in cells]
 
 
-def render(runs):
+def render(runs, summary=False):
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "mpsc_bench.json"), "w", encoding="utf-8") as f:
             json.dump({"context": {}, "benchmarks": runs}, f)
-        body, problems = report.render(d)
+        body, problems = report.render(d, summary=summary)
     return body
+
+
+def timed_run(name, ns):
+    return {"name": name + "/real_time", "run_name": name + "/real_time", "run_type": "iteration",
+            "real_time": ns, "time_unit": "ns"}
 
 
 def target_line(body):
@@ -73,6 +78,24 @@ class BySpeed(unittest.TestCase):
         body = render(runs)
         self.assertIn("| uint64_t | fast | **2.00×**", body)
         self.assertIn("| uint64_t | slow | — |", body)
+
+
+class Headline(unittest.TestCase):
+    def test_one_row_per_column_best_against_best(self):
+        runs = repetitions(3, 2, ("tether", 40e6, 400, 400), ("tether_producer", 60e6, 400, 400),
+                           ("moodycamel", 30e6, 400, 400), ("moodycamel_bulk", 50e6, 400, 400))
+        runs += [timed_run("pingpong/tether/blocking", 500.0), timed_run("pingpong/moodycamel_blocking/blocking", 2000.0)]
+        body = render(runs)
+        self.assertIn("| mpsc/producers:2 | tether_producer 60.0 M | moodycamel_bulk 50.0 M | 1.20× | higher |", body)
+        self.assertIn("| pingpong/blocking | tether 500 ns | moodycamel_blocking 2.0 µs | 0.25× | lower |", body)
+
+    def test_summary_leaves_out_the_full_tables(self):
+        runs = repetitions(3, 1, ("tether", 40e6, 400, 400), ("moodycamel", 30e6, 400, 400))
+        self.assertIn("### mpsc\n", render(runs))
+        summary = render(runs, summary=True)
+        self.assertNotIn("### mpsc\n", summary)
+        self.assertIn("### Headline", summary)
+        self.assertIn("### Targets", summary)
 
 
 if __name__ == "__main__":
