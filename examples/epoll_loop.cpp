@@ -2,7 +2,7 @@
 //
 // The main thread runs its own epoll loop (here: a timerfd tick and the executor's wake fd;
 // in real life sockets, a GUI or a runtime's loop). It adopts a tether::executor and watches
-// executor::wake_fd(): readable while tasks are pending, quiet once poll() has run them.
+// executor::wake_fd(): readable while tasks are pending, quiet once try_run() has run them.
 // Producer threads post tasks, delayed tasks and blocking calls to the main thread; the loop
 // checks that every task arrived exactly once, in order per producer, on the main thread.
 //
@@ -87,14 +87,14 @@ int main() {
         if (::read(tick, &expirations, sizeof expirations) > 0) ticks += expirations;
       } else {
         ++wakeups;
-        loop_ex.poll();  // runs every ready task (and due delayed ones); quiets the fd
+        loop_ex.try_run();  // runs every ready task (and due delayed ones); quiets the fd
       }
     }
   }
   for (auto& t : threads) t.join();
 
   loop_ex.stop();
-  loop_ex.poll();  // finishes the stop: nothing accepted is left behind
+  loop_ex.try_run();  // finishes the stop: nothing accepted is left behind
   epoll_event ev_out{};
   const bool still_readable = ::epoll_wait(epfd, &ev_out, 1, 0) == 1 && ev_out.data.fd == loop_ex.wake_fd();
 

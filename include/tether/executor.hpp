@@ -2,47 +2,30 @@
 // tether/executor.hpp - one owner thread runs the tasks; any thread hands them over.
 //
 //   tether::executor ex{{.name = "julia"}};            // starts and owns a thread
-//   ex.post([] { ... });                                // fire and forget
+//   ex.post([] { ... });                                // push_result: ok, or closed
 //   std::future<int> f = ex.submit([] { return 42; }); // result or exception, later
 //   int v = ex.call([] { return 42; });                 // blocks; inline on the owner
 //
 //   tether::executor main_ex{tether::adopt_current_thread, {.wake_fd = true}};
-//   loop.watch(main_ex.wake_fd(), [&] { main_ex.poll(); });  // or main_ex.run()
+//   loop.watch(main_ex.wake_fd(), [&] { main_ex.try_run(); });  // or main_ex.run()
 //
-// The owner is either a thread the executor starts, or the thread that constructs it with
-// adopt_current_thread and then drives it with run(), run_one(), run_until() or poll() - so a
-// main thread that already runs another loop (asyncio, libuv, a GUI) can be the owner. A
-// tether::poller (select.hpp) can watch an adopting executor, so that its owner waits in one
-// place on channels, queues and the executor's tasks and delayed tasks.
+// Who may call what: handing work over (post, dispatch, submit, call, post_at / post_after,
+// post_and_reply), stop, the join family, stats, is_* and wake_fd - any thread. The run
+// family (run, try_run, run_for, run_until; run_one, try_run_one, run_one_for,
+// run_one_until) - the owner of an adopting executor, outside its own tasks.
 //
-// Who may call what:
-//   post / dispatch / submit / call / post_at / post_after / post_and_reply / stop / join /
-//   stats / running_in_this_thread / is_stopped / is_finished / wake_fd - any thread.
-//   run / run_one / run_until / run_for / poll - the owner thread of an adopting executor,
-//     outside its own tasks (wrong_thread elsewhere; std::logic_error for an executor with its
-//     own thread, or from inside one of its tasks).
-//
-// Guarantees:
-//   - Tasks from one posting thread run in the order posted (FIFO per poster).
-//   - No lock anywhere: user code, hooks, callbacks and task destructors never run under one.
-//   - Nothing accepted is silently dropped: post() returns false once stopped (the callable is
-//     not moved from); submit() and call() throw executor_stopped; stop(cancel) destroys
-//     pending tasks and their futures / calls report executor_stopped (post()ed ones are
-//     counted in stats().tasks_cancelled); delayed tasks report through their timer_handle.
-//   - A blocking call() that would close a wait cycle (A's owner in B.call() while B's owner
-//     is in A.call(), or longer cycles) throws deadlock_error naming the executors.
-//   - Exceptions escaping a post()ed task (or a hook) go to executor_options::on_error; when
-//     none is set the process terminates, as for an exception escaping a std::thread.
-//
-// Stopping: stop(drain) (the default, and what the destructor does) refuses new work, runs
-// every task already accepted, runs delayed tasks that are due by then and drops (status
-// stopped) delayed tasks that are not, then runs on_stop. stop(cancel) refuses new work and
-// destroys everything pending instead of running it.
+// Guarantees: tasks from one posting thread run in the order posted; no lock is held around
+// user code, hooks or task destructors; nothing accepted is dropped silently - a refused post
+// returns closed with the callable not moved from, submit() / call() throw executor_stopped,
+// stop(cancel) reports each destroyed task (futures, calls, replies, stats), delayed tasks
+// report through their timer_handle; a call() that would close a wait cycle throws
+// deadlock_error; exceptions escaping post()ed tasks and hooks go to on_error (unset: the
+// process terminates).
 //
 // Memory ordering: every hand-over goes through the queue (a release publish, the owner's
-// acquire) and, for call(), the caller's stack slot (detail/wait/call_slot.hpp); the owner side
-// is described in detail/executor/executor_core.hpp. Deadlock edges are seq_cst
-// (detail/platform/thread_record.hpp).
+// acquire), so whatever a poster did before post() happens-before the task; a task
+// happens-before what its future, call() or reply observes. Details beside the code
+// (detail/executor/executor_core.hpp, detail/wait/call_slot.hpp).
 #pragma once
 
 #include <atomic>
@@ -53,6 +36,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -78,6 +62,9 @@ namespace detail {
 struct source_access;  // a poller's view of the executor's queue and timers (detail/select/source_access.hpp)
 }  // namespace detail
 
+template <class T>
+class confined;
+
 // Handle to a delayed task; copies share one task. The default-constructed handle refers to
 // nothing (status() == cancelled).
 class timer_handle {
@@ -85,14 +72,15 @@ class timer_handle {
   timer_handle() = default;
 
   // true: the task will never run (it was pending); its callable is destroyed on the owner
-  // thread by its deadline. false: it already ran, is running, was cancelled or stopped.
-  // Thread-safe.
+  // thread by its deadline or sooner. false: it already ran, is running, was cancelled,
+  // stopped or failed. Thread-safe.
   bool cancel() noexcept { return state_ && state_->try_transition(detail::timer_phase::cancelled); }
 
-  // stopped: the executor stopped before the task's deadline (or refused it). Thread-safe.
+  // stopped: the executor stopped before the task's deadline (or refused it); failed: the
+  // owner could not register it (out of memory). Thread-safe.
   timer_status status() const noexcept {
     if (!state_) return timer_status::cancelled;
-    return static_cast<timer_status>(state_->phase.load(std::memory_order_acquire));  // acquire: pairs with the owner's transitions
+    return static_cast<timer_status>(state_->phase.load(std::memory_order_acquire));  // [ET2] acquire: pairs with [ET1]
   }
 
  private:
@@ -101,11 +89,55 @@ class timer_handle {
   std::shared_ptr<detail::timer_state> state_;
 };
 
+// What a post_and_reply() reply receives: the task's value, or the exception that ended it
+// (its own, or executor_stopped when stop(cancel) destroyed it unrun).
+template <class R>
+class task_result {
+ public:
+  explicit task_result(std::exception_ptr e) noexcept : error_(std::move(e)) {}
+  template <class... Args>
+  explicit task_result(std::in_place_t, Args&&... args) : value_(std::in_place, std::forward<Args>(args)...) {}
+
+  bool has_value() const noexcept { return !error_; }
+  explicit operator bool() const noexcept { return has_value(); }
+  // The value; rethrows the task's exception when there is none.
+  R& value() & {
+    if (error_) std::rethrow_exception(error_);
+    return *value_;
+  }
+  R&& value() && {
+    if (error_) std::rethrow_exception(error_);
+    return std::move(*value_);
+  }
+  const std::exception_ptr& error() const noexcept { return error_; }
+
+ private:
+  std::optional<R> value_;
+  std::exception_ptr error_;
+};
+
+template <>
+class task_result<void> {
+ public:
+  task_result() noexcept = default;
+  explicit task_result(std::exception_ptr e) noexcept : error_(std::move(e)) {}
+  bool has_value() const noexcept { return !error_; }
+  explicit operator bool() const noexcept { return has_value(); }
+  void value() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+  const std::exception_ptr& error() const noexcept { return error_; }
+
+ private:
+  std::exception_ptr error_;
+};
+
 class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
  public:
   // Starts the owner thread (named after options.name) and runs on_start there.
   executor() : executor(executor_options{}) {}
-  explicit executor(executor_options options) : detail::executor_core(std::move(options), false) {
+  explicit executor(executor_options options)
+      : detail::executor_core(std::move(options), false), gate_(std::make_shared<reply_gate>(this)) {
     owner_record_ = detail::acquire_record();
     owner_serial_ = owner_record_->serial.load(std::memory_order_seq_cst);
     try {
@@ -116,24 +148,26 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     }
   }
 
-  // Adopts the calling thread as the owner; runs on_start here. Drive it with run(),
-  // run_one(), run_until(), run_for() or poll() (e.g. when wake_fd() becomes readable).
+  // Adopts the calling thread as the owner; runs on_start here. Drive it with the run family
+  // (e.g. try_run() when wake_fd() becomes readable).
   explicit executor(adopt_current_thread_t, executor_options options = {})
-      : detail::executor_core(std::move(options), true) {
+      : detail::executor_core(std::move(options), true), gate_(std::make_shared<reply_gate>(this)) {
     owner_record_ = &detail::this_thread_record();
     owner_serial_ = detail::tls_serial;
     run_hook(on_start_);
   }
 
   // stop(drain), then: own thread - joins it; adopting executor on its owner thread - runs
-  // the remaining tasks here; elsewhere - waits until the owner has run them (in run/poll).
-  // Destroying an executor from one of its own tasks terminates the process.
+  // the remaining tasks here; elsewhere - waits until the owner has run them (in its run
+  // family). Replies still on their way here are refused from now on (their senders'
+  // on_error learns). Destroying an executor from one of its own tasks terminates the process.
   ~executor() {
     stop(stop_mode::drain);
     if (running_in_this_thread() && (own_thread_ || in_run_)) {
       std::fprintf(stderr, "tether: executor '%s' destroyed from one of its own tasks\n", name_or_unnamed());
       std::terminate();
     }
+    gate_->close();
     join();
   }
 
@@ -142,23 +176,23 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
 
   // ---- handing work over (any thread) ------------------------------------------------------
 
-  // Queues f to run on the owner. false once stopped; f is then not moved from.
-  // Never blocks. Thread-safe.
+  // Queues f to run on the owner: ok; closed once stopped (f is then not moved from). Never
+  // blocks. Thread-safe.
   template <class F>
-  bool post(F&& f) {
-    if (!queue_.emplace(std::forward<F>(f))) return false;
+  push_result post(F&& f) {
+    if (!queue_.emplace(std::forward<F>(f))) return status::closed;
     after_push();
-    return true;
+    return status::ok;
   }
 
-  // On the owner thread: runs f now (exceptions propagate to the caller). Elsewhere: post(f).
-  // false once stopped. Thread-safe.
+  // On the owner thread: runs f now (exceptions propagate to the caller), ok. Elsewhere:
+  // post(f). closed once stopped (f not moved from). Thread-safe.
   template <class F>
-  bool dispatch(F&& f) {
+  push_result dispatch(F&& f) {
     if (!running_in_this_thread()) return post(std::forward<F>(f));
-    if (is_stopped()) return false;
+    if (is_stopped()) return status::closed;
     run_inline<void>([&] { std::invoke(std::forward<F>(f)); });
-    return true;
+    return status::ok;
   }
 
   // Queues f; the future receives its result or exception, or executor_stopped if stop(cancel)
@@ -177,10 +211,9 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
 
   // Runs f on the owner and returns its result (rethrows its exception). On the owner thread
   // f runs inline. Elsewhere the caller blocks: f is used in place (not copied), the result
-  // comes back through a slot on the caller's stack, and the caller spins briefly first when
-  // it is the only caller with nothing queued ahead, else parks at once. Throws
-  // deadlock_error instead of blocking when the wait would close a cycle; executor_stopped
-  // once stopped or if stop(cancel) destroys the call unrun. Thread-safe.
+  // comes back through a slot on the caller's stack. Throws deadlock_error instead of
+  // blocking when the wait would close a cycle; executor_stopped once stopped or if
+  // stop(cancel) destroys the call unrun. Thread-safe.
   template <class F>
   std::invoke_result_t<F&&> call(F&& f) {
     using R = std::invoke_result_t<F&&>;
@@ -210,34 +243,32 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     return slot.take();
   }
 
-  // Runs task on this executor, then reply(result) (reply() for void) on reply_to - the
-  // continuation comes back to the caller's executor. An exception from task goes to this
-  // executor's on_error; one from reply to reply_to's; a reply that reply_to refuses (it
-  // stopped) is reported to this executor's on_error as executor_stopped. false once
-  // stopped. Thread-safe.
+  // Runs task here, then reply(task_result<R>) on reply_to - the continuation comes back to
+  // the caller's executor and learns every outcome: the value, the task's exception, or
+  // executor_stopped when stop(cancel) destroys the task unrun. Returns closed when this
+  // executor or reply_to is stopped (task and reply not moved from). reply_to must be alive
+  // at the call; it may be destroyed afterwards (a shared gate is checked, not a dangling
+  // reference): a reply that reply_to refuses - stopped or destroyed - is reported to this
+  // executor's on_error as executor_stopped. An exception from reply goes to reply_to's
+  // on_error; a reply destroyed unrun by reply_to's stop(cancel) counts in its
+  // stats().tasks_cancelled. Never blocks. Thread-safe.
   template <class F, class G>
-  bool post_and_reply(F&& task, executor& reply_to, G&& reply) {
-    return post([this, &reply_to, fn = std::forward<F>(task), rep = std::forward<G>(reply)]() mutable {
-      using R = std::invoke_result_t<std::decay_t<F>>;
-      bool accepted;
-      if constexpr (std::is_void_v<R>) {
-        std::invoke(std::move(fn));
-        accepted = reply_to.post(std::move(rep));
-      } else {
-        accepted = reply_to.post([r = std::move(rep), v = std::invoke(std::move(fn))]() mutable {
-          std::invoke(std::move(r), std::move(v));
-        });
-      }
-      if (!accepted)
-        throw executor_stopped(std::string("tether: post_and_reply() on executor '") + name_or_unnamed() +
-                               "': the reply executor '" + reply_to.name_or_unnamed() +
-                               "' stopped before the reply could be posted");
-    });
+  push_result post_and_reply(F&& task, executor& reply_to, G&& reply) {
+    using R = std::decay_t<std::invoke_result_t<std::decay_t<F>>>;
+    static_assert(std::is_invocable_v<std::decay_t<G>&&, task_result<R>&&>,
+                  "tether: post_and_reply(task, reply_to, reply): reply must accept a tether::task_result<R>");
+    if (reply_to.is_stopped()) return status::closed;
+    if (!queue_.emplace(std::in_place_type<reply_job<std::decay_t<F>, std::decay_t<G>, R>>, this,
+                        reply_to.gate_, std::forward<F>(task), std::forward<G>(reply)))
+      return status::closed;
+    after_push();
+    return status::ok;
   }
 
-  // Runs f on the owner at (or soon after) `when` / after `delay`. The owner parks until the
-  // earliest deadline. Delayed tasks with equal deadlines run in posting order. If the
-  // executor is stopped the handle reports timer_status::stopped at once. Thread-safe.
+  // Runs f on the owner at (or soon after) `when` / after `delay` (a huge delay saturates:
+  // never, until cancelled or stopped). The owner parks until the earliest deadline.
+  // Delayed tasks with equal deadlines run in posting order. If the executor is stopped the
+  // handle reports timer_status::stopped at once. Thread-safe.
   template <class Clock, class Duration, class F>
   timer_handle post_at(const std::chrono::time_point<Clock, Duration>& when, F&& f) {
     auto state = std::make_shared<detail::timer_state>(detail::to_steady(when), detail::task(std::forward<F>(f)));
@@ -254,67 +285,71 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     return post_at(detail::deadline_after(delay), std::forward<F>(f));
   }
 
-  // ---- driving an adopting executor (its owner thread) --------------------------------------
+  // ---- the run family: driving an adopting executor (its owner thread) ------------------------
+  //
+  // Each returns how many tasks ran (delayed ones included). run* blocks until the executor
+  // has finished (stopped and drained; on_stop has run); the _for / _until forms return at
+  // the deadline too (checked between batches, so a busy executor still returns; a huge
+  // timeout waits forever); try_* never blocks: it runs what is ready now (and what is posted
+  // meanwhile) and due delayed tasks. The *_one forms return after one task. Call try_run()
+  // when wake_fd() is readable. wrong_thread off the owner thread; std::logic_error for an
+  // executor with its own thread, or from inside one of its tasks.
 
-  // Runs tasks until stopped and drained (then on_stop has run). Returns tasks run.
-  std::size_t run() { return drive(run_kind::forever, detail::no_deadline, nullptr); }
-  // Blocks until one task ran (returns 1) or the executor finished (0).
-  std::size_t run_one() { return drive(run_kind::one, detail::no_deadline, nullptr); }
-  // Runs every task that is ready (and delayed ones that are due), including ones posted
-  // meanwhile; never blocks. Call it when wake_fd() is readable.
-  std::size_t poll() { return drive(run_kind::poll, detail::no_deadline, nullptr); }
-  // As run(), returning also when `token` is stopped.
-  std::size_t run_until(std::stop_token token) {
-    return drive(run_kind::until, detail::no_deadline, &token);
-  }
-  // As run(), returning also at the deadline.
-  template <class Clock, class Duration>
-  std::size_t run_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    return drive(run_kind::until, detail::to_steady(deadline), nullptr);
-  }
+  std::size_t run() { return drive(SIZE_MAX, detail::no_deadline, true, nullptr); }
+  std::size_t try_run() { return drive(SIZE_MAX, detail::no_deadline, false, nullptr); }
   template <class Rep, class Period>
   std::size_t run_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return drive(run_kind::until, detail::deadline_after(timeout), nullptr);
+    return drive(SIZE_MAX, detail::deadline_after(timeout), true, nullptr);
+  }
+  template <class Clock, class Duration>
+  std::size_t run_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return drive(SIZE_MAX, detail::to_steady(deadline), true, nullptr);
+  }
+  // As run(), returning also when `token` is stopped.
+  std::size_t run_until(std::stop_token token) { return drive(SIZE_MAX, detail::no_deadline, true, &token); }
+
+  std::size_t run_one() { return drive(1, detail::no_deadline, true, nullptr); }
+  std::size_t try_run_one() { return drive(1, detail::no_deadline, false, nullptr); }
+  template <class Rep, class Period>
+  std::size_t run_one_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return drive(1, detail::deadline_after(timeout), true, nullptr);
+  }
+  template <class Clock, class Duration>
+  std::size_t run_one_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return drive(1, detail::to_steady(deadline), true, nullptr);
   }
 
   // ---- lifecycle ------------------------------------------------------------------------------
 
-  // Refuses new work from now on; drain runs everything accepted, cancel destroys it (see
-  // the file comment). Returns true if this call stopped the executor. A cancel after a
-  // drain upgrades it. Never blocks. Thread-safe.
+  // Refuses new work from now on. stop(drain) (the default, and what the destructor does)
+  // runs every task already accepted, runs delayed tasks that are due by then and stops
+  // (status stopped) the others, then runs on_stop; stop(cancel) destroys everything pending
+  // instead of running it, each reporting (see the file comment). A cancel after a drain
+  // upgrades it. Returns true if this call stopped the executor. Never blocks. Thread-safe.
   bool stop(stop_mode mode = stop_mode::drain) noexcept {
     if (mode == stop_mode::cancel) cancel_.store(true, std::memory_order_seq_cst);  // before close: seen with it
     const bool first = queue_.close();
     wake_owner();
-    if (first && fd_) arm_wake_fd();  // a foreign loop must call poll() once more to finish
+    if (first && fd_) arm_wake_fd();  // a foreign loop must call try_run() once more to finish
     return first;
   }
 
-  // Waits until the executor has finished (every accepted task ran or was cancelled and
-  // on_stop ran); joins the own thread. Call stop() first (or have a task do it). On the
-  // owner thread of an adopting executor, outside its tasks, it runs the executor here until
-  // it finishes; from inside a task it throws deadlock_error. Thread-safe.
-  void join() {
-    if (running_in_this_thread()) {
-      if (own_thread_ || in_run_)
-        throw deadlock_error(std::string("tether: join() on executor '") + name_or_unnamed() +
-                                 "' from its own owner thread inside one of its tasks would wait for itself",
-                             {name_or_unnamed()});
-      if (!finished_.load(std::memory_order_seq_cst)) drive(run_kind::forever, detail::no_deadline, nullptr);
-      return;
-    }
-    if (own_thread_) {
-      bool expected = false;
-      if (join_claimed_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {  // acq_rel: one joiner claims the thread
-        if (thread_.joinable()) thread_.join();  // not joinable: the thread never started
-        joined_.store(true, std::memory_order_seq_cst);
-        state_wait_.notify_all();
-        return;
-      }
-      detail::park_until(state_wait_, [this] { return joined_.load(std::memory_order_seq_cst); }, detail::no_deadline);
-      return;
-    }
-    detail::park_until(state_wait_, [this] { return finished_.load(std::memory_order_seq_cst); }, detail::no_deadline);
+  // The join family waits until the executor has finished (every accepted task ran or was
+  // cancelled, and on_stop ran) and joins the own thread; stop() it first (or have a task do
+  // it). join() waits for good; try_join() never blocks (beyond joining a thread that has
+  // finished); join_for / join_until give up at the deadline (a huge timeout waits forever).
+  // The bool ones return true once finished. On the owner thread of an adopting executor,
+  // outside its tasks, they run the executor here (try_join: what is ready); from inside one
+  // of its tasks they throw deadlock_error. Thread-safe.
+  void join() { (void)join_until_steady(detail::no_deadline, true); }
+  bool try_join() { return join_until_steady(detail::no_deadline, false); }
+  template <class Rep, class Period>
+  bool join_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return join_until_steady(detail::deadline_after(timeout), true);
+  }
+  template <class Clock, class Duration>
+  bool join_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return join_until_steady(detail::to_steady(deadline), true);
   }
 
   // stop() was called: no more work is accepted. Thread-safe.
@@ -335,9 +370,9 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   const std::string& name() const noexcept { return name_; }
 
   // The descriptor a foreign loop watches: readable while tasks are pending, when a delayed
-  // task falls due (Linux; elsewhere poll() by the next deadline yourself), and once after
-  // stop() so that poll() can finish the stop; poll() quiets it. Throws std::logic_error
-  // unless constructed with executor_options::wake_fd. Thread-safe.
+  // task falls due (Linux; elsewhere call try_run() by the next deadline yourself), and once
+  // after stop() so that try_run() can finish the stop; try_run() quiets it. Throws
+  // std::logic_error unless constructed with executor_options::wake_fd. Thread-safe.
   int wake_fd() const {
     if (!fd_) throw std::logic_error("tether: executor '" + std::string(name_or_unnamed()) +
                                      "' has no wake fd; construct it with executor_options{.wake_fd = true}");
@@ -360,11 +395,114 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     s.run_time = std::chrono::nanoseconds(run_ns_.load(std::memory_order_relaxed));  // relaxed: statistic
     return s;
   }
+
  private:
   friend struct detail::source_access;  // tether::poller watches adopting executors (select.hpp)
+  template <class T>
+  friend class confined;  // hands its T's destruction over with defer_destroy()
 
   // The jobs hold the core (a private base: the conversion must happen here).
   detail::executor_core* core() noexcept { return this; }
+
+  // Lets a reply reach an executor that may be destroyed meanwhile ("rundown protection"):
+  // a poster enters (state + 2) and posts only if the executor is not closing; close() marks
+  // it (bit 0) and waits until the posters inside have left. Shared by the executor and every
+  // reply on its way to it.
+  struct reply_gate {
+    explicit reply_gate(executor* e) noexcept : ex(e) {}
+    template <class F>
+    push_result post(F&& f) {
+      struct inside {
+        std::atomic<std::uint32_t>& s;
+        ~inside() {
+          if (s.fetch_sub(2, std::memory_order_seq_cst) == 3) s.notify_all();  // the last one out of a closing gate
+        }
+      };
+      const std::uint32_t before = state.fetch_add(2, std::memory_order_seq_cst);
+      inside guard{state};
+      if (before & 1) return status::closed;
+      return ex->post(std::forward<F>(f));
+    }
+    void close() noexcept {
+      state.fetch_or(1, std::memory_order_seq_cst);
+      for (std::uint32_t s = state.load(std::memory_order_seq_cst); s != 1; s = state.load(std::memory_order_seq_cst))
+        state.wait(s, std::memory_order_seq_cst);  // posters inside: a post() each, which never blocks
+    }
+    executor* const ex;
+    std::atomic<std::uint32_t> state{0};  // bit 0: closing; above it: posters inside, times 2
+  };
+
+  // post_and_reply(): runs the task, then posts the reply with its outcome through the reply
+  // executor's gate; destroyed unrun (stop(cancel)) it still posts the reply, with
+  // executor_stopped. A refused reply is reported to this executor's on_error.
+  template <class F, class G, class R>
+  struct reply_job {
+    template <class F2, class G2>
+    reply_job(executor* from, std::shared_ptr<reply_gate> to, F2&& f, G2&& g)
+        : fn(std::forward<F2>(f)), rep(std::forward<G2>(g)), gate(std::move(to)), ex(from) {}
+    reply_job(reply_job&& o) noexcept(std::is_nothrow_move_constructible_v<F> && std::is_nothrow_move_constructible_v<G>)
+        : fn(std::move(o.fn)), rep(std::move(o.rep)), gate(std::move(o.gate)), ex(o.ex), pending(std::exchange(o.pending, false)) {}
+    void operator()() {
+      pending = false;
+      deliver(outcome());
+    }
+    ~reply_job() {
+      if (!pending) return;
+      try {
+        deliver(task_result<R>(std::make_exception_ptr(executor_stopped(ex->dropped("post_and_reply()")))));
+      } catch (...) {
+        ex->report_current_exception();  // on the owner, which destroys cancelled tasks
+      }
+    }
+    task_result<R> outcome() {
+      try {
+        if constexpr (std::is_void_v<R>) {
+          std::invoke(std::move(fn));
+          return task_result<R>();
+        } else {
+          return task_result<R>(std::in_place, std::invoke(std::move(fn)));
+        }
+      } catch (...) {
+        return task_result<R>(std::current_exception());
+      }
+    }
+    void deliver(task_result<R>&& r) {
+      if (!gate->post([g = std::move(rep), r = std::move(r)]() mutable { std::invoke(std::move(g), std::move(r)); }))
+        throw executor_stopped(std::string("tether: post_and_reply() on executor '") + ex->name_or_unnamed() +
+                               "': the reply executor was stopped or destroyed before the reply could be posted");
+    }
+    F fn;
+    G rep;
+    std::shared_ptr<reply_gate> gate;
+    executor* ex;
+    bool pending = true;
+  };
+
+  // The join family's one deadline loop; block false: try_join().
+  bool join_until_steady(detail::steady_time deadline, bool block) {
+    if (running_in_this_thread()) {
+      if (own_thread_ || in_run_)
+        throw deadlock_error(std::string("tether: join() on executor '") + name_or_unnamed() +
+                                 "' from its own owner thread inside one of its tasks would wait for itself",
+                             {name_or_unnamed()});
+      if (!finished_.load(std::memory_order_seq_cst)) drive(SIZE_MAX, deadline, block, nullptr);
+      return finished_.load(std::memory_order_seq_cst);
+    }
+    if (!block) deadline = clock::now();  // park_until checks once, then times out
+    const auto finished = [this] { return finished_.load(std::memory_order_seq_cst); };
+    if (!own_thread_) return detail::park_until(state_wait_, finished, deadline);
+    if (!detail::park_until(state_wait_, finished, deadline)) return false;
+    bool expected = false;
+    if (join_claimed_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {  // acq_rel: one joiner claims the thread
+      if (thread_.joinable()) thread_.join();  // finished: the thread is on its way out
+      joined_.store(true, std::memory_order_seq_cst);
+      state_wait_.notify_all();
+      return true;
+    }
+    return detail::park_until(state_wait_, [this] { return joined_.load(std::memory_order_seq_cst); }, deadline);
+  }
+
+  std::shared_ptr<reply_gate> gate_;  // set once by the constructor
 };
 
 }  // namespace tether

@@ -73,14 +73,15 @@ struct executor_options {
 struct executor_stats {
   std::uint64_t tasks_posted = 0;     // approx: run + cancelled + queued + delayed pending
   std::uint64_t tasks_run = 0;
-  std::uint64_t tasks_cancelled = 0;  // destroyed unrun by stop(cancel), or delayed and dropped
+  std::uint64_t tasks_cancelled = 0;  // destroyed unrun by stop(cancel), or delayed and stopped / failed
   std::size_t queue_depth = 0;        // approx
   std::size_t timers_pending = 0;     // delayed tasks waiting for their deadline
   std::chrono::nanoseconds wait_time{0};  // owner parked, waiting for work
   std::chrono::nanoseconds run_time{0};   // owner running tasks
 };
 
-// What became of a delayed task (timer_handle::status()).
-enum class timer_status : std::uint8_t { pending, running, ran, cancelled, stopped };
+// What became of a delayed task (timer_handle::status()). failed: the owner could not
+// register it (out of memory growing its timer heap); it never runs.
+enum class timer_status : std::uint8_t { pending, running, ran, cancelled, stopped, failed };
 
 }  // namespace tether

@@ -124,9 +124,9 @@ TEST_CASE("executor: call and dispatch run inline on the owner thread", "[execut
   executor ex;
   std::vector<int> order;
   ex.call([&] {
-    ex.post([&order] { order.push_back(3); });  // queued: runs after this task
+    (void)ex.post([&order] { order.push_back(3); });  // queued: runs after this task
     order.push_back(ex.call([] { return 1; }));  // inline: runs now
-    ex.dispatch([&order] { order.push_back(2); });  // inline: runs now
+    (void)ex.dispatch([&order] { order.push_back(2); });  // inline: runs now
   });
   ex.call([] {});
   CHECK(order == std::vector<int>{1, 2, 3});
@@ -146,7 +146,7 @@ TEST_CASE("executor: move-only and large callables work", "[executor]") {
   for (std::size_t i = 0; i < big.size(); ++i) big[i] = i;
   static_assert(!tether::detail::task::stored_inline<decltype(big)>);
   std::uint64_t sum = 0;
-  ex.post([big, &sum] {
+  (void)ex.post([big, &sum] {
     for (auto v : big) sum += v;
   });
   auto big_result = ex.submit([big, u = std::make_unique<int>(1)] { return big[63] + static_cast<std::uint64_t>(*u); });
@@ -177,9 +177,9 @@ TEST_CASE("executor: stop(drain) runs every accepted task", "[executor]") {
   gate g;
   {
     executor ex;
-    ex.post([&g] { g.wait(); });
+    (void)ex.post([&g] { g.wait(); });
     for (int i = 0; i < 500; ++i) {
-      ex.post([&ran] { ran.fetch_add(1); });
+      (void)ex.post([&ran] { ran.fetch_add(1); });
       futures.push_back(ex.submit([i] { return i; }));
     }
     CHECK(ex.stop(tether::drain));
@@ -203,7 +203,7 @@ TEST_CASE("executor: stop(cancel) destroys pending tasks and reports them", "[ex
   executor ex{named("cancelled")};
   gate g;
   std::latch started{1};
-  ex.post([&] {
+  (void)ex.post([&] {
     started.count_down();
     g.wait();
   });
@@ -211,7 +211,7 @@ TEST_CASE("executor: stop(cancel) destroys pending tasks and reports them", "[ex
   std::atomic<int> ran{0};
   std::vector<std::future<int>> futures;
   for (int i = 0; i < 300; ++i) {
-    ex.post([&ran, c = counted(1)] { ran.fetch_add(static_cast<int>(c.value)); });
+    (void)ex.post([&ran, c = counted(1)] { ran.fetch_add(static_cast<int>(c.value)); });
     futures.push_back(ex.submit([i] { return i; }));
   }
   // A caller blocked in call() is released with executor_stopped.
@@ -332,24 +332,24 @@ TEST_CASE("executor: an adopted owner blocked outside run() is part of a cycle",
   CHECK(names == std::vector<std::string>{"main", "worker"});
 }
 
-TEST_CASE("executor: adopt_current_thread with run_one, poll, run_for, run_until and run", "[executor][adopt]") {
+TEST_CASE("executor: adopt_current_thread with run_one, try_run, run_for, run_until and run", "[executor][adopt]") {
   executor ex{tether::adopt_current_thread, named("adopted")};
   CHECK(ex.running_in_this_thread());
-  CHECK(ex.poll() == 0);
+  CHECK(ex.try_run() == 0);
   std::vector<int> seen;
   std::thread poster([&] {
-    for (int i = 0; i < 3; ++i) ex.post([&seen, i] { seen.push_back(i); });
+    for (int i = 0; i < 3; ++i) (void)ex.post([&seen, i] { seen.push_back(i); });
   });
   poster.join();
   CHECK(ex.run_one() == 1);
   CHECK(seen == std::vector<int>{0});
-  CHECK(ex.poll() == 2);
+  CHECK(ex.try_run() == 2);
   CHECK(seen == std::vector<int>{0, 1, 2});
 
   // run_one blocks until a task arrives.
   std::thread later([&] {
     std::this_thread::sleep_for(20ms);
-    ex.post([&seen] { seen.push_back(3); });
+    (void)ex.post([&seen] { seen.push_back(3); });
   });
   CHECK(ex.run_one() == 1);
   later.join();
@@ -361,7 +361,7 @@ TEST_CASE("executor: adopt_current_thread with run_one, poll, run_for, run_until
 
   std::stop_source source;
   std::thread stopper([&] {
-    ex.post([&seen] { seen.push_back(4); });
+    (void)ex.post([&seen] { seen.push_back(4); });
     std::this_thread::sleep_for(20ms);
     source.request_stop();
   });
@@ -373,7 +373,7 @@ TEST_CASE("executor: adopt_current_thread with run_one, poll, run_for, run_until
   CHECK(ex.run_until(std::chrono::system_clock::now() + 10ms) == 0);
 
   std::thread final_poster([&] {
-    ex.post([&seen] { seen.push_back(5); });
+    (void)ex.post([&seen] { seen.push_back(5); });
     ex.stop();
   });
   CHECK(ex.run() == 1);  // returns once stopped and drained
@@ -390,15 +390,15 @@ TEST_CASE("executor: driving calls are checked", "[executor][adopt]") {
   std::string message;
   std::thread other([&] {
     try {
-      adopted.poll();
+      adopted.try_run();
     } catch (const tether::wrong_thread& e) {
       message = e.what();
     }
   });
   other.join();
   CHECK_THAT(message, Catch::Contains("main-loop") && Catch::Contains("belongs to"));
-  adopted.post([&] { CHECK_THROWS_AS(adopted.poll(), std::logic_error); });
-  CHECK(adopted.poll() == 1);
+  (void)adopted.post([&] { CHECK_THROWS_AS(adopted.try_run(), std::logic_error); });
+  CHECK(adopted.try_run() == 1);
 }
 
 TEST_CASE("executor: an adopted executor destroyed on its owner runs what is pending", "[executor][adopt]") {
@@ -411,7 +411,7 @@ TEST_CASE("executor: an adopted executor destroyed on its owner runs what is pen
     executor ex{tether::adopt_current_thread, std::move(o)};
     CHECK(events == std::vector<std::string>{"start"});
     std::thread poster([&] {
-      for (int i = 0; i < 10; ++i) ex.post([&ran] { ++ran; });
+      for (int i = 0; i < 10; ++i) (void)ex.post([&ran] { ++ran; });
     });
     poster.join();
   }
@@ -440,7 +440,7 @@ TEST_CASE("executor: delayed tasks run in deadline order and can be cancelled", 
   CHECK_FALSE(hx.cancel());
   CHECK(hx.status() == tether::timer_status::cancelled);
   CHECK(h3.status() == tether::timer_status::pending);
-  ex.post(record(0));  // immediate work is not held up by timers
+  (void)ex.post(record(0));  // immediate work is not held up by timers
   auto done = ex.post_after(80ms, [] {});
   std::promise<void> last;
   ex.post_after(90ms, [&] { last.set_value(); });
@@ -459,7 +459,7 @@ TEST_CASE("executor: stop(drain) runs due delayed tasks and drops future ones", 
   {
     executor ex;
     gate g;
-    ex.post([&g] { g.wait(); });
+    (void)ex.post([&g] { g.wait(); });
     due = ex.post_after(1ms, [&] { ran += 1; });
     future_one = ex.post_after(1h, [&] { ran += 100; });
     std::this_thread::sleep_for(10ms);  // `due` is due by now
@@ -482,23 +482,23 @@ TEST_CASE("executor: the wake fd is readable exactly while work is pending", "[e
   CHECK_FALSE(readable(epfd));
   int ran = 0;
   std::thread poster([&] {
-    for (int i = 0; i < 100; ++i) ex.post([&ran] { ++ran; });
+    for (int i = 0; i < 100; ++i) (void)ex.post([&ran] { ++ran; });
   });
   poster.join();
   CHECK(readable(epfd));
-  CHECK(ex.poll() == 100);
+  CHECK(ex.try_run() == 100);
   CHECK_FALSE(readable(epfd));
-  CHECK(ex.poll() == 0);
+  CHECK(ex.try_run() == 0);
 
   // run_one leaves it readable while more is pending.
   std::thread two([&] {
-    ex.post([&ran] { ++ran; });
-    ex.post([&ran] { ++ran; });
+    (void)ex.post([&ran] { ++ran; });
+    (void)ex.post([&ran] { ++ran; });
   });
   two.join();
   CHECK(ex.run_one() == 1);
   CHECK(readable(epfd));
-  CHECK(ex.poll() == 1);
+  CHECK(ex.try_run() == 1);
   CHECK_FALSE(readable(epfd));
 
   // A delayed task posted from elsewhere wakes the loop for its registration, and the fd
@@ -506,19 +506,19 @@ TEST_CASE("executor: the wake fd is readable exactly while work is pending", "[e
   std::thread delayed([&] { ex.post_after(50ms, [&ran] { ++ran; }); });
   delayed.join();
   CHECK(readable(epfd));
-  CHECK(ex.poll() == 0);  // registered, not due yet
+  CHECK(ex.try_run() == 0);  // registered, not due yet
   CHECK_FALSE(readable(epfd));
   epoll_event ev{};
   CHECK(::epoll_wait(epfd, &ev, 1, 10000) == 1);
-  CHECK(ex.poll() == 1);
+  CHECK(ex.try_run() == 1);
   CHECK_FALSE(readable(epfd));
   CHECK(ran == 103);
 
-  // stop() makes it readable so the loop calls poll() once more to finish.
+  // stop() makes it readable so the loop calls try_run() once more to finish.
   std::thread stopper([&] { ex.stop(); });
   stopper.join();
   CHECK(readable(epfd));
-  ex.poll();
+  ex.try_run();
   CHECK(ex.is_finished());
   CHECK_FALSE(readable(epfd));
   ::close(epfd);
@@ -561,8 +561,8 @@ TEST_CASE("executor: exceptions escaping post()ed tasks go to on_error, the loop
     }
   };
   executor ex{std::move(o)};
-  ex.post([] { throw std::runtime_error("first"); });
-  ex.post([] { throw std::runtime_error("second"); });
+  (void)ex.post([] { throw std::runtime_error("first"); });
+  (void)ex.post([] { throw std::runtime_error("second"); });
   CHECK(ex.call([] { return 1; }) == 1);
   CHECK(errors == std::vector<std::string>{"first", "second"});
 }
@@ -582,7 +582,7 @@ TEST_CASE("executor: around_task installs a context for every task, inline calls
   CHECK(ex.call([] { return tether::current<session_tag>(); }) == &ctx);
   CHECK(ex.submit([] { return tether::current<session_tag>(); }).get() == &ctx);
   std::promise<std::string*> posted;
-  ex.post([&] { posted.set_value(tether::current<session_tag>()); });
+  (void)ex.post([&] { posted.set_value(tether::current<session_tag>()); });
   CHECK(posted.get_future().get() == &ctx);
   std::promise<std::string*> delayed;
   ex.post_after(1ms, [&] { delayed.set_value(tether::current<session_tag>()); });
@@ -610,11 +610,11 @@ TEST_CASE("executor: task destructors run outside any lock", "[executor]") {
       if (!armed) return;
       (void)ex->stats();
       // Posting from a task's destructor would deadlock if the executor held a lock here.
-      ex->post([o = out] { o->set_value(true); });
+      (void)ex->post([o = out] { o->set_value(true); });
     }
     void operator()() {}
   };
-  ex.post(posts_on_destruction(&ex, &reposted));
+  (void)ex.post(posts_on_destruction(&ex, &reposted));
   CHECK(reposted.get_future().get());
 }
 
@@ -623,12 +623,12 @@ TEST_CASE("executor: post_and_reply brings the result back to the caller's execu
   executor ui{tether::adopt_current_thread, named("ui")};
   int reply_value = 0;
   bool reply_on_ui = false;
-  REQUIRE(worker.post_and_reply([] { return 21 * 2; }, ui, [&](int v) {
-    reply_value = v;
+  REQUIRE(worker.post_and_reply([] { return 21 * 2; }, ui, [&](tether::task_result<int> r) {
+    reply_value = r.value();
     reply_on_ui = ui.running_in_this_thread();
   }));
   bool void_reply = false;
-  REQUIRE(worker.post_and_reply([] {}, ui, [&] { void_reply = true; }));
+  REQUIRE(worker.post_and_reply([] {}, ui, [&](tether::task_result<void> r) { void_reply = r.has_value(); }));
   while (!void_reply || reply_value == 0) ui.run_one();
   CHECK(reply_value == 42);
   CHECK(reply_on_ui);
@@ -636,7 +636,7 @@ TEST_CASE("executor: post_and_reply brings the result back to the caller's execu
 
 TEST_CASE("executor: statistics count posted, run, waiting and running", "[executor]") {
   executor ex;
-  for (int i = 0; i < 100; ++i) ex.post([] {});
+  for (int i = 0; i < 100; ++i) (void)ex.post([] {});
   ex.call([] { std::this_thread::sleep_for(5ms); });
   std::this_thread::sleep_for(5ms);
   const auto s = ex.stats();

@@ -7,16 +7,17 @@
 // executor derives from executor_core privately; nothing here is public API.
 //
 // Who may call what: the owner-side functions (loop, idle_until, run_*, finish_stop,
-// quiet_wake_fd) - the owner thread only; after_push / wake_owner / arm_wake_fd - any
-// producer, after a successful push.
+// quiet_wake_fd, settle_deferred_destroys) - the owner thread only; after_push / wake_owner /
+// arm_wake_fd - any producer, after a successful push; defer_destroy - any thread.
 //
 // Memory ordering: the queue's release publish of each task pairs with the owner's acquire
-// (mpsc_queue.hpp). [A1]/[A2]: an idle owner raises asleep_ and then checks the queue; a
+// (mpsc_queue.hpp). [EA1]/[EA2]: an idle owner raises asleep_ and then checks the queue; a
 // producer pushes (a seq_cst claim) and then checks asleep_ - all seq_cst, so one of them
-// sees the other (the parker's fence covers the owner's final re-check). [W1]/[W2]: the
+// sees the other (the parker's fence covers the owner's final re-check). [EW1]/[EW2]: the
 // wake-fd flag is flipped with acq_rel exchanges on both sides, so the owner's clearing
 // exchange synchronizes with every producer whose set came before it (their tasks are
 // visible to the owner's re-scan) and every later producer sees the clear and signals again.
+// The deferred-destroy stack (defer_destroy) is seq_cst throughout, like asleep_.
 // Statistics are relaxed counters written only by the owner.
 #pragma once
 
@@ -63,10 +64,27 @@ constexpr int park_spin_checks() {
   return n;
 }
 
+// A destruction that needs no allocation to hand over: the node lives in the object to be
+// destroyed (confined<T> keeps one beside its T), and destroy(node) frees both.
+struct deferred_destroy {
+  deferred_destroy* next = nullptr;
+  void (*destroy)(deferred_destroy*) noexcept = nullptr;
+};
+
+// Nodes whose executor had finished when they were handed over: leaked on purpose (nobody may
+// destroy them on the wrong thread), kept reachable here so that leak checkers and debuggers
+// find them. Pushed with a seq_cst compare-exchange; never popped.
+inline std::atomic<deferred_destroy*> leaked_destroys{nullptr};
+
+inline void keep_leaked(deferred_destroy* d) noexcept {
+  deferred_destroy* head = leaked_destroys.load(std::memory_order_seq_cst);
+  do d->next = head;
+  while (!leaked_destroys.compare_exchange_weak(head, d, std::memory_order_seq_cst));
+}
+
 class executor_core {
  protected:
   using clock = std::chrono::steady_clock;
-  enum class run_kind { forever, one, poll, until };
 
   executor_core(executor_options&& o, bool adopted)
       : own_thread_(!adopted),
@@ -148,14 +166,23 @@ class executor_core {
     const executor_core* ex;
   };
 
-  // post_at(): inserts the timer into the owner's heap; destroyed unrun -> stopped.
+  // post_at(): inserts the timer into the owner's heap; destroyed unrun -> stopped. If the
+  // heap cannot grow (out of memory) the task is not lost silently: its handle reads failed
+  // and its callable is destroyed here, on the owner.
   struct timer_registration {
     timer_registration(executor_core* e, std::shared_ptr<detail::timer_state> s) noexcept : ex(e), state(std::move(s)) {}
     timer_registration(timer_registration&& o) noexcept : ex(o.ex), state(std::move(o.state)) {}
     executor_core* ex;
     std::shared_ptr<detail::timer_state> state;
-    void operator()() {
-      ex->timers_.push(std::move(state));
+    void operator()() noexcept {
+      std::shared_ptr<detail::timer_state> s = std::move(state);
+      try {
+        ex->timers_.push(s);  // a copy: s stays ours if the push throws
+      } catch (...) {
+        if (s->try_transition(detail::timer_phase::failed)) add(ex->cancelled_, 1);
+        s->fn.reset();
+        return;
+      }
       ex->timers_pending_.store(ex->timers_.size(), std::memory_order_relaxed);  // relaxed: statistic
     }
     ~timer_registration() {
@@ -179,7 +206,7 @@ class executor_core {
   // one that lowers the flag makes the system call. True if that was this call and the
   // owner was (about to be) asleep in the kernel, not still spinning.
   bool wake_owner() noexcept {
-    // [A2] seq_cst: our push (a seq_cst claim) precedes this load; pairs with [A1].
+    // [EA2] seq_cst: our push (a seq_cst claim) precedes this load; pairs with [EA1].
     if (asleep_.load(std::memory_order_seq_cst) && asleep_.exchange(false, std::memory_order_seq_cst)) {
       woken_at_.store(clock::now().time_since_epoch().count(), std::memory_order_relaxed);  // relaxed: a hint
       return owner_wait_.notify_one();
@@ -190,8 +217,23 @@ class executor_core {
   // Only the producer that flips the flag false -> true writes the descriptor: one write per
   // batch, however many tasks are posted before the owner drains.
   void arm_wake_fd() noexcept {
-    // release publishes our task to the owner's [W2]; acquire sees its clear.
-    if (!wake_pending_.exchange(true, std::memory_order_acq_rel)) fd_->signal();  // [W1] acq_rel: pairs with [W2]
+    // release publishes our task to the owner's [EW2]; acquire sees its clear.
+    if (!wake_pending_.exchange(true, std::memory_order_acq_rel)) fd_->signal();  // [EW1] acq_rel: pairs with [EW2]
+  }
+
+  // A destruction handed to the owner without allocating (confined<T>'s fallback when its
+  // hand-over post cannot be queued): pushed on an intrusive stack that the owner settles
+  // whenever it finds the queue empty (settle_deferred_destroys) and once more, closing it,
+  // when it finishes. False once closed (the executor finished): nobody is left to run it.
+  // Never blocks. Thread-safe.
+  bool defer_destroy(detail::deferred_destroy* d) noexcept {
+    detail::deferred_destroy* head = deferred_.load(std::memory_order_seq_cst);
+    do {
+      if (head == &deferred_closed_) return false;
+      d->next = head;
+    } while (!deferred_.compare_exchange_weak(head, d, std::memory_order_seq_cst));  // publishes *d to the owner's exchange
+    after_push();
+    return true;
   }
 
   // ---- owner side ----------------------------------------------------------------------------
@@ -201,26 +243,25 @@ class executor_core {
     if (!name_.empty()) detail::set_this_thread_name(name_);
     run_hook(on_start_);
     in_run_ = true;
-    loop(run_kind::forever, detail::no_deadline, nullptr);
+    loop(SIZE_MAX, detail::no_deadline, true, nullptr);
     in_run_ = false;
   }
 
-  // `max` caps the tasks one call runs (run_kind::poll only; a poller's batch, select.hpp).
-  std::size_t drive(run_kind kind, detail::steady_time deadline, const std::stop_token* token,
-                    std::size_t max = SIZE_MAX) {
+  // The run family's entry on an adopting executor's owner: checks who calls, then loop().
+  std::size_t drive(std::size_t max, detail::steady_time deadline, bool block, const std::stop_token* token) {
     if (own_thread_)
       throw std::logic_error("tether: executor '" + std::string(name_or_unnamed()) +
-                             "' runs its own thread; run()/poll() are for executors constructed with adopt_current_thread");
+                             "' runs its own thread; run()/try_run() are for executors constructed with adopt_current_thread");
     check_owner_thread({});
     if (in_run_)
-      throw std::logic_error("tether: run()/poll() on executor '" + std::string(name_or_unnamed()) +
+      throw std::logic_error("tether: run()/try_run() on executor '" + std::string(name_or_unnamed()) +
                              "' from inside one of its own tasks");
     in_run_ = true;
     struct leave {
       bool& flag;
       ~leave() { flag = false; }
     } leave_run{in_run_};
-    if (token == nullptr) return loop(kind, deadline, nullptr, max);
+    if (token == nullptr) return loop(max, deadline, block, nullptr);
     // A stop request wakes a parked owner with an empty task (skipped when run).
     std::stop_callback wake(*token, [this]() noexcept {
       try {
@@ -228,26 +269,28 @@ class executor_core {
       } catch (...) {  // out of memory: the owner notices the token at its next wake-up
       }
     });
-    return loop(kind, deadline, token, max);
+    return loop(max, deadline, block, token);
   }
 
-  // The owner's loop: due timers, ready tasks, quiet the wake fd, then park until the next
-  // task, the next timer or the deadline.
+  // The one deadline loop behind every run* / try_run* call and the own thread: runs up to
+  // `want` user tasks; returns at `deadline` (checked between batches, so a busy executor
+  // still returns), when `token` is stopped, or - with block false (the try_ forms) - as soon
+  // as nothing is ready instead of parking.
   //
   // Outline:
-  //   1. finished or token stopped -> return;
+  //   1. finished, token stopped, or the deadline passed (after the first round) -> return;
   //   2. run due delayed tasks, then up to a batch of ready tasks;
   //   3. queue closed and drained -> finish the stop (timers, on_stop) and return;
-  //   4. nothing ready: quiet the wake fd (re-scan if a producer signalled); poll()
-  //      returns here;
+  //   4. nothing ready: settle the hand-overs of defer_destroy() (re-scan if it took new
+  //      ones); quiet the wake fd (re-scan if a producer signalled); the try_ forms return
+  //      here;
   //   5. park in idle_until(min(deadline, next timer)), then go round again.
-  std::size_t loop(run_kind kind, detail::steady_time deadline, const std::stop_token* token,
-                   std::size_t max = SIZE_MAX) {
-    const std::size_t want = kind == run_kind::one ? 1 : max;
+  std::size_t loop(std::size_t want, detail::steady_time deadline, bool block, const std::stop_token* token) {
     std::size_t n = 0;
-    for (;;) {
+    for (bool first = true;; first = false) {
       if (finished_.load(std::memory_order_relaxed)) return n;  // relaxed: only the owner writes it
       if (token != nullptr && token->stop_requested()) return n;
+      if (!first && deadline != detail::no_deadline && clock::now() >= deadline) return n;
       n += run_due_timers(want - n);
       if (n >= want) return n;
       const ready_step step = run_ready(want - n);
@@ -258,8 +301,9 @@ class executor_core {
       }
       if (n >= want) return n;
       if (step.more) continue;
+      if (settle_deferred_destroys()) continue;
       if (quiet_wake_fd()) continue;
-      if (kind == run_kind::poll) return n;
+      if (!block) return n;
       const detail::steady_time until = std::min(deadline, timers_.next_deadline());
       if (until != detail::no_deadline && clock::now() >= until) {
         if (clock::now() >= deadline) return n;
@@ -310,14 +354,15 @@ class executor_core {
     // an owner that rewrote it on every idle period would pull it from them each time.
     if (woken_at_.load(std::memory_order_relaxed) != 0)  // relaxed: a heuristic's input
       woken_at_.store(0, std::memory_order_relaxed);      // relaxed: as above
-    if (raise_at == 0) asleep_.store(true, std::memory_order_seq_cst);  // [A1]
+    if (raise_at == 0) asleep_.store(true, std::memory_order_seq_cst);  // [EA1]
     const auto t0 = clock::now();
     const bool woken = detail::park(
         owner_wait_,
         [this, &checks, raise_at] {
-          if (++checks == raise_at) asleep_.store(true, std::memory_order_seq_cst);  // [A1] pairs with [A2]
+          if (++checks == raise_at) asleep_.store(true, std::memory_order_seq_cst);  // [EA1] pairs with [EA2]
           else if (checks > raise_at && !asleep_.load(std::memory_order_seq_cst)) return true;
-          return queue_.size_approx() != 0 || queue_.is_closed();
+          return queue_.size_approx() != 0 || queue_.is_closed() ||
+                 deferred_.load(std::memory_order_seq_cst) != nullptr;
         },
         until, spin);
     if (asleep_.load(std::memory_order_relaxed))        // relaxed: only saves producers a wake
@@ -345,7 +390,7 @@ class executor_core {
     const std::size_t limit = std::min(batch, max_user);
     std::size_t ran = 0;
     clock::time_point t0{};
-    const std::size_t taken = queue_.drain(
+    const std::size_t taken = queue_.try_pop_each(
         [&](detail::task&& t) {
           if (t0 == clock::time_point{}) t0 = clock::now();
           ran += run_item(t);  // t is destroyed by the queue right after, still inside the batch
@@ -423,6 +468,9 @@ class executor_core {
       t->fn.reset();
     }
     timers_pending_.store(0, std::memory_order_relaxed);  // relaxed: statistic
+    // Every task is done: destroy every hand-over and close the stack (later ones are refused).
+    destroy_all(std::exchange(deferred_taken_, nullptr));
+    destroy_all(deferred_.exchange(&deferred_closed_, std::memory_order_seq_cst));
     if (fd_) {
       fd_->arm(detail::no_deadline);
       wake_pending_.store(false, std::memory_order_release);  // release: nothing pairs; quiet for good
@@ -430,6 +478,29 @@ class executor_core {
     run_hook(on_stop_);
     finished_.store(true, std::memory_order_seq_cst);  // seq_cst: the parker handshake's store half
     state_wait_.notify_all();
+  }
+
+  // Called when the queue was just found empty. A hand-over may be destroyed only after
+  // every task its thread posted before it, so: destroy what an earlier call took (the queue
+  // has been found empty since that take, so those tasks have run), then take the newer
+  // ones; true if it took any (the caller re-scans the queue before the next settle).
+  bool settle_deferred_destroys() noexcept {
+    destroy_all(std::exchange(deferred_taken_, nullptr));
+    if (deferred_.load(std::memory_order_seq_cst) == nullptr) return false;
+    deferred_taken_ = deferred_.exchange(nullptr, std::memory_order_seq_cst);
+    return true;
+  }
+
+  // Runs the destructions of a list taken from deferred_, oldest first, outside around_task
+  // (like the destruction of a cancelled task).
+  static void destroy_all(detail::deferred_destroy* d) noexcept {
+    detail::deferred_destroy* fifo = nullptr;
+    while (d != nullptr) fifo = std::exchange(d, std::exchange(d->next, fifo));  // reverse: oldest first
+    while (fifo != nullptr) {
+      detail::deferred_destroy* next = fifo->next;
+      fifo->destroy(fifo);
+      fifo = next;
+    }
   }
 
   // Quiets the wake fd until the next delayed deadline (or the next signal); true if a
@@ -444,12 +515,12 @@ class executor_core {
     if (!fd_) return false;
     const detail::steady_time next = timers_.next_deadline();
     // A stale `false` is harmless: that producer's signal comes after this load.
-    if (!wake_pending_.load(std::memory_order_acquire) && next == armed_deadline_) return false;  // acquire: as [W2]
+    if (!wake_pending_.load(std::memory_order_acquire) && next == armed_deadline_) return false;  // [EW3] acquire: as [EW2], pairs with [EW1]
     fd_->arm(next);
     armed_deadline_ = next;
-    // Acquire pairs with every [W1] before it (their tasks are visible to our re-scan);
+    // Acquire pairs with every [EW1] before it (their tasks are visible to our re-scan);
     // release lets later producers see the clear, so they signal after our arm.
-    return wake_pending_.exchange(false, std::memory_order_acq_rel);  // [W2] acq_rel: pairs with [W1]
+    return wake_pending_.exchange(false, std::memory_order_acq_rel);  // [EW2] acq_rel: pairs with [EW1]
   }
 
   // Runs a user task through around_task; exceptions go to the error policy.
@@ -582,7 +653,7 @@ class executor_core {
   // it (or by the owner when it wakes up).
   std::atomic<bool> asleep_{false};
   // The owner parks here when idle. Symmetric fences: producers notify it only after they
-  // flipped asleep_ (a seq_cst exchange, [A2]), so the full fence costs them nothing extra,
+  // flipped asleep_ (a seq_cst exchange, [EA2]), so the full fence costs them nothing extra,
   // while the owner - which parks whenever it runs dry - is spared a membarrier per park.
   detail::parker owner_wait_{detail::fences::symmetric};
   // When the producer that lowered asleep_ did so (steady ticks; 0: none since the owner
@@ -590,6 +661,11 @@ class executor_core {
   std::atomic<clock::rep> woken_at_{0};
   // Callers blocked in call() right now (a spin-or-park hint): written by each caller.
   alignas(detail::cache_line) std::atomic<std::uint32_t> callers_{0};
+  // Destructions handed over by defer_destroy(): pushed by any thread, emptied by the owner;
+  // &deferred_closed_ once the owner finished.
+  std::atomic<detail::deferred_destroy*> deferred_{nullptr};
+  detail::deferred_destroy deferred_closed_{};  // a marker, never run
+  detail::deferred_destroy* deferred_taken_ = nullptr;  // owner only: taken, destroyed at the next settle
   // Set once by stop(cancel); read by the owner.
   std::atomic<bool> cancel_{false};
   // Set once by the owner when finished; read by joiners and is_finished().
@@ -603,7 +679,7 @@ class executor_core {
   alignas(detail::cache_line) detail::timer_heap timers_;
   detail::steady_time armed_deadline_ = detail::no_deadline;  // what fd_ is armed for
   bool spin_when_idle_ = true;  // the last idle period was short
-  bool in_run_ = false;   // inside run()/poll() (or the own thread's loop)
+  bool in_run_ = false;   // inside run()/try_run() (or the own thread's loop)
   bool in_task_ = false;  // inside a task (inline calls then skip around_task)
 
   // Statistics: written by the owner, read by stats().
