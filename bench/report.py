@@ -539,12 +539,16 @@ def render_header(info, contexts):
     mhz = ctx.get("mhz_per_cpu")
     loads = ["%s: %s" % (os.path.splitext(f)[0], ", ".join("%.2f" % x for x in c.get("load_avg", [])))
              for f, c in contexts if c.get("load_avg")]
+    # Twice the CPUs: the build just before the runs alone lifts the 1-minute load towards them.
+    busy = any(c.get("load_avg") and cpus and c["load_avg"][0] >= 2 * cpus for _, c in contexts)
     commit = read_git_commit(info.get("source_dir")) or "unknown"
     rows = [
         ("Date", date),
         ("Machine", "%s CPUs (nproc), %s%s, %s %s" % (
             cpus, cpu_model(), ", %s MHz" % mhz if mhz else "", platform.system(), platform.release())),
-        ("Load average at start", "; ".join(loads) or "unknown"),
+        ("Load average at start", ("; ".join(loads) or "unknown") + (
+            " (**busy**: a 1-minute load of twice the %s CPUs or more; other programs shared the cores, "
+            "so the figures are not comparable)" % cpus if busy else "")),
         ("Compiler", "%s, %s build" % (info.get("compiler", "unknown"), info.get("build_type", "unknown"))),
         ("Google Benchmark library", "built as %s" % ctx.get("library_build_type", "unknown")),
         ("Commit", commit),

@@ -98,5 +98,16 @@ class Headline(unittest.TestCase):
         self.assertIn("### Targets", summary)
 
 
+class Header(unittest.TestCase):
+    def test_a_busy_machine_is_flagged(self):
+        runs = repetitions(3, 1, ("tether", 40e6, 400, 400), ("moodycamel", 30e6, 400, 400))
+        with tempfile.TemporaryDirectory() as d:
+            for load, name in ((3.5, "quiet"), (4.5, "busy")):
+                with open(os.path.join(d, "mpsc_bench.json"), "w", encoding="utf-8") as f:
+                    json.dump({"context": {"num_cpus": 2, "load_avg": [load, 1.0, 1.0]}, "benchmarks": runs}, f)
+                body, _ = report.render(d)
+                (self.assertIn if name == "busy" else self.assertNotIn)("**busy**", body)
+
+
 if __name__ == "__main__":
     unittest.main()
