@@ -10,6 +10,7 @@
 #include "tether/executor.hpp"
 #include "tether/executor_options.hpp"
 #include "tether/mpsc_queue.hpp"
+#include "tether/receiver.hpp"
 #include "tether/result.hpp"
 #include "tether/router.hpp"
 #include "tether/router_messages.hpp"

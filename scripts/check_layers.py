@@ -5,7 +5,7 @@ The stack, bottom to top (a header may include its own level and the levels unde
 
   0 platform   result.hpp errors.hpp version.hpp detail/platform/
   1 wait       detail/wait/
-  2 queue      mpsc_queue.hpp bounded_mpsc_queue.hpp detail/queue/
+  2 queue      mpsc_queue.hpp bounded_mpsc_queue.hpp receiver.hpp detail/queue/
   3 executor   executor.hpp executor_options.hpp confined.hpp context_guard.hpp
                thread_checker.hpp detail/executor/
   4 channel, select   channel.hpp select.hpp detail/channel/ detail/select/
@@ -23,7 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "include"
 LEVELS = [
     ("platform", ["tether/result.hpp", "tether/errors.hpp", "tether/version.hpp", "tether/detail/platform/"]),
     ("wait", ["tether/detail/wait/"]),
-    ("queue", ["tether/mpsc_queue.hpp", "tether/bounded_mpsc_queue.hpp", "tether/detail/queue/"]),
+    ("queue", ["tether/mpsc_queue.hpp", "tether/bounded_mpsc_queue.hpp", "tether/receiver.hpp",
+               "tether/detail/queue/"]),
     ("executor", ["tether/executor.hpp", "tether/executor_options.hpp", "tether/confined.hpp",
                   "tether/context_guard.hpp", "tether/thread_checker.hpp", "tether/detail/executor/"]),
     ("channel/select", ["tether/channel.hpp", "tether/select.hpp", "tether/detail/channel/",

@@ -4,25 +4,26 @@
 //
 // Who may call what:
 //   try_push / push / push_for / push_until / try_emplace / close / is_closed /
-//   size_approx / capacity                                       - any thread, concurrently.
-//   try_pop / pop / pop_for / pop_until / *_bulk / drain          - one consumer thread at a
-//     time (debug builds throw std::logic_error when two threads consume at once).
+//   size_approx / capacity         - any thread, concurrently.
+//   try_pop / pop / pop_for / pop_until, try_pop_bulk / pop_bulk / pop_bulk_for /
+//   pop_bulk_until, try_pop_each   - one consumer thread at a time (a translation unit built
+//                                    without NDEBUG throws std::logic_error when two threads
+//                                    consume at once).
 //
-// Each slot carries a sequence number saying whose turn it is: `pos` means free for the
-// producer of position pos, `pos + 1` means holding that producer's item, and the consumer
-// hands the slot to the next lap by storing `pos + capacity`. Producers claim positions with
-// one compare-and-swap on the tail, so try_push can fail fast when the slot is still full.
-// A full queue parks blocked producers. The consumer wakes them once it has freed a batch of
-// slots (capacity / 8), or as soon as it runs out of items: waking them for every freed slot
-// would make them all race for it and park again, a system call each time.
+// Outcomes: a push returns push_result: ok; full (try_push); timeout (push_for /
+// push_until); closed - on every outcome but ok its argument is untouched. push() blocks
+// while the queue is full. A pop returns pop_result<T>: the oldest ready item, or empty
+// (try_pop), timeout (_for / _until) or closed (closed and every item taken); bulk pops return
+// how many items they took. Items pushed by one thread come out in the order pushed. A
+// throwing move of T leaves the item queued (see each method). The destructor destroys the
+// items still queued. Memory is allocated once, by the constructor.
 //
-// Memory ordering: a producer's release store of `pos + 1` publishes the item to the
-// consumer's acquire load; the consumer's release store of `pos + capacity` hands the
-// emptied slot to the producer's acquire load. Waking parked threads is the parker's
-// handshake (detail/wait/parker.hpp).
+// Memory ordering: a push happens-before the pop that returns its item, and a pop
+// happens-before the push that reuses its slot; a close() happens-before a push or pop that
+// reports closed.
 //
 // After D. Vyukov's bounded MPMC queue (per-slot sequence numbers), with one consumer,
-// close, and parking instead of spinning.
+// close, and parking instead of spinning. Design notes: next to the private code below.
 #pragma once
 
 #include <atomic>
@@ -32,7 +33,6 @@
 #include <cstdint>
 #include <memory>
 #include <new>
-#include <optional>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
@@ -49,7 +49,8 @@ namespace tether {
 
 template <class T>
 class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T> {
-  friend class detail::consumer_ops<bounded_mpsc_queue<T>, T>;
+  using base = detail::consumer_ops<bounded_mpsc_queue<T>, T>;
+  friend base;
   static_assert(std::is_nothrow_destructible_v<T>, "tether::bounded_mpsc_queue<T>: T's destructor must not throw");
   static_assert(std::is_move_constructible_v<T>, "tether::bounded_mpsc_queue<T>: T must be move-constructible");
 
@@ -92,13 +93,14 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     return s;
   }
 
-  // Enqueues v, parking while the queue is full. Returns false if the queue is (or becomes)
+  // Enqueues v, parking while the queue is full: ok, or closed if the queue is (or becomes)
   // closed, with v untouched. Thread-safe.
-  bool push(T&& v) { return push_until_steady(std::move(v), detail::no_deadline) == status::ok; }
-  bool push(const T& v) { return push_until_steady(v, detail::no_deadline) == status::ok; }
+  push_result push(T&& v) { return push_until_steady(std::move(v), detail::no_deadline); }
+  push_result push(const T& v) { return push_until_steady(v, detail::no_deadline); }
 
   // As push(), giving up at the deadline: status ok, timeout or closed; on timeout or closed
-  // v is untouched. Thread-safe.
+  // v is untouched. A zero or negative timeout (a deadline already past) tries once; a huge
+  // one (duration::max()) waits like push(). Thread-safe.
   template <class U, class Rep, class Period>
   push_result push_for(U&& v, const std::chrono::duration<Rep, Period>& timeout) {
     return push_until_steady(std::forward<U>(v), detail::deadline_after(timeout));
@@ -119,8 +121,10 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     return (prev & closed_bit) == 0;
   }
 
+  // True once close() was called. Thread-safe.
   bool is_closed() const noexcept { return (tail_.load(std::memory_order_seq_cst) & closed_bit) != 0; }
 
+  // How many items the queue holds at most. Thread-safe.
   std::size_t capacity() const noexcept { return mask_ + 1; }
 
   // Items pushed and not yet popped; stale as soon as it returns. Thread-safe.
@@ -132,10 +136,59 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   }
   bool empty_approx() const noexcept { return size_approx() == 0; }
 
-  // Consumer side (one thread at a time), from detail::consumer_ops: try_pop, pop, pop_for,
-  // pop_until, try_pop_bulk, pop_bulk, drain.
+  // ---- consumer (one thread at a time) ---------------------------------------------------
+  //
+  // Every call below: consumer thread only. A translation unit built without NDEBUG throws
+  // std::logic_error when a second thread enters while one is inside. Popping frees slots:
+  // producers blocked on a full queue are woken (see "Design" below for when).
+
+  // Pops the oldest ready item; never blocks. ok with the item; empty when nothing is ready
+  // (an item whose producer is mid-push is not ready yet); closed once closed and every item
+  // taken. If T's move throws, the exception propagates and the item stays queued, the next
+  // to pop (the item is moved exactly once, straight into the result).
+  using base::try_pop;
+
+  // Blocks (spins briefly, then parks) until an item is ready: ok with the item, or closed
+  // once closed and every item taken. As try_pop if T's move throws.
+  using base::pop;
+
+  // As pop(), giving up at the deadline: ok, timeout or closed. A zero or negative timeout
+  // (a deadline already past) tries once; a huge one (duration::max()) waits like pop().
+  // As try_pop if T's move throws. Any clock's time point is accepted by pop_until.
+  using base::pop_for;
+  using base::pop_until;
+
+  // Moves up to max ready items to the output iterator out, oldest first; never blocks.
+  // Returns how many (0: none ready, or closed). Each item leaves the queue only once its
+  // assignment to out has returned: if an assignment throws, the items before it are popped
+  // and that one stays queued. out must not use this queue (try_pop_each may).
+  using base::try_pop_bulk;
+
+  // As try_pop_bulk, but first blocks until at least one item is ready (pop_bulk), or until
+  // the deadline (pop_bulk_for / pop_bulk_until). Returns how many; 0 only when closed with
+  // every item taken, timed out, or max == 0 (is_closed() tells closed from timeout).
+  using base::pop_bulk;
+  using base::pop_bulk_for;
+  using base::pop_bulk_until;
+
+  // Calls f(T&&) for up to max ready items, oldest first; never blocks. Returns how many.
+  // Each item leaves the queue before f sees it (f may pop from this queue): an item handed
+  // to f counts as taken even if f throws (the exception propagates). If moving the item out
+  // of its slot throws, it stays queued.
+  using base::try_pop_each;
 
  private:
+  // ---- design ----------------------------------------------------------------------------
+  //
+  // Each slot carries a sequence number saying whose turn it is: `pos` means free for the
+  // producer of position pos, `pos + 1` means holding that producer's item, and the consumer
+  // hands the slot to the next lap by storing `pos + capacity`. Producers claim positions
+  // with one compare-and-swap on the tail, so try_push can fail fast when the slot is still
+  // full. A full queue parks blocked producers. The consumer wakes them once it has freed a
+  // batch of slots (capacity / 8), or as soon as it runs out of items: waking them for every
+  // freed slot would make them all race for it and park again, a system call each time.
+  // Waking parked threads is the parker's handshake (detail/wait/parker.hpp).
+
   using head_state = detail::head_state;
 
   static constexpr std::uint64_t closed_bit = 1;  // bit 0 of tail_
@@ -166,7 +219,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
       if (tail & closed_bit) return status::closed;
       pos = tail >> index_shift;
       slot& s = slots_[pos & mask_];
-      // acquire: pairs with the consumer's store of pos (the slot's previous item is gone).
+      // [B1] acquire: pairs with [B4] in release_head(); the slot's previous item is gone.
       const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
       const auto turn = static_cast<std::int64_t>(seq - pos);
       if (turn == 0) {
@@ -192,12 +245,12 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
       ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
     } catch (...) {
       s.abandoned = true;
-      s.seq.store(pos + 1, std::memory_order_release);  // release: as below
+      s.seq.store(pos + 1, std::memory_order_release);  // [B2] release: as below
       consumer_wait_.notify_one();
       throw;
     }
-    // release: publishes the item; pairs with the consumer's acquire in probe(). The parker
-    // handshake's fence is in notify_one() (light) and prepare_wait() (heavy).
+    // [B2] release: publishes the item; pairs with [B3] in probe() / take_ready(). The
+    // parker handshake's fence is in notify_one() (light) and prepare_wait() (heavy).
     s.seq.store(pos + 1, std::memory_order_release);
     consumer_wait_.notify_one();
   }
@@ -231,7 +284,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   slot& head_slot() noexcept { return slots_[head_ & mask_]; }
 
   head_state probe() noexcept {
-    // acquire: pairs with the release publish.
+    // [B3] acquire: pairs with [B2] in publish().
     if (head_slot().seq.load(std::memory_order_acquire) == head_ + 1) return head_state::ready;
     wake_producers();  // out of items: hand over whatever room we made
     // Not ready. The tail line is hot with producers: read it only once closed. (A close
@@ -252,7 +305,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   // Hands the head slot to the producer one lap ahead and moves on.
   void release_head(slot& s) noexcept {
     s.abandoned = false;
-    // release: hands the slot over; pairs with claim()'s acquire. The parker handshake's
+    // [B4] release: hands the slot over; pairs with [B1] in claim(). The parker handshake's
     // fence is in notify_all() (light) and prepare_wait() (heavy).
     s.seq.store(head_ + mask_ + 1, std::memory_order_release);
     ++head_;
@@ -266,16 +319,20 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     space_wait_.notify_all();
   }
 
-  std::optional<T> take() {
+  // After probe() said ready: true (and moved past it) if the head slot's producer's
+  // constructor threw.
+  bool skip_abandoned() noexcept {
     slot& s = head_slot();
-    if (s.abandoned) {
-      release_head(s);
-      return std::nullopt;
-    }
-    std::optional<T> v;
-    // if this throws, the item stays queued
-    detail::move_out(s.value(), [&](T&& item) { v.emplace(std::move(item)); }, [&] { release_head(s); });
-    return v;
+    if (!s.abandoned) return false;
+    release_head(s);
+    return true;
+  }
+
+  // After probe() said ready and skip_abandoned() said no: the head item, moved once straight
+  // into the result; if that move throws the item stays queued (pop_result's take_from_slot).
+  pop_result<T> take() {
+    slot& s = head_slot();
+    return pop_result<T>(detail::take_from_slot, s.value(), [this, &s]() noexcept { release_head(s); });
   }
 
   template <class Sink>
@@ -283,7 +340,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     std::size_t n = 0;
     while (n < max) {
       slot& s = head_slot();
-      // acquire: pairs with the release publish.
+      // [B3] acquire: pairs with [B2] in publish().
       if (s.seq.load(std::memory_order_acquire) != head_ + 1) {
         wake_producers();  // out of items: hand over whatever room we made
         break;

@@ -1,42 +1,35 @@
 // SPDX-License-Identifier: MIT
-// tether/channel.hpp - in-process pair channels: two connected endpoints, each sends and
-// receives.
+// tether/channel.hpp - in-process channels: two connected endpoints, each sends and receives.
 //
-//   auto [left, right] = tether::make_pair<request, reply>();  // unbounded
-//   auto [a, b] = tether::make_pair<message>(64);              // bounded: backpressure
+//   auto [left, right] = tether::make_channel<request, reply>();  // unbounded
+//   auto [a, b] = tether::make_channel<message>(64);              // bounded: backpressure
 //
-// make_pair<A, B>() returns {endpoint<A, B>, endpoint<B, A>}: the first sends A and
+// make_channel<A, B>() returns {endpoint<A, B>, endpoint<B, A>}: the first sends A and
 // receives B, the second the reverse. Each direction is one single-consumer queue
-// (mpsc_queue, or bounded_mpsc_queue when a capacity is given), so a message travels with
-// one claim and one publish and nothing is locked.
+// (mpsc_queue, or bounded_mpsc_queue when a capacity is given): nothing is locked.
 //
-// Who may call what (per endpoint):
-//   send / try_send / send_for / send_until / close / is_closed / capacity
-//                                  - any thread, concurrently (several senders are fine);
-//   recv / try_recv / recv_for / recv_until
-//                                  - one thread at a time (debug builds throw
-//                                    std::logic_error when two threads receive at once);
-//   move, move-assign, destroy     - not concurrently with any other call on that endpoint.
-// Endpoints are movable, not copyable; a moved-from endpoint may only be destroyed or
-// assigned to.
+// Who may call what (per endpoint): send* / try_send / close / is_closed / capacity - any
+// thread, concurrently; recv* / try_recv - one thread at a time (a translation unit built
+// without NDEBUG throws std::logic_error when two threads receive at once); move and
+// destroy - not concurrently with any other call on that endpoint.
 //
-// Closing: close() on either endpoint, or destroying it, closes both directions. Each side
-// still receives everything that was sent to it before the close, then sees closed; every
-// later send hands its message back (status closed). Blocked senders and receivers on both
-// sides wake up. Messages an endpoint never received are destroyed with the last owner of
-// the pair (both endpoints, and any poller watching one): receive until closed first if
-// they matter.
+// Outcomes: sends return push_result - ok, full (try_send, bounded), timeout (send_for /
+// send_until, bounded) or closed, and on every outcome but ok the message is untouched.
+// Receives return pop_result<Recv> - the message, or empty / timeout / closed; a throwing
+// move of a message leaves it queued. close() on either endpoint, or destroying it, closes
+// both directions: each side still receives what was sent to it before, then sees closed;
+// blocked senders and receivers wake. Messages never received are destroyed with the last
+// owner of the pair (both endpoints, and any poller watching one).
 //
-// Memory ordering: a send happens-before the receive that returns its message (the queues'
-// release publish / acquire take); a close happens-before a receive or send that reports
-// closed.
+// Memory ordering: a send happens-before the receive that returns its message; a close
+// happens-before a receive or send that reports closed.
 //
-// After ZeroMQ's inproc PAIR sockets and crossbeam-channel's disconnect rules: a send to a
-// closed pair hands the message back, a receive drains what was sent before closed.
+// After ZeroMQ's inproc PAIR sockets and crossbeam-channel's disconnect rules.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <utility>
 
@@ -64,9 +57,9 @@ template <class Send, class Recv>
 class endpoint;
 
 template <class A, class B = A>
-std::pair<endpoint<A, B>, endpoint<B, A>> make_pair();
+std::pair<endpoint<A, B>, endpoint<B, A>> make_channel();
 template <class A, class B = A>
-std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t capacity);
+std::pair<endpoint<A, B>, endpoint<B, A>> make_channel(std::size_t capacity);
 
 // One end of a pair: sends Send to the peer, receives Recv from it.
 template <class Send, class Recv>
@@ -82,7 +75,7 @@ class endpoint {
   // Closes the pair this endpoint held (if any), then takes other's.
   endpoint& operator=(endpoint&& other) noexcept {
     if (this != &other) {
-      close();
+      (void)close();
       state_ = std::move(other.state_);
       tx_ = std::exchange(other.tx_, nullptr);
       rx_ = std::exchange(other.rx_, nullptr);
@@ -94,7 +87,7 @@ class endpoint {
 
   // Closes the pair (see close()). Messages sent to this endpoint and never received are
   // destroyed with the last owner of the pair.
-  ~endpoint() { close(); }
+  ~endpoint() { (void)close(); }
 
   // ---- sending (any thread) --------------------------------------------------------------
 
@@ -109,7 +102,8 @@ class endpoint {
   push_result try_send(const Send& v) { return tx_->try_push(v); }
 
   // As send(), giving up at the deadline: ok, timeout or closed; on timeout or closed v is
-  // untouched. Only a bounded pair can time out. Thread-safe.
+  // untouched. Only a bounded pair can time out. Zero or negative tries once; a huge timeout
+  // (duration::max()) waits like send(). Thread-safe.
   template <class Rep, class Period>
   push_result send_for(Send&& v, const std::chrono::duration<Rep, Period>& timeout) {
     return tx_->push_until(std::move(v), detail::deadline_after(timeout));
@@ -130,13 +124,17 @@ class endpoint {
   // ---- receiving (one thread at a time) --------------------------------------------------
 
   // Takes the oldest message the peer sent, blocking (spin briefly, then park) until there is
-  // one: ok, or closed once the pair is closed and everything sent before was received.
+  // one: ok, or closed once the pair is closed and everything sent before was received. If
+  // the message's move throws, the exception propagates and the message stays queued, the
+  // next to receive (it is moved exactly once, straight into the result).
   pop_result<Recv> recv() { return rx_->pop_until(detail::no_deadline); }
 
-  // Never blocks: ok, empty or closed (closed only when drained).
+  // Never blocks: ok, empty or closed (closed only once everything sent was received). As
+  // recv() if the move throws.
   pop_result<Recv> try_recv() { return rx_->try_pop(); }
 
-  // As recv(), giving up at the deadline: ok, timeout or closed.
+  // As recv(), giving up at the deadline: ok, timeout or closed. A zero or negative timeout
+  // (a deadline already past) tries once; a huge one (duration::max()) waits like recv().
   template <class Rep, class Period>
   pop_result<Recv> recv_for(const std::chrono::duration<Rep, Period>& timeout) {
     return rx_->pop_until(detail::deadline_after(timeout));
@@ -148,11 +146,17 @@ class endpoint {
 
   // ---- both sides ------------------------------------------------------------------------
 
-  // Closes both directions: see the banner. Idempotent; never blocks. Thread-safe.
-  void close() noexcept {
-    if (tx_ == nullptr) return;  // moved from
-    tx_->close();
-    rx_->close();
+  // Closes both directions: see the banner. Returns true for the one call (on either
+  // endpoint) that closed the pair, false if it was already closed or this endpoint was moved
+  // from. Never blocks. Thread-safe.
+  bool close() noexcept {
+    if (tx_ == nullptr) return false;  // moved from
+    // Both endpoints close the same two directions in the same order (by address): whoever
+    // closes the first one closed the pair. Every call has closed both when it returns.
+    const bool tx_first = std::less<const void*>{}(tx_, rx_);
+    const bool closed_now = tx_first ? tx_->close() : rx_->close();
+    (void)(tx_first ? rx_->close() : tx_->close());
+    return closed_now;
   }
 
   // True once either endpoint closed the pair. Thread-safe.
@@ -166,9 +170,9 @@ class endpoint {
 
  private:
   template <class A, class B>
-  friend std::pair<endpoint<A, B>, endpoint<B, A>> make_pair();
+  friend std::pair<endpoint<A, B>, endpoint<B, A>> make_channel();
   template <class A, class B>
-  friend std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t);
+  friend std::pair<endpoint<A, B>, endpoint<B, A>> make_channel(std::size_t);
   friend struct detail::source_access;
 
   endpoint(std::shared_ptr<void> state, detail::channel_direction<Send>& tx, detail::channel_direction<Recv>& rx) noexcept
@@ -184,17 +188,17 @@ class endpoint {
 // Two connected endpoints, unbounded in both directions: the first sends A and receives B,
 // the second sends B and receives A. Sends never block.
 template <class A, class B>
-std::pair<endpoint<A, B>, endpoint<B, A>> make_pair() {
+std::pair<endpoint<A, B>, endpoint<B, A>> make_channel() {
   auto state = std::make_shared<detail::pair_state<A, B>>();
   auto& s = *state;
   return {endpoint<A, B>(state, s.a_to_b, s.b_to_a), endpoint<B, A>(state, s.b_to_a, s.a_to_b)};
 }
 
-// As make_pair(), bounded: each direction holds at least `capacity` messages (rounded up to
+// As make_channel(), bounded: each direction holds at least `capacity` messages (rounded up to
 // a power of two; capacity() says how many), and send() blocks while the peer's inbox is
 // full. Throws std::invalid_argument for 0.
 template <class A, class B>
-std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t capacity) {
+std::pair<endpoint<A, B>, endpoint<B, A>> make_channel(std::size_t capacity) {
   auto state = std::make_shared<detail::pair_state<A, B>>(capacity);
   auto& s = *state;
   return {endpoint<A, B>(state, s.a_to_b, s.b_to_a), endpoint<B, A>(state, s.b_to_a, s.a_to_b)};

@@ -2,44 +2,32 @@
 // tether/mpsc_queue.hpp - unbounded, lock-free queue: many producers, one consumer.
 //
 // Who may call what:
-//   push / emplace / make_producer / close / is_closed / size_approx - any thread, concurrently.
-//   producer::push / producer::emplace - the thread using that handle (one at a time).
-//   try_pop / pop / pop_for / pop_until / *_bulk / drain - one consumer thread at a time
-//     (debug builds throw std::logic_error when two threads consume at once).
+//   push / emplace / make_producer / close / is_closed / size_approx / shrink_to_fit
+//                                  - any thread, concurrently;
+//   producer::push / producer::emplace - the thread using that handle (one at a time);
+//   try_pop / pop / pop_for / pop_until, try_pop_bulk / pop_bulk / pop_bulk_for /
+//   pop_bulk_until, try_pop_each   - one consumer thread at a time (a translation unit built
+//                                    without NDEBUG throws std::logic_error when two threads
+//                                    consume at once).
 //
-// Items live in blocks of slots. A producer claims a slot with one compare-and-swap on the
-// tail index, writes the item and publishes the slot; the producer that claims a block's last
-// slot links the next block (taken from a pool of emptied blocks, so a steady state whose
-// backlog fits the pool allocates nothing). The consumer reads slots in index order - so
-// items from one producer come out in the order that producer pushed them - and recycles
-// each block it has emptied.
+// Outcomes: a push never blocks and returns push_result ok, or closed with its argument
+// untouched. A pop returns pop_result<T>: the oldest ready item, or empty (try_pop), timeout
+// (_for / _until) or closed (closed and every item taken). Bulk pops return how many items
+// they took. Items pushed by one thread (or one producer handle) come out in the order pushed.
+// A throwing move of T leaves the item queued (see each method). The destructor destroys the
+// items still queued.
 //
-// A producer preempted between claiming and publishing its slot holds up only the consumer,
-// which parks on that slot (it does not spin) and is woken by the publish. A producer
-// preempted while linking a block holds up other producers for the two stores it has left;
-// they back off and yield meanwhile.
+// Memory: items live in blocks of about 16 KiB; emptied blocks are kept for reuse up to
+// about 1 MiB for the shared ring and 1 MiB per producer handle's lane, and freed beyond
+// that, so after a burst memory follows the backlog down to those pools (plus the block in
+// use per source); shrink_to_fit() frees the pools too.
 //
-// Memory ordering: a slot's release state store publishes the item to the consumer's
-// acquire load of that state; a block's `next` is stored before its last slot is
-// published, so the consumer always finds it. Waking a parked consumer is the parker's
-// handshake (detail/wait/parker.hpp): a push pays no locked instruction beyond its claim.
+// Memory ordering: a push happens-before the pop that returns its item; a close()
+// happens-before a push that reports closed and a pop that reports closed.
 //
 // After crossbeam-channel's list flavour (block list, CAS-claimed slots, a sentinel index
-// while the next block is linked), adapted to one consumer, block reuse and parking.
-//
-// Producer handles (make_producer): a thread that pushes a lot can take a handle that owns a
-// private lane - its own list of blocks, written by that thread alone, so a push is a plain
-// store and a release store with no compare-and-swap and no shared cache line. The consumer
-// reads the shared ring and every lane; it stays with one source while that source has items
-// (up to source_quota in a row, so a busy source cannot starve the others), then moves on.
-// Items pushed through one handle come out in the order pushed; there is no order between
-// different handles, or between a handle and plain push. A dropped handle's lane is kept
-// (with its items) and reused by the next make_producer().
-//
-// Closing with lanes is Dekker's handshake again: a lane push raises its `pushing` flag, then
-// (light fence) reads closing_; close() stores closing_, then (heavy fence) sets closed_. Either
-// the push sees closing_ and hands its item back, or the consumer - which decides "closed"
-// only after it sees closed_ - sees the flag and waits for that push to land.
+// while the next block is linked), adapted to one consumer, producer lanes, block reuse and
+// parking. Design notes: next to the private code below, and docs/mpsc_queue.md.
 #pragma once
 
 #include <algorithm>
@@ -50,7 +38,6 @@
 #include <iterator>
 #include <memory>
 #include <new>
-#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -68,7 +55,8 @@ namespace tether {
 
 template <class T>
 class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
-  friend class detail::consumer_ops<mpsc_queue<T>, T>;
+  using base = detail::consumer_ops<mpsc_queue<T>, T>;
+  friend base;
   static_assert(std::is_nothrow_destructible_v<T>, "tether::mpsc_queue<T>: T's destructor must not throw");
   static_assert(std::is_move_constructible_v<T>, "tether::mpsc_queue<T>: T must be move-constructible");
 
@@ -102,15 +90,15 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
 
   // ---- producers (any thread) ------------------------------------------------------------
 
-  // Enqueues v; never blocks. Returns false if the queue is closed, leaving v untouched
-  // (not moved from), so the caller still owns it. Thread-safe.
-  bool push(T&& v) { return emplace(std::move(v)); }
-  bool push(const T& v) { return emplace(v); }
+  // Enqueues v; never blocks. ok, or closed with v untouched (not moved from), so the
+  // caller still owns it. Thread-safe.
+  push_result push(T&& v) { return emplace(std::move(v)); }
+  push_result push(const T& v) { return emplace(v); }
 
-  // Constructs an item in place from args. Returns false if closed (args untouched).
+  // Constructs an item in place from args; never blocks. ok, or closed with args untouched.
   // If T's constructor throws, the slot is skipped and the exception propagates. Thread-safe.
   //
-  // Outline:
+  // Outline (the ring; see "Design" below):
   //   1. read the tail index; closed -> hand back; at the sentinel -> another producer is
   //      linking the next block: back off (the point where a preempted thread makes other
   //      producers wait, for two stores);
@@ -119,47 +107,47 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   //      moves the index past the sentinel;
   //   4. construct the item, publish the slot, wake the consumer if it is parked.
   template <class... Args>
-  bool emplace(Args&&... args) {
+  push_result emplace(Args&&... args) {
     detail::backoff backoff;
     block* next_block = nullptr;  // ready for linking when we claim a block's last slot
-    // acquire: pairs with [P3] so the tail_block_ read below is the index's block or newer.
+    // [Q4] acquire: pairs with [Q3]; the tail_block_ read below is the index's block or newer.
     std::uint64_t tail = tail_index_.load(std::memory_order_acquire);
     for (;;) {
       if (tail & closed_bit) {
         return_spare(next_block);
-        return false;
+        return status::closed;
       }
       const std::uint64_t offset = (tail >> index_shift) % lap;
       if (offset == block_cap) {
         backoff.snooze();
-        tail = tail_index_.load(std::memory_order_acquire);  // acquire: as above
+        tail = tail_index_.load(std::memory_order_acquire);  // [Q4] acquire: as above
         continue;
       }
       if (offset + 1 == block_cap && next_block == nullptr) next_block = take_spare();
-      // acquire: pairs with [P2]; if the CAS below succeeds, b is the block of our slot.
+      // [Q5] acquire: pairs with [Q2]; if the CAS below succeeds, b is the block of our slot.
       block* b = tail_block_.load(std::memory_order_acquire);
       // seq_cst claim; on failure acquire (as the first load).
       if (!tail_index_.compare_exchange_weak(tail, tail + index_step, std::memory_order_seq_cst,
                                              std::memory_order_acquire))
         continue;
       if (offset + 1 == block_cap) {
-        // [P1] release: the consumer reads next only after our slot below is published.
+        // [Q1] release: the consumer reads next only after our slot below is published; pairs
+        // with [Q7] in advance_ring().
         b->next.store(next_block, std::memory_order_release);
-        // [P2] release: publishes the new block to producers; pairs with the acquire above.
+        // [Q2] release: publishes the new block to producers; pairs with [Q5] above.
         tail_block_.store(next_block, std::memory_order_release);
-        // [P3] release: moves the index past the sentinel; pairs with the acquire loads above.
+        // [Q3] release: moves the index past the sentinel; pairs with [Q4] above.
         tail_index_.fetch_add(index_step, std::memory_order_release);
         next_block = nullptr;
       } else {
         return_spare(next_block);
       }
       // The lines about to be written were read by the consumer in the block's last use: ask
-      // for them ahead, as lanes do. Measured (bench/README.md): 64-byte items at 1 producer
-      // 1.5x as fast while cross-core traffic is slow, no change while it is fast.
+      // for them ahead, as lanes do (docs/design/queue_measurements.md).
       if (offset + prefetch_ahead < block_cap) detail::prefetch_for_write(&b->slots[offset + prefetch_ahead]);
       const notify_on_exit notify{consumer_wait_};
       fill(b->slots[offset], std::forward<Args>(args)...);
-      return true;
+      return status::ok;
     }
   }
 
@@ -176,7 +164,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   bool close() noexcept {
     const std::uint64_t prev = tail_index_.fetch_or(closed_bit, std::memory_order_seq_cst);
     closing_.store(true, std::memory_order_seq_cst);
-    // The close half of the lane handshake (banner). Without lanes there is nothing to wait
+    // The close half of the lane handshake (Design, below). Without lanes there is nothing to wait
     // out; a lane registered after this load reads closing_ (make_producer()).
     if (lanes_.load(std::memory_order_seq_cst) != nullptr) detail::heavy_fence();
     closed_.store(true, std::memory_order_seq_cst);  // seq_cst: the parker handshake's store half
@@ -184,6 +172,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     return (prev & closed_bit) == 0;
   }
 
+  // True once close() was called. Thread-safe.
   bool is_closed() const noexcept { return (tail_index_.load(std::memory_order_seq_cst) & closed_bit) != 0; }
 
   // Items pushed and not yet popped; stale as soon as it returns. Thread-safe.
@@ -198,10 +187,85 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   }
   bool empty_approx() const noexcept { return size_approx() == 0; }
 
- // Consumer side (one thread at a time), from detail::consumer_ops: try_pop, pop, pop_for,
- // pop_until, try_pop_bulk, pop_bulk, drain.
+  // Frees the emptied blocks kept for reuse (the ring's pool and every lane's), returning
+  // how many bytes it freed; the blocks holding items stay. After a burst, for a queue that
+  // will stay quiet for a while: the next burst allocates again. Thread-safe.
+  std::size_t shrink_to_fit() noexcept {
+    std::size_t bytes = pool_.clear() * sizeof(block);
+    // acquire: pairs with the CAS that published a lane; its fields are initialised.
+    for (lane* l = lanes_.load(std::memory_order_acquire); l != nullptr; l = l->next_lane) bytes += l->shrink_to_fit();
+    return bytes;
+  }
+
+  // ---- consumer (one thread at a time) ---------------------------------------------------
+  //
+  // The consumer reads the shared ring and every producer handle's lane, staying with one
+  // source while it has items (up to a quota, so that a busy source cannot starve the
+  // others). Every call below: consumer thread only. A translation unit built without NDEBUG
+  // throws std::logic_error when a second thread enters while one is inside.
+
+  // Pops the oldest ready item; never blocks. ok with the item; empty when nothing is ready
+  // (an item whose producer is mid-push is not ready yet); closed once closed and every item
+  // taken. If T's move throws, the exception propagates and the item stays queued, the next
+  // to pop (the item is moved exactly once, straight into the result).
+  using base::try_pop;
+
+  // Blocks (spins briefly, then parks) until an item is ready: ok with the item, or closed
+  // once closed and every item taken. As try_pop if T's move throws.
+  using base::pop;
+
+  // As pop(), giving up at the deadline: ok, timeout or closed. A zero or negative timeout
+  // (a deadline already past) tries once; a huge one (duration::max()) waits like pop().
+  // As try_pop if T's move throws. Any clock's time point is accepted by pop_until.
+  using base::pop_for;
+  using base::pop_until;
+
+  // Moves up to max ready items to the output iterator out, oldest first; never blocks.
+  // Returns how many (0: none ready, or closed). Each item leaves the queue only once its
+  // assignment to out has returned: if an assignment throws, the items before it are popped
+  // and that one stays queued. out must not use this queue (try_pop_each may).
+  using base::try_pop_bulk;
+
+  // As try_pop_bulk, but first blocks until at least one item is ready (pop_bulk), or until
+  // the deadline (pop_bulk_for / pop_bulk_until). Returns how many; 0 only when closed with
+  // every item taken, timed out, or max == 0 (is_closed() tells closed from timeout).
+  using base::pop_bulk;
+  using base::pop_bulk_for;
+  using base::pop_bulk_until;
+
+  // Calls f(T&&) for up to max ready items, oldest first; never blocks. Returns how many.
+  // Each item leaves the queue before f sees it (f may pop from this queue): an item handed
+  // to f counts as taken even if f throws (the exception propagates). If moving the item out
+  // of its slot throws, it stays queued.
+  using base::try_pop_each;
 
  private:
+  // ---- design ----------------------------------------------------------------------------
+  //
+  // The ring: items live in blocks of slots. A producer claims a slot with one compare-and-
+  // swap on the tail index, writes the item and publishes the slot (a release store of its
+  // state); the producer that claims a block's last slot links the next block (taken from
+  // the pool of emptied blocks) before it publishes, so the consumer always finds it. The
+  // consumer reads slots in index order and recycles each block it has emptied.
+  //
+  // Who makes whom wait: a producer preempted between claiming and publishing its slot holds
+  // up only the consumer, which parks on that slot (it does not spin) and is woken by the
+  // publish. A producer preempted while linking a block holds up other producers for the two
+  // stores it has left; they back off and yield meanwhile.
+  //
+  // Lanes (make_producer): a handle owns a private lane - its own list of blocks, written by
+  // that thread alone, so a push is a plain store and a release store with no compare-and-
+  // swap and no shared cache line (detail/queue/producer_lane.hpp). A dropped handle's lane
+  // is kept (with its items) and reused by the next make_producer().
+  //
+  // Closing with lanes is Dekker's handshake: a lane push raises its `pushing` flag, then
+  // (light fence) reads closing_; close() stores closing_, then (heavy fence) sets closed_.
+  // Either the push sees closing_ and hands its item back, or the consumer - which decides
+  // "closed" only after it sees closed_ - sees the flag and waits for that push to land.
+  //
+  // Waking a parked consumer is the parker's handshake (detail/wait/parker.hpp): a push pays
+  // no locked instruction beyond its claim.
+
   // Slots per block + 1: the last index of each lap is the sentinel "next block being linked".
   static constexpr std::uint64_t pick_lap() {
     std::uint64_t lap = 32;
@@ -249,11 +313,11 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     try {
       ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
     } catch (...) {
-      s.state.store(slot_abandoned, std::memory_order_release);  // release: as below
+      s.state.store(slot_abandoned, std::memory_order_release);  // [Q6] release: as below
       throw;
     }
-    // release: publishes the item; pairs with the acquire in probe() / take_ready(). The
-    // parker handshake's fence is in notify_one() (light) and prepare_wait() (heavy).
+    // [Q6] release: publishes the item; pairs with [Q8] in ring_ready() / take_ready_ring().
+    // The parker handshake's fence is in notify_one() (light) and prepare_wait() (heavy).
     s.state.store(slot_written, std::memory_order_release);
   }
 
@@ -285,7 +349,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   }
 
   template <class... Args>
-  bool lane_emplace(lane& l, Args&&... args) {
+  push_result lane_emplace(lane& l, Args&&... args) {
     // After the lane push has lowered its flag, however it ends: the consumer may be waiting
     // for this push to land after close.
     const notify_on_exit notify{consumer_wait_};
@@ -315,7 +379,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
 
   slot& ring_slot() noexcept { return head_block_->slots[head_ % lap]; }
   bool ring_ready() noexcept {
-    return ring_slot().state.load(std::memory_order_acquire) != slot_empty;  // acquire: pairs with fill()
+    return ring_slot().state.load(std::memory_order_acquire) != slot_empty;  // [Q8] acquire: pairs with [Q6] in fill()
   }
   bool current_ready() noexcept { return current_ != nullptr ? current_->ready() : ring_ready(); }
 
@@ -395,7 +459,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   void advance_ring() noexcept {
     std::uint64_t head = head_ + 1;
     if (head % lap == block_cap) {
-      // acquire: pairs with [P1]; the last slot's producer linked next before publishing.
+      // [Q7] acquire: pairs with [Q1]; the last slot's producer linked next before publishing.
       block* next = head_block_->next.load(std::memory_order_acquire);
       recycle(head_block_);
       head_block_ = next;
@@ -405,23 +469,28 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     head_published_.store(head, std::memory_order_relaxed);  // relaxed: only size_approx() reads it
   }
 
-  // Precondition: probe() said ready. Empty optional: a ring slot whose producer's
-  // constructor threw.
-  std::optional<T> take() {
-    std::optional<T> v;
+  // After probe() said ready: true (and moved past it) if the head is a ring slot whose
+  // producer's constructor threw.
+  bool skip_abandoned() noexcept {
+    // relaxed: probe() acquired the state.
+    if (current_ != nullptr || ring_slot().state.load(std::memory_order_relaxed) != slot_abandoned) return false;
+    advance_ring();
+    return true;
+  }
+
+  // After probe() said ready and skip_abandoned() said no: the head item, moved once straight
+  // into the result; if that move throws the item stays queued (pop_result's take_from_slot).
+  pop_result<T> take() {
     if (current_ != nullptr) {
-      current_->take([&](T&& item) { v.emplace(std::move(item)); });  // if this throws, the item stays queued
-    } else {
-      slot& s = ring_slot();
-      if (s.state.load(std::memory_order_relaxed) == slot_abandoned) {  // relaxed: probe() acquired it
-        advance_ring();
-        return v;
-      }
-      // if this throws, the item stays queued
-      detail::move_out(s.value(), [&](T&& item) { v.emplace(std::move(item)); }, [this] { advance_ring(); });
+      return pop_result<T>(detail::take_from_slot, current_->head_item(), [this]() noexcept {
+        current_->pop_head();
+        count_taken(1);
+      });
     }
-    count_taken(1);
-    return v;
+    return pop_result<T>(detail::take_from_slot, ring_slot().value(), [this]() noexcept {
+      advance_ring();
+      count_taken(1);
+    });
   }
 
   template <class Sink>
@@ -450,7 +519,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     std::size_t n = 0;
     while (n < max) {
       slot& s = ring_slot();
-      const std::uint8_t st = s.state.load(std::memory_order_acquire);  // acquire: pairs with fill()
+      const std::uint8_t st = s.state.load(std::memory_order_acquire);  // [Q8] acquire: pairs with [Q6] in fill()
       if (st == slot_empty) break;
       if (st == slot_abandoned) {
         advance_ring();
@@ -466,7 +535,8 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   alignas(detail::cache_line) std::atomic<std::uint64_t> tail_index_{0};
   // Written by the producer that links a block; read by producers before their CAS.
   std::atomic<block*> tail_block_{nullptr};
-  // Emptied blocks for reuse (up to about 1 MiB): the consumer gives, producers take.
+  // Emptied blocks for reuse (up to about 1 MiB): the consumer gives, producers take,
+  // shrink_to_fit() empties it.
   detail::block_pool<block> pool_{pool_limit};
 
   // The lanes of producer handles, newest first; a lane is never removed before the
@@ -484,7 +554,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
 
   // A copy of the closed bit off the hot tail line, for waiters: set once by close().
   alignas(detail::cache_line) std::atomic<bool> closed_{false};
-  // Set by close() before its heavy fence; read by every lane push (banner).
+  // Set by close() before its heavy fence; read by every lane push (Design, above).
   std::atomic<bool> closing_{false};
   detail::parker consumer_wait_;
 };
@@ -507,12 +577,13 @@ class mpsc_queue<T>::producer {
   producer& operator=(const producer&) = delete;
   ~producer() { release(); }
 
-  // As mpsc_queue::push / emplace: false (item untouched) once the queue is closed. Items
-  // pushed through this handle are popped in the order pushed. The thread using this handle.
-  bool push(T&& v) { return emplace(std::move(v)); }
-  bool push(const T& v) { return emplace(v); }
+  // As mpsc_queue::push / emplace: ok, or closed (item untouched) once the queue is closed.
+  // Never blocks. Items pushed through this handle are popped in the order pushed. The
+  // thread using this handle.
+  push_result push(T&& v) { return emplace(std::move(v)); }
+  push_result push(const T& v) { return emplace(v); }
   template <class... Args>
-  bool emplace(Args&&... args) {
+  push_result emplace(Args&&... args) {
     return q_->lane_emplace(*lane_, std::forward<Args>(args)...);
   }
 

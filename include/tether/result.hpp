@@ -15,6 +15,14 @@
 
 namespace tether {
 
+namespace detail {
+// Tag of pop_result's taking constructor: see there. For the queues; not for users.
+struct take_from_slot_t {
+  explicit take_from_slot_t() = default;
+};
+inline constexpr take_from_slot_t take_from_slot{};
+}  // namespace detail
+
 enum class status : std::uint8_t {
   ok,       // the value was pushed / a value was popped
   empty,    // try_pop: nothing ready right now (the queue is open)
@@ -60,6 +68,20 @@ class [[nodiscard]] pop_result {
   template <class... Args>
   explicit pop_result(std::in_place_t, Args&&... args)
       : value_(std::in_place, std::forward<Args>(args)...), status_(tether::status::ok) {}
+
+  // For the queues (detail): moves the value straight out of a queue's slot - the only move
+  // an item makes on its way out of a pop - destroys the moved-from item in the slot, then
+  // calls commit(), which moves the queue past the slot. If the move throws, nothing else
+  // runs: the item is still queued (as T's throwing move left it) and the next to pop. Every
+  // pop returns this result as a prvalue all the way out (guaranteed copy elision), so no
+  // later move of T can lose the item.
+  template <class Commit>
+  pop_result(detail::take_from_slot_t, T* slot_item, Commit&& commit)
+      : value_(std::in_place, std::move(*slot_item)), status_(tether::status::ok) {
+    static_assert(noexcept(commit()), "tether::pop_result: a take's commit must not throw");
+    slot_item->~T();
+    commit();
+  }
 
   bool has_value() const noexcept { return status_ == tether::status::ok; }
   explicit operator bool() const noexcept { return has_value(); }

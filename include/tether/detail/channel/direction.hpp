@@ -41,37 +41,33 @@ class channel_direction {
   // ok, full or closed; v untouched unless ok.
   template <class U>
   push_result try_push(U&& v) {
-    if (auto* q = std::get_if<0>(&q_)) return q->push(std::forward<U>(v)) ? status::ok : status::closed;
+    if (auto* q = std::get_if<0>(&q_)) return q->push(std::forward<U>(v));
     return std::get_if<1>(&q_)->try_push(std::forward<U>(v));
   }
 
   // ok, timeout or closed; v untouched unless ok. Blocks only when bounded and full.
   template <class U>
   push_result push_until(U&& v, steady_time deadline) {
-    if (auto* q = std::get_if<0>(&q_)) return q->push(std::forward<U>(v)) ? status::ok : status::closed;
-    auto& q = *std::get_if<1>(&q_);
-    if (deadline == no_deadline) return q.push(std::forward<U>(v)) ? status::ok : status::closed;
-    // The queue's own deadline loop does the waiting; a past deadline still tries once.
-    return q.push_for(std::forward<U>(v), deadline - std::chrono::steady_clock::now());
+    if (auto* q = std::get_if<0>(&q_)) return q->push(std::forward<U>(v));
+    // The queue's own deadline loop does the waiting (a steady deadline passes through
+    // unchanged; no_deadline waits until room or close; a past one still tries once).
+    return std::get_if<1>(&q_)->push_until(std::forward<U>(v), deadline);
   }
 
+  // Every pop_result below is returned as a prvalue straight from the queue (no move of T
+  // on the way: a throwing move leaves the message queued, see result.hpp).
   pop_result<T> try_pop() {
     return with_queue([](auto& q) { return q.try_pop(); });
   }
 
-  // ok, timeout or closed (closed only once drained).
+  // ok, timeout or closed (closed only once every message was received).
   pop_result<T> pop_until(steady_time deadline) {
-    return with_queue([deadline](auto& q) -> pop_result<T> {
-      if (deadline == no_deadline) {
-        if (auto v = q.pop()) return pop_result<T>(std::in_place, std::move(*v));
-        return status::closed;
-      }
-      return q.pop_for(deadline - std::chrono::steady_clock::now());
-    });
+    return with_queue([deadline](auto& q) { return q.pop_until(deadline); });
   }
 
-  void close() noexcept {
-    with_queue([](auto& q) { q.close(); });
+  // True for the call that closed it.
+  bool close() noexcept {
+    return with_queue([](auto& q) { return q.close(); });
   }
   bool is_closed() const noexcept {
     if (auto* q = std::get_if<0>(&q_)) return q->is_closed();

@@ -95,9 +95,14 @@ inline void futex_wake(std::atomic<std::uint32_t>& word, int) noexcept {
 
 #endif
 
+// The longest wait tether computes a deadline for: anything longer (or a time point further
+// ahead) is no_deadline, "wait until woken". About 95 years, far below the steady clock's
+// overflow (292 years of nanoseconds from boot).
+inline constexpr double deadline_horizon_seconds = 3e9;
+
 // Converts any clock's time point to a steady_clock deadline (other clocks' deadlines are
 // honoured as "this much time from now"). Saturates instead of overflowing: a deadline in
-// the past is "now", one centuries away is no_deadline.
+// the past is "now" (try once), one beyond the horizon is no_deadline.
 template <class Clock, class Duration>
 steady_time to_steady(const std::chrono::time_point<Clock, Duration>& t) {
   using namespace std::chrono;
@@ -109,19 +114,25 @@ steady_time to_steady(const std::chrono::time_point<Clock, Duration>& t) {
     const double ahead = duration<double>(t.time_since_epoch()).count() -
                          duration<double>(now.time_since_epoch()).count();
     const auto steady_now = steady_clock::now();
-    if (ahead <= 0) return steady_now;
-    if (ahead > 3e9) return no_deadline;  // about 95 years
-    return steady_now + ceil<steady_clock::duration>(t - now);  // |t - now| is small here
+    if (!(ahead > 0)) return steady_now;
+    if (ahead > deadline_horizon_seconds) return no_deadline;
+    return steady_now + ceil<steady_clock::duration>(duration<double>(ahead));  // small here
   }
 }
 
-// Converts a relative timeout to a deadline, saturating instead of overflowing.
+// The one place a relative timeout becomes a deadline: every `_for` call of the library goes
+// through here. Saturates instead of overflowing: zero, negative (or NaN) is "now" (try
+// once); beyond the horizon - days::max(), weeks::max(), microseconds::max(), ... - is
+// no_deadline. The comparison is made in floating point: comparing days::max() with an
+// integral hours count would itself overflow (libstdc++'s days is a 64-bit count).
 template <class Rep, class Period>
-steady_time deadline_after(const std::chrono::duration<Rep, Period>& d) {
-  auto now = std::chrono::steady_clock::now();
-  if (d <= d.zero()) return now;
-  if (d >= std::chrono::hours(24 * 365 * 100)) return no_deadline;
-  return now + std::chrono::ceil<std::chrono::steady_clock::duration>(d);
+steady_time deadline_after(const std::chrono::duration<Rep, Period>& d) noexcept {
+  using namespace std::chrono;
+  const auto now = steady_clock::now();
+  const double seconds = duration<double>(d).count();
+  if (!(seconds > 0)) return now;
+  if (seconds > deadline_horizon_seconds) return no_deadline;
+  return now + ceil<steady_clock::duration>(d);  // d is under the horizon: no overflow
 }
 
 }  // namespace tether::detail

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // tether/detail/queue/block_pool.hpp - emptied queue blocks kept for reuse, up to a limit.
 //
-// Who may call what: take / give - any thread, concurrently; the destructor - no other thread.
+// Who may call what: take / give / clear - any thread, concurrently; the destructor - no
+// other thread.
 //
 // An unbounded queue would otherwise free each block its consumer empties and allocate a
 // new one for its producers: with 16 KiB blocks that is the allocator's trim and the kernel's
@@ -12,8 +13,8 @@
 // block and pushes the rest back as one chain. The count is approximate (relaxed): at worst
 // a block more or less is kept than the limit says; memory follows the backlog down.
 //
-// Memory ordering: give()'s release CAS publishes the block (the giver's last reads and any
-// reset of it) to take()'s acquire exchange.
+// Memory ordering: give()'s release CAS [BP1] publishes the block (the giver's last reads
+// and any reset of it) to take()'s and clear()'s acquire exchange [BP2].
 #pragma once
 
 #include <atomic>
@@ -37,7 +38,7 @@ class block_pool {
 
   // A kept block (its next null), or nullptr when none is kept.
   Block* take() noexcept {
-    // acquire: pairs with give()'s release; the giver is done with the block.
+    // [BP2] acquire: pairs with [BP1] in push(); the giver is done with the block.
     Block* b = head_.exchange(nullptr, std::memory_order_acquire);
     if (b == nullptr) return nullptr;
     count_.fetch_sub(1, std::memory_order_relaxed);  // relaxed: the count only steers give()
@@ -48,6 +49,19 @@ class block_pool {
     }
     b->next.store(nullptr, std::memory_order_relaxed);  // relaxed: ours
     return b;
+  }
+
+  // Deletes every kept block; returns how many. Like take(), it pops by taking everything.
+  std::size_t clear() noexcept {
+    // [BP2] acquire: as in take().
+    Block* b = head_.exchange(nullptr, std::memory_order_acquire);
+    std::size_t n = 0;
+    while (b != nullptr) {
+      delete std::exchange(b, b->next.load(std::memory_order_relaxed));  // relaxed: ours since the exchange
+      ++n;
+    }
+    count_.fetch_sub(n, std::memory_order_relaxed);  // relaxed: the count only steers give()
+    return n;
   }
 
   // Keeps b for a later take(), or deletes it when the pool holds its limit.
@@ -66,7 +80,7 @@ class block_pool {
     Block* head = head_.load(std::memory_order_relaxed);  // relaxed: the CAS re-checks it
     do {
       last->next.store(head, std::memory_order_relaxed);  // relaxed: published by the CAS
-      // release: publishes the chain (and the givers' last accesses) to take()'s acquire exchange.
+      // [BP1] release: publishes the chain (and the givers' last accesses); pairs with [BP2].
     } while (!head_.compare_exchange_weak(head, first, std::memory_order_release, std::memory_order_relaxed));
   }
 

@@ -1,10 +1,21 @@
 // SPDX-License-Identifier: MIT
 // tether/detail/queue/consumer_check.hpp - catches two threads consuming one queue at once.
 //
-// Single-consumer queues are only correct with one consumer at a time. In debug builds
-// (NDEBUG not defined) every consumer call holds a consumer_scope; a second thread entering
-// while another is inside throws std::logic_error naming both threads. In release builds the
-// scope is empty and costs nothing.
+// Single-consumer queues are only correct with one consumer at a time. Every consumer call
+// holds a consumer_scope, consumer_check::scope<consumer_checks_enabled>: in a translation unit compiled
+// without NDEBUG the scope registers the calling thread in owner_, and a second thread
+// entering while another is registered throws std::logic_error naming both threads; with
+// NDEBUG the scope does nothing and costs nothing.
+//
+// One layout in every build mode: owner_ is always a member, so a queue built in a
+// translation unit with NDEBUG and used in one without (or the other way round) is the same
+// object. Only whether a call checks depends on NDEBUG, as with assert() in an inline function:
+// where the two modes disagree the linker keeps one copy of each queue function, and either
+// copy is safe next to the other - an unchecked call never touches owner_, a checked call
+// registers and unregisters itself, so a checked call throws only when another checked call
+// is inside on another thread (a real misuse), never because of an unchecked one. The two
+// scopes are different class template specializations, so the scopes themselves have one
+// definition each.
 #pragma once
 
 #include <atomic>
@@ -14,48 +25,66 @@
 
 namespace tether::detail {
 
-#ifndef NDEBUG
+// Whether this translation unit's consumer calls check. Not inline: a namespace-scope
+// constexpr has internal linkage, so each translation unit has its own and none of the
+// classes below differs between build modes.
+#ifdef NDEBUG
+constexpr bool consumer_checks_enabled = false;
+#else
+constexpr bool consumer_checks_enabled = true;
+#endif
+
 class consumer_check {
  public:
-  class scope {
-   public:
-    explicit scope(consumer_check& c) : check_(c) {
-      const auto me = std::this_thread::get_id();
-      std::thread::id expected{};
-      // acq_rel: entering orders this consumer after the previous one's exit (release in ~scope).
-      if (check_.owner_.compare_exchange_strong(expected, me, std::memory_order_acq_rel)) {
-        outermost_ = true;
-      } else if (expected != me) {
-        std::ostringstream msg;
-        msg << "tether: two threads consume one single-consumer queue at once (thread " << me
-            << " entered while thread " << expected
-            << " was consuming); consume from one thread at a time";
-        throw std::logic_error(msg.str());
-      }
-    }
-    ~scope() {
-      // release: pairs with the acq_rel compare_exchange of the next consumer to enter.
-      if (outermost_) check_.owner_.store(std::thread::id{}, std::memory_order_release);
-    }
-    scope(const scope&) = delete;
-    scope& operator=(const scope&) = delete;
-
-   private:
-    consumer_check& check_;
-    bool outermost_ = false;
-  };
+  template <bool Check>
+  class scope;
 
  private:
-  std::atomic<std::thread::id> owner_{};  // the thread inside a consumer call, if any
+  // The thread inside a checked consumer call, if any: written and read by checked calls only.
+  std::atomic<std::thread::id> owner_{};
 };
-#else
-class consumer_check {
+
+// Checked: registers the calling thread for the length of the call (nested calls on the same
+// thread, e.g. a pop from inside a try_pop_each callback, are fine).
+template <>
+class consumer_check::scope<true> {
  public:
-  class scope {
-   public:
-    explicit scope(consumer_check&) noexcept {}
-  };
+  explicit scope(consumer_check& c) : check_(c) {
+    const auto me = std::this_thread::get_id();
+    std::thread::id expected{};
+    // [K1] acq_rel: orders this consumer after the previous one's exit; pairs with [K2].
+    if (check_.owner_.compare_exchange_strong(expected, me, std::memory_order_acq_rel)) {
+      outermost_ = true;
+    } else if (expected != me) {
+      std::ostringstream msg;
+      msg << "tether: two threads consume one single-consumer queue at once (thread " << me
+          << " entered while thread " << expected
+          << " was consuming); consume from one thread at a time";
+      throw std::logic_error(msg.str());
+    }
+  }
+  ~scope() {
+    // [K2] release: pairs with [K1] of the next consumer to enter.
+    if (outermost_) check_.owner_.store(std::thread::id{}, std::memory_order_release);
+  }
+  scope(const scope&) = delete;
+  scope& operator=(const scope&) = delete;
+
+ private:
+  consumer_check& check_;
+  bool outermost_ = false;
 };
-#endif
+
+// Unchecked: touches nothing.
+template <>
+class consumer_check::scope<false> {
+ public:
+  explicit scope(consumer_check&) noexcept {}
+  scope(const scope&) = delete;
+  scope& operator=(const scope&) = delete;
+};
+
+// The scope every consumer call of this translation unit takes.
+using consumer_scope = consumer_check::scope<consumer_checks_enabled>;
 
 }  // namespace tether::detail

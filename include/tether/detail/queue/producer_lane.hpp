@@ -2,8 +2,8 @@
 // tether/detail/queue/producer_lane.hpp - one producer handle's private FIFO inside an mpsc_queue.
 //
 // Who may call what: the producer half (emplace) - the thread using the handle that owns the
-// lane; the consumer half (ready, take, take_ready, ...) - the queue's consumer; try_own /
-// disown / size_approx - any thread.
+// lane; the consumer half (ready, head_item, pop_head, take_ready, ...) - the queue's
+// consumer; try_own / disown / size_approx / shrink_to_fit - any thread.
 //
 // A lane is a single-producer single-consumer list of blocks of items, each item with a
 // stamp: its 1-based position in the lane. The producer writes the item, then stores the
@@ -11,21 +11,21 @@
 // expects and takes the item - no compare-and-swap and no cache line shared with other
 // producers, the point of a lane. Stamps rather than a published item count: a consumer
 // that has caught up then polls near the producer's current item, instead of a counter line
-// that every push rewrites (measured slower, see bench/README.md). Stamps rather than a flag
+// that every push rewrites (docs/design/queue_measurements.md). Stamps rather than a flag
 // the consumer clears: the consumer only reads a block, so a reused block's stale stamps are
 // simply smaller than expected. The producer links the next block before it publishes a
 // block's last item, so the consumer always finds it. Emptied blocks go back to the producer
 // through a bounded pool (block_pool.hpp): while the lane's backlog fits it, nothing is
-// allocated; past it, blocks are freed and allocated again (bench/README.md measures the
-// page faults). Small items sit next to their stamps; items of a cache line or more on
+// allocated; past it, blocks are freed and allocated again. Small items sit next to their stamps; items of a cache line or more on
 // whole lines (lane_block below).
 //
 // Closing (see mpsc_queue's banner): emplace raises pushing_ for its whole length and reads
 // the queue's closing flag after a light fence; the consumer reads pushing_ before the head
 // stamp once closed, so a push that passed its check is either seen in flight or seen landed.
 //
-// Memory ordering: an item's release stamp store publishes it (and, for a block's last
-// item, the link to the next block); the consumer's acquire load pairs with it. pushing_'s
+// Memory ordering: an item's release stamp store [L2] publishes it (and, for a block's last
+// item, the link [L1] to the next block); the consumer's acquire loads [L3] / [L4] pair with
+// them. pushing_'s
 // release store pairs with the consumer's seq_cst load after close. Ownership of the
 // producer side moves between handles by owned_'s release/acquire.
 #pragma once
@@ -42,6 +42,7 @@
 #include "../platform/config.hpp"
 #include "../platform/fence.hpp"
 #include "sink.hpp"
+#include "../../result.hpp"
 
 namespace tether::detail {
 
@@ -74,9 +75,7 @@ struct lane_block<T, false> {
 
 // Items of a cache line or more: items on whole lines, stamps in an array of their own. A
 // consumer that has caught up polls a stamp line, not the line the producer is writing an
-// item into. Measured with 64-byte items against the layout above, in one process with
-// interleaved repetitions: try_pop 1.2-1.6x as fast at 1 and 4 producers (0.94-1.33x at 2),
-// try_pop_bulk 0.8-0.9x at 1 and 2 producers and even at 4 (bench/README.md).
+// item into (the comparison with the layout above: docs/design/queue_measurements.md).
 template <class T>
 struct lane_block<T, true> {
   static constexpr std::size_t items = sizeof(T) * 32 >= 16384 ? 32 : 16384 / sizeof(T);
@@ -123,13 +122,13 @@ class producer_lane {
   // If T's constructor throws nothing is published and the exception propagates. The caller
   // wakes the consumer afterwards, however this returns.
   template <class... Args>
-  bool emplace(const std::atomic<bool>& closing, Args&&... args) {
+  push_result emplace(const std::atomic<bool>& closing, Args&&... args) {
     // relaxed: the light fence orders it before the closing load (the close handshake).
     pushing_.store(true, std::memory_order_relaxed);
     light_fence();
     const lower_on_exit lower{pushing_};
     // relaxed: ordered by the handshake's fences; close() heavy-fences after its store.
-    if (closing.load(std::memory_order_relaxed)) return false;
+    if (closing.load(std::memory_order_relaxed)) return status::closed;
     block& b = *tail_block_;
     const std::size_t pos = tail_pos_;
     unsigned char* const s = b.item(pos);
@@ -139,7 +138,8 @@ class producer_lane {
     if (pos + 1 == block_items) {
       std::unique_ptr<block> next(take_spare());          // may throw: nothing written yet
       ::new (s) T(std::forward<Args>(args)...);  // throws: nothing published
-      // release: the consumer reads next only after it has taken the item published below.
+      // [L1] release: the consumer reads next only after it has taken the item published
+      // below; pairs with [L4] in step_head().
       b.next.store(next.get(), std::memory_order_release);
       tail_block_ = next.release();
       tail_pos_ = 0;
@@ -149,29 +149,27 @@ class producer_lane {
     }
     // relaxed: only this thread writes pushed_ (size_approx() reads it as a statistic).
     const std::uint64_t stamp = pushed_.load(std::memory_order_relaxed) + 1;
-    // release: publishes the item; pairs with the consumer's acquire load in ready().
+    // [L2] release: publishes the item; pairs with [L3] in ready().
     b.stamp(pos).store(stamp, std::memory_order_release);
     pushed_.store(stamp, std::memory_order_relaxed);  // relaxed: as above
-    return true;
+    return status::ok;
   }
 
   // ---- consumer --------------------------------------------------------------------------
 
   // Is the head item published?
   bool ready() noexcept {
-    return head_stamp().load(std::memory_order_acquire) == next_stamp();  // acquire: pairs with emplace()
+    return head_stamp().load(std::memory_order_acquire) == next_stamp();  // [L3] acquire: pairs with [L2]
   }
   // The same with a seq_cst load: the re-check half of the parker handshake.
   bool ready_seq_cst() noexcept { return head_stamp().load(std::memory_order_seq_cst) == next_stamp(); }
   // A push is between its closed check and its end. Read before ready_seq_cst() (banner).
   bool pushing() const noexcept { return pushing_.load(std::memory_order_seq_cst); }
 
-  // Precondition: ready(). Hands the head item to f(T&&), then drops it; if f throws, the
-  // item stays queued.
-  template <class F>
-  void take(F&& f) {
-    detail::move_out(head_item(), f, [this] { advance(); });
-  }
+  // Precondition: ready(). The head item, for the consumer to move out and destroy; then
+  // pop_head() moves past its slot (nothing is destroyed there).
+  T* head_item() noexcept { return std::launder(reinterpret_cast<T*>(head_block_->item(head_pos_))); }
+  void pop_head() noexcept { advance(); }
 
   // Takes up to max ready items, oldest first, calling sink(T&&) for each. Returns how many.
   // A sink that may pop from the same queue sees each item after it has left the lane
@@ -191,6 +189,9 @@ class producer_lane {
     const std::uint64_t head = popped_.load(std::memory_order_relaxed);
     return tail > head ? static_cast<std::size_t>(tail - head) : 0;
   }
+
+  // Frees the emptied blocks kept for reuse; returns how many bytes.
+  std::size_t shrink_to_fit() noexcept { return pool_.clear() * sizeof(block); }
 
   // Claims the lane for a new handle; false if a handle holds it.
   bool try_own() noexcept {
@@ -212,7 +213,6 @@ class producer_lane {
     ~lower_on_exit() { flag.store(false, std::memory_order_release); }
   };
 
-  T* head_item() noexcept { return std::launder(reinterpret_cast<T*>(head_block_->item(head_pos_))); }
   std::atomic<std::uint64_t>& head_stamp() noexcept { return head_block_->stamp(head_pos_); }
   // The stamp the head slot carries once its item is published.
   std::uint64_t next_stamp() const noexcept {
@@ -226,7 +226,7 @@ class producer_lane {
   // Moves past the head slot; returns the block it left, if it left one (else nullptr).
   block* step_head() noexcept {
     if (++head_pos_ != block_items) return nullptr;
-    // acquire: pairs with emplace()'s release store of next, made before the last slot.
+    // [L4] acquire: pairs with [L1], made before the last slot was published.
     block* const emptied = std::exchange(head_block_, head_block_->next.load(std::memory_order_acquire));
     head_pos_ = 0;
     return emptied;
