@@ -60,7 +60,12 @@ using namespace std::chrono_literals;
 // Cases that fail today because of a defect not yet fixed in the library. They still run
 // and their failures are printed, marked KNOWN; they do not fail the program. Remove a name
 // as soon as its fix lands.
-constexpr std::array<std::string_view, 0> known_failing{};
+constexpr std::array<std::string_view, 1> known_failing{
+    // executor::post_at / post_after build the task (moving the callable out of the caller's
+    // argument) before the allocation of the timer's shared state, so a std::bad_alloc from
+    // that allocation leaves the caller's callable moved from.
+    "executor.post_after",
+};
 
 bool is_known_failing(std::string_view name) {
   return std::find(known_failing.begin(), known_failing.end(), name) != known_failing.end();
@@ -397,9 +402,17 @@ void executor_ops(context& c, bool owner_side, bool delayed) {
       }
       if (i % executor_every == 0 && (delayed || owner_side)) {
         tether::timer_handle h;
-        heavy_task t{fault_item(make_item(1, i)), &ran_timers};
-        if (retry(c, "executor::post_after", [&] { h = ex->post_after(1ms, std::move(t)); return true; },
-                  [&] { check_intact(c, t.item, make_item(1, i), "executor::post_after"); })) {
+        bool ok_timer;
+        if (owner_side) {  // the owner's registration of the timer may fail: a small task
+          auto* out = &ran_timers;
+          const std::uint64_t v = make_item(1, i);
+          ok_timer = retry(c, "executor::post_after", [&] { h = ex->post_after(1ms, [out, v]() noexcept { out->push_back(v); }); return true; });
+        } else {  // the callable must still be the caller's when post_after throws
+          heavy_task t{fault_item(make_item(1, i)), &ran_timers};
+          ok_timer = retry(c, "executor::post_after", [&] { h = ex->post_after(1ms, std::move(t)); return true; },
+                           [&] { check_intact(c, t.item, make_item(1, i), "executor::post_after"); });
+        }
+        if (ok_timer) {
           timers.push_back(h);
           accepted_timers.push_back(make_item(1, i));
         }
@@ -424,14 +437,21 @@ void executor_ops(context& c, bool owner_side, bool delayed) {
         c.fail("submit's future holds an exception: %s", e.what());
       }
     }
-    for (std::size_t k = 0; k < timers.size(); ++k)
-      if (timers[k].status() != tether::timer_status::ran)
-        c.fail("delayed task %zu accepted by post_after did not run (status %d)", k, static_cast<int>(timers[k].status()));
+    // Every delayed task ran, or its handle reports failed (the owner could not register it):
+    // none is dropped silently, and the handle says exactly which ran.
+    std::vector<std::uint64_t> reported_ran;
+    for (std::size_t k = 0; k < timers.size(); ++k) {
+      const tether::timer_status st = timers[k].status();
+      if (st == tether::timer_status::ran) reported_ran.push_back(accepted_timers[k]);
+      else if (st != tether::timer_status::failed || c.n == 0)
+        c.fail("delayed task %zu accepted by post_after neither ran nor failed (status %d)", k, static_cast<int>(st));
+    }
     if (ran_posts != accepted_posts)
       c.fail("%zu posts accepted, %zu ran (or out of order)", accepted_posts.size(), ran_posts.size());
     std::sort(ran_timers.begin(), ran_timers.end());
-    if (ran_timers != accepted_timers)
-      c.fail("%zu delayed tasks accepted, %zu ran", accepted_timers.size(), ran_timers.size());
+    std::sort(reported_ran.begin(), reported_ran.end());
+    if (ran_timers != reported_ran)
+      c.fail("%zu delayed tasks report ran, %zu ran", reported_ran.size(), ran_timers.size());
     if (errors_reported.load() != 0 && c.n == 0) c.fail("on_error called %d times without a failure", errors_reported.load());
     ex.reset();
   }
