@@ -61,7 +61,7 @@ constexpr std::uint64_t stop_value = ~std::uint64_t{0};
 class tether_pair {
  public:
   explicit tether_pair(std::size_t capacity)
-      : pair_(capacity == 0 ? tether::make_pair<std::uint64_t>() : tether::make_pair<std::uint64_t>(capacity)) {}
+      : pair_(capacity == 0 ? tether::make_channel<std::uint64_t>() : tether::make_channel<std::uint64_t>(capacity)) {}
   bool send(int end, std::uint64_t v) { return static_cast<bool>(at(end).send(v)); }
   bool recv(int end, std::uint64_t& v) {
     auto r = at(end).recv();

@@ -24,7 +24,7 @@ class tether_unbounded {
 
   explicit tether_unbounded(std::size_t /*capacity: unbounded*/) {}
 
-  bool try_push(T&& v) { return q_.push(std::move(v)); }  // false only if closed (never here)
+  bool try_push(T&& v) { return static_cast<bool>(q_.push(std::move(v))); }  // false only if closed (never here)
   bool try_pop(T& out) {
     auto r = q_.try_pop();
     if (!r) return false;
@@ -60,7 +60,7 @@ class tether_producer : public tether_unbounded<T> {
   class producer {
    public:
     explicit producer(tether_producer& a) : handle_(a.q_.make_producer()) {}
-    bool try_push(T&& v) { return handle_.push(std::move(v)); }
+    bool try_push(T&& v) { return static_cast<bool>(handle_.push(std::move(v))); }
 
    private:
     typename tether::mpsc_queue<T>::producer handle_;

@@ -17,11 +17,12 @@ int main() {
   const bool timed_out = q.push_for(99, 1ms).is_timeout();
 
   std::thread producer([&q] {
-    for (int i = 0; i < 1000; ++i) q.push(1);         // parks while full; wakes as we pop
+    for (int i = 0; i < 1000; ++i)
+      if (!q.push(1)) return;                         // parks while full; fails only once closed
     q.close();
   });
   long sum = 0;
-  while (auto v = q.pop()) sum += *v;                // ends once closed and drained
+  while (auto v = q.pop()) sum += *v;                // ends with status closed, every item taken
   producer.join();
 
   std::printf("filled %d; full %d; timeout %d; sum %ld\n", fill, full, timed_out, sum);

@@ -10,7 +10,7 @@
 
 int main() {
   using namespace std::chrono_literals;
-  auto pair = tether::make_pair<std::string, int>(16);  // bounded: 16 per direction
+  auto pair = tether::make_channel<std::string, int>(16);  // bounded: 16 per direction
   auto& client = pair.first;                            // sends strings, receives ints
   auto& server = pair.second;                           // sends ints, receives strings
 
@@ -35,10 +35,8 @@ int main() {
   int from_a = 0, from_b = 0;
   p.on(a, [&](int v) { from_a += v; }).on(b, [&](int v) { from_b += v; });
   std::thread producer([&] {
-    for (int i = 0; i < 100; ++i) {
-      a.push(1);
-      b.push(2);
-    }
+    for (int i = 0; i < 100; ++i)
+      if (!a.push(1) || !b.push(2)) return;  // fails only once closed
   });
   for (int handled = 0; handled < 200;)
     if (p.run_one_for(1s)) ++handled;

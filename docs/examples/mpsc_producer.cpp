@@ -16,7 +16,8 @@ int main() {
   for (int p = 0; p < producers; ++p)
     threads.emplace_back([&q, p] {
       auto out = q.make_producer();  // a private lane for this thread
-      for (std::uint64_t i = 0; i < per_producer; ++i) out.push(static_cast<std::uint64_t>(p) << 32 | i);
+      for (std::uint64_t i = 0; i < per_producer; ++i)
+        if (!out.push(static_cast<std::uint64_t>(p) << 32 | i)) return;  // fails only once closed
     });
 
   // Per handle, items come out in the order pushed.

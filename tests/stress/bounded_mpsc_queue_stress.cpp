@@ -51,7 +51,7 @@ struct mixed_pusher {
   bool operator()(queue_u64& q, std::uint64_t&& v) const {
     const std::uint64_t tag = v;
     switch (tether_test::item_producer(tag) % 3) {
-      case 0: return q.push(std::move(v));
+      case 0: return bool(q.push(std::move(v)));
       case 1:
         for (;;) {
           const auto r = q.push_for(std::move(v), 100us);
@@ -131,7 +131,7 @@ TEST_CASE("bounded_mpsc_queue stress: close racing blocked pushes: accepted == c
   bounded_mpsc_queue<std::unique_ptr<std::uint64_t>> q(64);
   std::atomic<std::uint64_t> damaged{0};
   const auto r = tether_test::run_close_race(q, producers, budget, close_at, [&](auto& queue, std::unique_ptr<std::uint64_t>&& v) {
-    if (!timed) return queue.push(std::move(v));
+    if (!timed) return bool(queue.push(std::move(v)));
     for (;;) {
       const auto res = queue.push_for(std::move(v), 200us);
       if (res) return true;
@@ -188,7 +188,7 @@ TEST_CASE("bounded_mpsc_queue stress: producers parked on a full queue are idle 
     producers.push_back(tether_test::run_async([&, i] {
       ready.count_down();
       const auto cpu0 = tether_test::thread_cpu_time();
-      const bool ok = i % 2 == 0 ? q.push(100 + i) : q.push_for(100 + i, 60s).status() == tether::status::ok;
+      const bool ok = i % 2 == 0 ? bool(q.push(100 + i)) : q.push_for(100 + i, 60s).status() == tether::status::ok;
       return std::make_pair(ok, tether_test::thread_cpu_time() - cpu0);
     }));
   ready.wait();

@@ -1,4 +1,4 @@
-// Stress tests for tether::make_pair: traffic in both directions at once with several
+// Stress tests for tether::make_channel: traffic in both directions at once with several
 // senders per side (exactly once, FIFO per sender), and close from either side racing
 // against senders blocked on a full pair and receivers parked on an empty one - counts
 // prove that every accepted message is received and every refused one handed back.
@@ -26,7 +26,7 @@ using tether::status;
 using pair_t = std::pair<tether::endpoint<std::uint64_t, std::uint64_t>, tether::endpoint<std::uint64_t, std::uint64_t>>;
 
 pair_t make(std::size_t capacity) {
-  return capacity == 0 ? tether::make_pair<std::uint64_t>() : tether::make_pair<std::uint64_t>(capacity);
+  return capacity == 0 ? tether::make_channel<std::uint64_t>() : tether::make_channel<std::uint64_t>(capacity);
 }
 
 constexpr std::uint64_t tag(std::uint64_t sender, std::uint64_t seq) { return (sender << 40) | seq; }

@@ -67,7 +67,7 @@ TEST_CASE("mpsc_queue stress: every item of P producers arrives exactly once and
                      << static_cast<double>(producers * per_producer) / r.seconds / 1e6 << " M items/s");
 }
 
-TEST_CASE("mpsc_queue stress: a consumer rotating pop_for, try_pop, try_pop_bulk and drain loses nothing", "[mpsc_queue][stress]") {
+TEST_CASE("mpsc_queue stress: a consumer rotating pop_for, try_pop, try_pop_bulk and try_pop_each loses nothing", "[mpsc_queue][stress]") {
   const std::size_t producers = GENERATE(1, 4);
   const std::uint64_t per_producer = tether_test::scaled(100000);
   CAPTURE(producers, per_producer);
@@ -208,10 +208,10 @@ class handle_table {
 
   bool push(mpsc_queue<T>& q, std::uint64_t tag, T&& v) {
     const std::size_t p = tether_test::item_producer(tag);
-    if (p >= handles_.size() || !uses_handle(p)) return q.push(std::move(v));
+    if (p >= handles_.size() || !uses_handle(p)) return bool(q.push(std::move(v)));
     auto& h = handles_[p];
     if (!h) h.emplace(q.make_producer());
-    return h->push(std::move(v));
+    return bool(h->push(std::move(v)));
   }
 
   // Producers that made a handle (after they have been joined).

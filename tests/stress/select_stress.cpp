@@ -43,7 +43,7 @@ struct source_set {
         case 0: unbounded.push_back(std::make_unique<mpsc_queue<item>>()); break;
         case 1: bounded.push_back(std::make_unique<bounded_mpsc_queue<item>>(8)); break;
         default: {
-          auto pair = tether::make_pair<item>(16);
+          auto pair = tether::make_channel<item>(16);
           senders.push_back(std::move(pair.first));
           receivers.push_back(std::move(pair.second));
         }
@@ -54,8 +54,8 @@ struct source_set {
   // Blocking send to source i (any thread).
   bool send(std::size_t i, item v) {
     switch (i % 3) {
-      case 0: return unbounded[i / 3]->push(v);
-      case 1: return bounded[i / 3]->push(v);
+      case 0: return static_cast<bool>(unbounded[i / 3]->push(v));
+      case 1: return static_cast<bool>(bounded[i / 3]->push(v));
       default: return static_cast<bool>(senders[i / 3].send(v));
     }
   }
@@ -347,7 +347,7 @@ TEST_CASE("select stress: one owner loop serves an executor (4 posters) and 4 ch
   tether::executor ex{tether::adopt_current_thread, {.name = "owner"}};
   std::vector<tether::endpoint<item, item>> senders, receivers;
   for (std::size_t c = 0; c < channels; ++c) {
-    auto pair = tether::make_pair<item>(64);
+    auto pair = tether::make_channel<item>(64);
     senders.push_back(std::move(pair.first));
     receivers.push_back(std::move(pair.second));
   }

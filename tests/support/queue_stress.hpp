@@ -1,5 +1,6 @@
 // Stress harnesses shared by the queue stress tests (mpsc_queue and bounded_mpsc_queue have
-// the same consumer API and a push(T&&) -> bool producer verb).
+// the same consumer API and a push(T&&) -> push_result producer verb; the harnesses take a
+// Push callback returning bool).
 //
 // run_exactly_once: P producers push tagged items into one queue; the last producer to finish
 // closes it; the calling thread consumes until closed and drained. The order_checker proves
@@ -29,7 +30,7 @@ namespace tether_test {
 enum class consumer_kind {
   pop,       // pop() until it reports closed
   pop_bulk,  // pop_bulk(batch) until it returns 0
-  mixed,     // rotates pop_for(short), try_pop, try_pop_bulk and drain
+  mixed,     // rotates pop_for(short), try_pop, try_pop_bulk and try_pop_each
 };
 
 inline const char* to_string(consumer_kind k) {
@@ -105,7 +106,7 @@ exactly_once_result run_exactly_once(Queue& q, std::size_t producers, std::uint6
             for (auto& v : buf) check(get(v));
             buf.clear();
           } else {
-            q.drain([&](T&& v) { check(get(v)); }, 53);
+            q.try_pop_each([&](T&& v) { check(get(v)); }, 53);
           }
         }
         break;

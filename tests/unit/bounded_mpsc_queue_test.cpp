@@ -1,6 +1,6 @@
 // Unit tests for tether::bounded_mpsc_queue: crossbeam's checklist (smoke, capacity, try_*,
 // *_for / *_until, *_after_close, close wakes the consumer and blocked producers, move-only
-// and throwing items, drops), ring wrap-around, bulk pops and drain, size_approx,
+// and throwing items, drops), ring wrap-around, bulk pops and try_pop_each, size_approx,
 // single-producer FIFO, and the debug check against two consumers.
 #include <tether/bounded_mpsc_queue.hpp>
 
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "queue_fault.hpp"
 #include "queue_test_support.hpp"
 #include "test_support.hpp"
 
@@ -197,7 +198,7 @@ TEST_CASE("bounded_mpsc_queue push blocks while full and completes when the cons
   std::latch started(1);
   auto producer = tether_test::run_async([&] {
     started.count_down();
-    const bool ok = q.push(100);
+    const bool ok = bool(q.push(100));
     returned.store(true);
     return ok;
   });
@@ -388,7 +389,7 @@ TEST_CASE("bounded_mpsc_queue carries move-only items", "[bounded_mpsc_queue][mo
   std::vector<std::unique_ptr<int>> out;
   CHECK(q.pop_bulk(std::back_inserter(out), 10) == 10);
   int sum = 0;
-  CHECK(q.drain([&](std::unique_ptr<int>&& p) { sum += *p; }) == 21);
+  CHECK(q.try_pop_each([&](std::unique_ptr<int>&& p) { sum += *p; }) == 21);
   REQUIRE(out.size() == 10);
   for (int i = 0; i < 10; ++i) CHECK(*out[static_cast<std::size_t>(i)] == i + 1);
   CHECK(sum == (31 * 32 / 2) - (10 * 11 / 2));
@@ -498,12 +499,12 @@ TEST_CASE("bounded_mpsc_queue destroys leftover items exactly once", "[bounded_m
     REQUIRE(r);
     CHECK(r->c.value == 1);
   }
-  SECTION("bulk and drain consumers") {
+  SECTION("bulk and try_pop_each consumers") {
     bounded_mpsc_queue<counted> q(64);
     for (std::uint64_t i = 0; i < 60; ++i) REQUIRE(q.try_emplace(i));
     std::vector<counted> out;
     CHECK(q.try_pop_bulk(std::back_inserter(out), 25) == 25);
-    CHECK(q.drain([](counted&&) {}, 25) == 25);
+    CHECK(q.try_pop_each([](counted&&) {}, 25) == 25);
     CHECK(counted::live.load() - live_before == 35);
   }
   CHECK(counted::live.load() == live_before);
@@ -554,18 +555,18 @@ TEST_CASE("bounded_mpsc_queue try_pop_bulk: an output that throws leaves its ite
   CHECK(counted::destroyed_twice.load() == twice_before);
 }
 
-TEST_CASE("bounded_mpsc_queue try_pop_bulk, pop_bulk and drain respect max and keep order", "[bounded_mpsc_queue][bulk]") {
+TEST_CASE("bounded_mpsc_queue try_pop_bulk, pop_bulk and try_pop_each respect max and keep order", "[bounded_mpsc_queue][bulk]") {
   bounded_mpsc_queue<int> q(16);
   std::vector<int> out;
   CHECK(q.try_pop_bulk(std::back_inserter(out), 4) == 0);
-  CHECK(q.drain([](int&&) {}) == 0);
+  CHECK(q.try_pop_each([](int&&) {}) == 0);
   for (int i = 0; i < 12; ++i) REQUIRE(q.try_push(i));
   CHECK(q.try_pop_bulk(std::back_inserter(out), 0) == 0);
   CHECK(q.pop_bulk(std::back_inserter(out), 0) == 0);
   CHECK(q.try_pop_bulk(std::back_inserter(out), 3) == 3);
   CHECK(q.pop_bulk(std::back_inserter(out), 3) == 3);
-  CHECK(q.drain([&](int&& v) { out.push_back(v); }, 3) == 3);
-  CHECK(q.drain([&](int&& v) { out.push_back(v); }) == 3);
+  CHECK(q.try_pop_each([&](int&& v) { out.push_back(v); }, 3) == 3);
+  CHECK(q.try_pop_each([&](int&& v) { out.push_back(v); }) == 3);
   CHECK(out == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11});
   // Bulk pops free slots for producers: the ring is reusable in full.
   CHECK(fill(q) == 16);
@@ -598,11 +599,11 @@ TEST_CASE("bounded_mpsc_queue pop_bulk blocks for the first item", "[bounded_mps
   CHECK(out == std::vector<int>{11});
 }
 
-TEST_CASE("bounded_mpsc_queue drain: an item handed to a throwing callback counts as delivered", "[bounded_mpsc_queue][drain][exceptions]") {
+TEST_CASE("bounded_mpsc_queue try_pop_each: an item handed to a throwing callback counts as delivered", "[bounded_mpsc_queue][try_pop_each][exceptions]") {
   bounded_mpsc_queue<int> q(4);
   for (int i = 0; i < 3; ++i) REQUIRE(q.try_push(i));
   std::vector<int> seen;
-  CHECK_THROWS_AS(q.drain([&](int&& v) {
+  CHECK_THROWS_AS(q.try_pop_each([&](int&& v) {
     seen.push_back(v);
     if (v == 1) throw std::runtime_error("callback failed");
   }),
@@ -622,12 +623,12 @@ TEST_CASE("bounded_mpsc_queue debug builds reject a second thread consuming at o
   std::latch inside(1);
   std::latch release(1);
   auto first = tether_test::run_async([&] {
-    return q.drain([&](int&&) {
+    return q.try_pop_each([&](int&&) {
       inside.count_down();
       release.wait();
     }, 1);
   });
-  inside.wait();  // the first consumer is now inside drain()
+  inside.wait();  // the first consumer is now inside try_pop_each()
   CHECK_THROWS_AS(q.try_pop(), std::logic_error);
   CHECK_THROWS_WITH(q.try_pop(), Catch::Contains("two threads"));
   CHECK_THROWS_AS(q.pop_for(1ms), std::logic_error);
@@ -641,3 +642,58 @@ TEST_CASE("bounded_mpsc_queue debug builds reject a second thread consuming at o
   CHECK(*r == 2);
 }
 #endif
+
+// ---- a throwing move inside a pop (tests/support/queue_fault.hpp) --------------------------
+
+TEST_CASE("bounded_mpsc_queue every pop form leaves an item whose move throws queued, and moves once", "[bounded_mpsc_queue][exceptions][move]") {
+  using tether_test::fault_item;
+  using namespace std::chrono_literals;
+  tether::bounded_mpsc_queue<fault_item> q(8);
+  auto push = [&](fault_item&& v) { return q.try_push(std::move(v)); };
+  auto try_pop = [&] { return q.try_pop(); };
+  SECTION("try_pop") { tether_test::check_single_pop_keeps_item(push, try_pop, try_pop); }
+  SECTION("pop") { tether_test::check_single_pop_keeps_item(push, [&] { return q.pop(); }, try_pop); }
+  SECTION("pop_for") { tether_test::check_single_pop_keeps_item(push, [&] { return q.pop_for(10s); }, try_pop); }
+  SECTION("pop_until") {
+    tether_test::check_single_pop_keeps_item(push, [&] { return q.pop_until(std::chrono::steady_clock::now() + 10s); }, try_pop);
+  }
+  SECTION("try_pop_bulk") {
+    tether_test::check_bulk_keeps_item(
+        push, [&](std::vector<fault_item>& out, std::size_t max) { return q.try_pop_bulk(std::back_inserter(out), max); }, try_pop);
+  }
+  SECTION("pop_bulk_until") {
+    tether_test::check_bulk_keeps_item(
+        push,
+        [&](std::vector<fault_item>& out, std::size_t max) {
+          return q.pop_bulk_until(std::back_inserter(out), max, std::chrono::steady_clock::now() + 10s);
+        },
+        try_pop);
+  }
+  SECTION("try_pop_each") {
+    tether_test::check_each_keeps_item(push, [&](auto& f) { return q.try_pop_each(f); }, try_pop);
+  }
+  CHECK(fault_item::live.load() == 0);
+}
+
+TEST_CASE("bounded_mpsc_queue after close and at destruction, an item whose move threw is still delivered or destroyed once", "[bounded_mpsc_queue][exceptions][move]") {
+  using tether_test::fault_item;
+  fault_item::reset_counters();
+  {
+    tether::bounded_mpsc_queue<fault_item> q(4);
+    for (std::uint64_t v = 1; v <= 4; ++v) REQUIRE(q.try_push(fault_item(v)));
+    CHECK(q.close());
+    fault_item::arm_move_throw(1);
+    CHECK_THROWS_AS(q.pop(), tether_test::item_fault);
+    fault_item::disarm();
+    auto r = q.pop();
+    REQUIRE(r.has_value());
+    CHECK(r->intact(1));  // the item whose move threw, still first
+    fault_item::arm_move_throw(1);
+    CHECK_THROWS_AS(q.pop_for(std::chrono::seconds(1)), tether_test::item_fault);
+    fault_item::disarm();
+    CHECK(q.size_approx() == 3);
+    CHECK(fault_item::live.load() == 4);  // r and the three queued
+  }
+  CHECK(fault_item::live.load() == 0);
+  CHECK(fault_item::destroyed_twice.load() == 0);
+}

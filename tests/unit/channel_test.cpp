@@ -1,4 +1,4 @@
-// Unit tests for tether::make_pair / tether::endpoint: both directions, bounded and
+// Unit tests for tether::make_channel / tether::endpoint: both directions, bounded and
 // unbounded, try/timed/blocking verbs, close from either side (and by destruction) with
 // blocked peers, moves, and that no message is lost or destroyed twice.
 //
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "queue_fault.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -28,7 +29,7 @@ static_assert(!std::is_copy_constructible_v<tether::endpoint<int, int>>);
 static_assert(!std::is_copy_assignable_v<tether::endpoint<int, int>>);
 static_assert(std::is_nothrow_move_constructible_v<tether::endpoint<int, int>>);
 static_assert(std::is_nothrow_move_assignable_v<tether::endpoint<int, int>>);
-static_assert(std::is_same_v<decltype(tether::make_pair<int, std::string>()),
+static_assert(std::is_same_v<decltype(tether::make_channel<int, std::string>()),
                              std::pair<tether::endpoint<int, std::string>, tether::endpoint<std::string, int>>>);
 
 // Blocks until the predicate holds; used to be sure a thread is parked before acting. The
@@ -41,7 +42,7 @@ void eventually(F&& f) {
 }  // namespace
 
 TEST_CASE("channel smoke: each endpoint sends its type and receives the other", "[channel][smoke]") {
-  auto pair = tether::make_pair<int, std::string>();
+  auto pair = tether::make_channel<int, std::string>();
   auto& left = pair.first;    // sends int, receives string
   auto& right = pair.second;  // sends string, receives int
   CHECK(left.capacity() == 0);
@@ -63,8 +64,8 @@ TEST_CASE("channel smoke: each endpoint sends its type and receives the other", 
   CHECK(left.try_recv().is_empty());
 }
 
-TEST_CASE("channel make_pair<T>() is symmetric and FIFO both ways", "[channel][fifo]") {
-  auto [a, b] = tether::make_pair<std::uint64_t>();
+TEST_CASE("channel make_channel<T>() is symmetric and FIFO both ways", "[channel][fifo]") {
+  auto [a, b] = tether::make_channel<std::uint64_t>();
   static_assert(std::is_same_v<decltype(a), decltype(b)>);
   for (std::uint64_t i = 0; i < 5000; ++i) {
     REQUIRE(a.send(i));
@@ -81,7 +82,7 @@ TEST_CASE("channel make_pair<T>() is symmetric and FIFO both ways", "[channel][f
 }
 
 TEST_CASE("channel bounded: try_send reports full and hands the message back", "[channel][capacity][try]") {
-  auto [a, b] = tether::make_pair<std::unique_ptr<int>>(3);
+  auto [a, b] = tether::make_channel<std::unique_ptr<int>>(3);
   CHECK(a.capacity() == 4);  // rounded up to a power of two
   CHECK(b.capacity() == 4);
   for (int i = 0; i < 4; ++i) REQUIRE(a.try_send(std::make_unique<int>(i)));
@@ -97,11 +98,11 @@ TEST_CASE("channel bounded: try_send reports full and hands the message back", "
   CHECK(extra == nullptr);
   for (int want : {1, 2, 3, 99}) CHECK(**b.recv() == want);
   CHECK(**a.recv() == 7);
-  CHECK_THROWS_AS(tether::make_pair<int>(0), std::invalid_argument);
+  CHECK_THROWS_AS(tether::make_channel<int>(0), std::invalid_argument);
 }
 
 TEST_CASE("channel timeouts: timeout on an open pair, closed at once on a closed one", "[channel][timeout]") {
-  auto [a, b] = tether::make_pair<std::unique_ptr<int>>(2);
+  auto [a, b] = tether::make_channel<std::unique_ptr<int>>(2);
   auto t0 = std::chrono::steady_clock::now();
   CHECK(b.recv_for(20ms).is_timeout());
   CHECK(std::chrono::steady_clock::now() - t0 >= 20ms);
@@ -135,7 +136,7 @@ TEST_CASE("channel close from either side: the peer drains, then sees closed; se
   const bool bounded = GENERATE(false, true);
   const bool close_left = GENERATE(false, true);
   CAPTURE(bounded, close_left);
-  auto pair = bounded ? tether::make_pair<std::string>(8) : tether::make_pair<std::string>();
+  auto pair = bounded ? tether::make_channel<std::string>(8) : tether::make_channel<std::string>();
   auto& left = pair.first;
   auto& right = pair.second;
   REQUIRE(left.send("l1"));
@@ -163,7 +164,7 @@ TEST_CASE("channel close from either side: the peer drains, then sees closed; se
 TEST_CASE("channel destroying an endpoint closes the pair; the survivor drains", "[channel][close]") {
   const bool bounded = GENERATE(false, true);
   CAPTURE(bounded);
-  auto pair = bounded ? tether::make_pair<int>(4) : tether::make_pair<int>();
+  auto pair = bounded ? tether::make_channel<int>(4) : tether::make_channel<int>();
   tether::endpoint<int, int> survivor = std::move(pair.second);
   {
     tether::endpoint<int, int> doomed = std::move(pair.first);
@@ -180,7 +181,7 @@ TEST_CASE("channel destroying an endpoint closes the pair; the survivor drains",
 TEST_CASE("channel close wakes a receiver parked on either side", "[channel][close][blocking]") {
   const bool close_own_side = GENERATE(false, true);
   CAPTURE(close_own_side);
-  auto [a, b] = tether::make_pair<int>();
+  auto [a, b] = tether::make_channel<int>();
   std::atomic<int> outcome{-1};
   std::atomic<bool> started{false};
   std::thread receiver([&, &b = b] {
@@ -200,7 +201,7 @@ TEST_CASE("channel close wakes a receiver parked on either side", "[channel][clo
 TEST_CASE("channel close wakes senders blocked on a full pair, on both sides", "[channel][close][blocking]") {
   const bool close_sender_side = GENERATE(false, true);
   CAPTURE(close_sender_side);
-  auto [a, b] = tether::make_pair<counted>(2);
+  auto [a, b] = tether::make_channel<counted>(2);
   REQUIRE(a.try_send(counted(0)));
   REQUIRE(a.try_send(counted(1)));
   REQUIRE(b.try_send(counted(10)));
@@ -238,7 +239,7 @@ TEST_CASE("channel close wakes senders blocked on a full pair, on both sides", "
 }
 
 TEST_CASE("channel a blocked sender proceeds when the peer receives", "[channel][blocking][capacity]") {
-  auto [a, b] = tether::make_pair<int>(2);
+  auto [a, b] = tether::make_channel<int>(2);
   REQUIRE(a.try_send(0));
   REQUIRE(a.try_send(1));
   std::atomic<int> sent{0};
@@ -259,8 +260,8 @@ TEST_CASE("channel a blocked sender proceeds when the peer receives", "[channel]
 }
 
 TEST_CASE("channel endpoints move; move-assignment closes the pair it replaces", "[channel][move]") {
-  auto p1 = tether::make_pair<int>();
-  auto p2 = tether::make_pair<int>();
+  auto p1 = tether::make_channel<int>();
+  auto p2 = tether::make_channel<int>();
   tether::endpoint<int, int> x = std::move(p1.first);
   REQUIRE(x.send(5));
   CHECK(*p1.second.recv() == 5);
@@ -277,7 +278,7 @@ TEST_CASE("channel destroys unreceived messages exactly once, with the last endp
   CAPTURE(bounded);
   REQUIRE(counted::live == 0);
   {
-    auto pair = bounded ? tether::make_pair<counted>(64) : tether::make_pair<counted>();
+    auto pair = bounded ? tether::make_channel<counted>(64) : tether::make_channel<counted>();
     for (std::uint64_t i = 0; i < 40; ++i) {
       REQUIRE(pair.first.send(counted(i)));
       REQUIRE(pair.second.send(counted(i)));
@@ -296,7 +297,7 @@ TEST_CASE("channel destroys unreceived messages exactly once, with the last endp
 TEST_CASE("channel several threads send on one endpoint; each message arrives once", "[channel][multi_producer]") {
   const bool bounded = GENERATE(false, true);
   CAPTURE(bounded);
-  auto pair = bounded ? tether::make_pair<std::uint64_t>(16) : tether::make_pair<std::uint64_t>();
+  auto pair = bounded ? tether::make_channel<std::uint64_t>(16) : tether::make_channel<std::uint64_t>();
   auto& tx = pair.first;
   auto& rx = pair.second;
   constexpr std::uint64_t threads = 4, per_thread = 20000;
@@ -317,4 +318,56 @@ TEST_CASE("channel several threads send on one endpoint; each message arrives on
   for (auto& s : senders) s.join();
   CHECK(errors == 0);
   CHECK(rx.try_recv().is_empty());
+}
+
+// ---- a throwing move inside a receive (tests/support/queue_fault.hpp) ----------------------
+
+TEST_CASE("channel every receive form leaves a message whose move throws queued, and moves once", "[channel][exceptions][move]") {
+  using tether_test::fault_item;
+  using namespace std::chrono_literals;
+  const bool bounded = GENERATE(false, true);
+  CAPTURE(bounded);
+  auto pair = bounded ? tether::make_channel<fault_item>(8) : tether::make_channel<fault_item>();
+  auto& a = pair.first;
+  auto& b = pair.second;
+  auto send = [&](fault_item&& v) { return a.try_send(std::move(v)); };
+  auto try_recv = [&] { return b.try_recv(); };
+  SECTION("try_recv") { tether_test::check_single_pop_keeps_item(send, try_recv, try_recv); }
+  SECTION("recv") { tether_test::check_single_pop_keeps_item(send, [&] { return b.recv(); }, try_recv); }
+  SECTION("recv_for") { tether_test::check_single_pop_keeps_item(send, [&] { return b.recv_for(10s); }, try_recv); }
+  SECTION("recv_until") {
+    tether_test::check_single_pop_keeps_item(send, [&] { return b.recv_until(std::chrono::system_clock::now() + 10s); }, try_recv);
+  }
+  SECTION("closed, then destroyed with messages left") {
+    for (std::uint64_t v = 1; v <= 3; ++v) REQUIRE(a.send(fault_item(v)));
+    CHECK(a.close());
+    CHECK_FALSE(b.close());  // already closed by a
+    fault_item::arm_move_throw(1);
+    CHECK_THROWS_AS(b.recv(), tether_test::item_fault);
+    fault_item::disarm();
+    auto r = b.recv();
+    REQUIRE(r.has_value());
+    CHECK(r->intact(1));
+    CHECK(fault_item::live.load() == 3);
+  }
+  CHECK(fault_item::destroyed_twice.load() == 0);
+}
+
+TEST_CASE("channel close() returns true for exactly one call across both endpoints", "[channel][close]") {
+  for (int round = 0; round < 200; ++round) {
+    auto [a, b] = tether::make_channel<int>();
+    std::atomic<int> closers{0};
+    std::thread t([&, &bb = b] { closers += bb.close() ? 1 : 0; });
+    closers += a.close() ? 1 : 0;
+    t.join();
+    CHECK(closers.load() == 1);
+    CHECK(a.is_closed());
+    CHECK(b.is_closed());
+    CHECK_FALSE(a.close());
+  }
+  auto [c, d] = tether::make_channel<int>(2);
+  auto moved = std::move(c);
+  CHECK_FALSE(c.close());  // NOLINT: a moved-from endpoint closes nothing
+  CHECK(moved.close());
+  CHECK(d.recv().is_closed());
 }

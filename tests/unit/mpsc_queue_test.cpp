@@ -1,6 +1,6 @@
 // Unit tests for tether::mpsc_queue: crossbeam's checklist (smoke, try_*, *_for / *_until,
 // *_after_close, close wakes the consumer, move-only and throwing items, drops), block
-// boundaries and recycling, bulk pops and drain, size_approx, single-producer FIFO, the
+// boundaries and recycling, bulk pops and try_pop_each, size_approx, single-producer FIFO, the
 // debug check against two consumers, and producer handles (make_producer): per-handle FIFO,
 // mixing with plain push, close, dropped and reused lanes, moves, throwing constructors,
 // size_approx, wake-ups (pop*, poller, select), bulk pops, fairness between sources, drops.
@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "catch.hpp"
+#include "queue_fault.hpp"
 #include "queue_test_support.hpp"
 #include "test_support.hpp"
 
@@ -220,7 +221,7 @@ TEST_CASE("mpsc_queue delivers every item of several producers exactly once", "[
     tether_test::thread_group threads;
     for (std::size_t p = 0; p < producers; ++p)
       threads.spawn([&q, p] {
-        for (std::uint64_t s = 0; s < per_producer; ++s) q.push(tether_test::make_item(p, s));
+        for (std::uint64_t s = 0; s < per_producer; ++s) (void)q.push(tether_test::make_item(p, s));
       });
     for (std::uint64_t i = 0; i < producers * per_producer; ++i) check(*q.pop());
   }
@@ -383,7 +384,7 @@ TEST_CASE("mpsc_queue carries move-only items", "[mpsc_queue][move_only]") {
   CHECK(q.try_pop_bulk(std::back_inserter(out), 10) == 10);
   CHECK(q.pop_bulk(std::back_inserter(out), 10) == 10);
   int sum = 0;
-  CHECK(q.drain([&](std::unique_ptr<int>&& p) { sum += *p; }) == 78);
+  CHECK(q.try_pop_each([&](std::unique_ptr<int>&& p) { sum += *p; }) == 78);
   REQUIRE(out.size() == 20);
   for (int i = 0; i < 20; ++i) CHECK(*out[static_cast<std::size_t>(i)] == i + 2);
   CHECK(sum == (99 * 100 / 2) - (21 * 22 / 2));
@@ -500,7 +501,7 @@ TEST_CASE("mpsc_queue destroys leftover items exactly once", "[mpsc_queue][drops
     mpsc_queue<fragile> q;
     for (std::uint64_t i = 0; i < 500; ++i) {
       try {
-        q.emplace(i, i % 3 == 0);
+        (void)q.emplace(i, i % 3 == 0);
       } catch (const std::runtime_error&) {
       }
     }
@@ -508,12 +509,12 @@ TEST_CASE("mpsc_queue destroys leftover items exactly once", "[mpsc_queue][drops
     REQUIRE(r);
     CHECK(r->c.value == 1);
   }
-  SECTION("bulk and drain consumers") {
+  SECTION("bulk and try_pop_each consumers") {
     mpsc_queue<counted> q;
     for (std::uint64_t i = 0; i < 600; ++i) REQUIRE(q.emplace(i));
     std::vector<counted> out;
     CHECK(q.try_pop_bulk(std::back_inserter(out), 250) == 250);
-    CHECK(q.drain([](counted&&) {}, 250) == 250);
+    CHECK(q.try_pop_each([](counted&&) {}, 250) == 250);
     CHECK(counted::live.load() - live_before == 350);
   }
   CHECK(counted::live.load() == live_before);
@@ -699,27 +700,27 @@ TEST_CASE("mpsc_queue pop_bulk blocks for the first item and returns 0 only when
   CHECK(rest == std::vector<int>{0, 1, 2, 3, 4});
 }
 
-TEST_CASE("mpsc_queue drain hands ready items to the callback up to max, never blocking", "[mpsc_queue][drain]") {
+TEST_CASE("mpsc_queue try_pop_each hands ready items to the callback up to max, never blocking", "[mpsc_queue][try_pop_each]") {
   mpsc_queue<int> q;
   std::vector<int> seen;
   auto sink = [&](int&& v) { seen.push_back(v); };
-  CHECK(q.drain(sink) == 0);
+  CHECK(q.try_pop_each(sink) == 0);
   for (int i = 0; i < 10; ++i) REQUIRE(q.push(i));
-  CHECK(q.drain(sink, 0) == 0);
-  CHECK(q.drain(sink, 4) == 4);
-  CHECK(q.drain(sink) == 6);
-  CHECK(q.drain(sink) == 0);
+  CHECK(q.try_pop_each(sink, 0) == 0);
+  CHECK(q.try_pop_each(sink, 4) == 4);
+  CHECK(q.try_pop_each(sink) == 6);
+  CHECK(q.try_pop_each(sink) == 0);
   CHECK(seen == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
   q.close();
-  CHECK(q.drain(sink) == 0);
+  CHECK(q.try_pop_each(sink) == 0);
   CHECK(q.try_pop().is_closed());
 }
 
-TEST_CASE("mpsc_queue drain: an item handed to a throwing callback counts as delivered", "[mpsc_queue][drain][exceptions]") {
+TEST_CASE("mpsc_queue try_pop_each: an item handed to a throwing callback counts as delivered", "[mpsc_queue][try_pop_each][exceptions]") {
   mpsc_queue<int> q;
   for (int i = 0; i < 3; ++i) REQUIRE(q.push(i));
   std::vector<int> seen;
-  CHECK_THROWS_AS(q.drain([&](int&& v) {
+  CHECK_THROWS_AS(q.try_pop_each([&](int&& v) {
     seen.push_back(v);
     if (v == 1) throw std::runtime_error("callback failed");
   }),
@@ -731,11 +732,11 @@ TEST_CASE("mpsc_queue drain: an item handed to a throwing callback counts as del
   CHECK(q.try_pop().is_empty());
 }
 
-TEST_CASE("mpsc_queue a drain callback may consume from the same queue on its own thread", "[mpsc_queue][drain]") {
+TEST_CASE("mpsc_queue a try_pop_each callback may consume from the same queue on its own thread", "[mpsc_queue][try_pop_each]") {
   mpsc_queue<int> q;
   for (int i = 0; i < 6; ++i) REQUIRE(q.push(i));
   std::vector<int> seen;
-  const std::size_t n = q.drain([&](int&& v) {
+  const std::size_t n = q.try_pop_each([&](int&& v) {
     seen.push_back(v);
     if (auto r = q.try_pop()) seen.push_back(*r + 100);
   });
@@ -752,18 +753,18 @@ TEST_CASE("mpsc_queue debug builds reject a second thread consuming at once", "[
   std::latch inside(1);
   std::latch release(1);
   auto first = tether_test::run_async([&] {
-    return q.drain([&](int&&) {
+    return q.try_pop_each([&](int&&) {
       inside.count_down();
       release.wait();
     }, 1);
   });
-  inside.wait();  // the first consumer is now inside drain()
+  inside.wait();  // the first consumer is now inside try_pop_each()
   CHECK_THROWS_AS(q.try_pop(), std::logic_error);
   CHECK_THROWS_WITH(q.try_pop(), Catch::Contains("two threads"));
   CHECK_THROWS_AS(q.pop_for(1ms), std::logic_error);
   std::vector<int> out;
   CHECK_THROWS_AS(q.try_pop_bulk(std::back_inserter(out), 4), std::logic_error);
-  CHECK_THROWS_AS(q.drain([](int&&) {}), std::logic_error);
+  CHECK_THROWS_AS(q.try_pop_each([](int&&) {}), std::logic_error);
   release.count_down();
   CHECK(tether_test::finish_or_abort(first, "first consumer") == 1);
   // The rejected calls took nothing; after the first consumer left, another thread may consume.
@@ -950,10 +951,10 @@ TEST_CASE("mpsc_queue handle pushes and plain pushes mix: each source in order, 
       expected_sum += item;
       bool ok = false;
       switch (src) {
-        case 0: ok = q.push(item); break;
-        case 1: ok = h1.push(std::uint64_t{item}); break;
-        case 2: ok = h2.emplace(item); break;
-        default: ok = h3.push(item); break;
+        case 0: ok = bool(q.push(item)); break;
+        case 1: ok = bool(h1.push(std::uint64_t{item})); break;
+        case 2: ok = bool(h2.emplace(item)); break;
+        default: ok = bool(h3.push(item)); break;
       }
       refused += ok ? 0 : 1;
       if (i % 1000 == 999) {  // pop part of what is queued now and then
@@ -1071,7 +1072,7 @@ TEST_CASE("mpsc_queue handle push after close returns false and leaves the item 
 }
 
 TEST_CASE("mpsc_queue everything handles pushed before close is popped, then closed", "[mpsc_queue][producer][close]") {
-  // Three handles and plain push, across several blocks; then each consumer verb drains.
+  // Three handles and plain push, across several blocks; then each consumer verb empties the queue.
   constexpr std::uint64_t per_source = 2500;
   mpsc_queue<std::uint64_t> q;
   {
@@ -1111,8 +1112,8 @@ TEST_CASE("mpsc_queue everything handles pushed before close is popped, then clo
     }
     for (const std::uint64_t v : out) check(v);
   }
-  SECTION("drain()") {
-    CHECK(q.drain([&](std::uint64_t&& v) { check(v); }) == 4 * per_source);
+  SECTION("try_pop_each()") {
+    CHECK(q.try_pop_each([&](std::uint64_t&& v) { check(v); }) == 4 * per_source);
   }
   INFO(check.first_error());
   CHECK(check.errors() == 0);
@@ -1430,9 +1431,9 @@ TEST_CASE("mpsc_queue size_approx counts handle items exactly on a single thread
     for (std::uint64_t i = 0; i < 3000; ++i) {
       bool ok = false;
       switch (i % 3) {
-        case 0: ok = a.push(wide_item(i)); break;
-        case 1: ok = b.push(wide_item(i)); break;
-        default: ok = q.push(wide_item(i)); break;
+        case 0: ok = bool(a.push(wide_item(i))); break;
+        case 1: ok = bool(b.push(wide_item(i))); break;
+        default: ok = bool(q.push(wide_item(i))); break;
       }
       REQUIRE(ok);
       wrong += q.size_approx() == i + 1 ? 0 : 1;
@@ -1491,7 +1492,7 @@ TEST_CASE("mpsc_queue a parked consumer is woken by a handle push from another t
     started.wait();
     std::this_thread::sleep_for(tether_test::park_settle);
     std::atomic<bool> pushed{false};
-    std::thread pusher([&pushed, h = std::move(h)]() mutable { pushed = h.push(42); });
+    std::thread pusher([&pushed, h = std::move(h)]() mutable { pushed = bool(h.push(42)); });
     pusher.join();
     CHECK(pushed.load());
     const auto [v, waited] = tether_test::finish_or_abort(consumer, "consumer parked in pop_for()");
@@ -1507,7 +1508,7 @@ TEST_CASE("mpsc_queue a parked consumer is woken by a handle push from another t
     started.wait();
     std::this_thread::sleep_for(tether_test::park_settle);
     std::atomic<bool> pushed{false};
-    std::thread pusher([&] { pushed = h.emplace(43); });
+    std::thread pusher([&] { pushed = bool(h.emplace(43)); });
     pusher.join();
     CHECK(pushed.load());
     auto v = tether_test::finish_or_abort(consumer, "consumer parked in pop()");
@@ -1531,7 +1532,7 @@ TEST_CASE("mpsc_queue a parked consumer is woken by a handle push from another t
   CHECK(q.try_pop().is_empty());
 }
 
-TEST_CASE("mpsc_queue try_pop_bulk and drain take from every handle", "[mpsc_queue][producer][bulk]") {
+TEST_CASE("mpsc_queue try_pop_bulk and try_pop_each take from every handle", "[mpsc_queue][producer][bulk]") {
   constexpr std::size_t handles = 8;
   constexpr std::uint64_t per_handle = 1500;
   mpsc_queue<std::uint64_t> q;
@@ -1555,11 +1556,11 @@ TEST_CASE("mpsc_queue try_pop_bulk and drain take from every handle", "[mpsc_que
     CHECK(calls == (handles * per_handle + 776) / 777);
     for (const std::uint64_t v : out) check(v);
   }
-  SECTION("drain with and without max") {
-    CHECK(q.drain([&](std::uint64_t&& v) { check(v); }, 0) == 0);
-    CHECK(q.drain([&](std::uint64_t&& v) { check(v); }, 5000) == 5000);
-    CHECK(q.drain([&](std::uint64_t&& v) { check(v); }) == handles * per_handle - 5000);
-    CHECK(q.drain([&](std::uint64_t&& v) { check(v); }) == 0);
+  SECTION("try_pop_each with and without max") {
+    CHECK(q.try_pop_each([&](std::uint64_t&& v) { check(v); }, 0) == 0);
+    CHECK(q.try_pop_each([&](std::uint64_t&& v) { check(v); }, 5000) == 5000);
+    CHECK(q.try_pop_each([&](std::uint64_t&& v) { check(v); }) == handles * per_handle - 5000);
+    CHECK(q.try_pop_each([&](std::uint64_t&& v) { check(v); }) == 0);
   }
   SECTION("pop_bulk") {
     while (out.size() < handles * per_handle) REQUIRE(q.pop_bulk(std::back_inserter(out), 1000) > 0);
@@ -1607,7 +1608,7 @@ TEST_CASE("mpsc_queue try_pop_bulk: an output that throws leaves its item queued
   CHECK(counted::destroyed_twice.load() == twice_before);
 }
 
-TEST_CASE("mpsc_queue a drain callback may pop handle items from the same queue", "[mpsc_queue][producer][drain]") {
+TEST_CASE("mpsc_queue a try_pop_each callback may pop handle items from the same queue", "[mpsc_queue][producer][try_pop_each]") {
   // Each item leaves its lane before the callback sees it, across block boundaries too: a pop
   // inside the callback takes the next item, never the one being handed over.
   mpsc_queue<counted> q;
@@ -1620,7 +1621,7 @@ TEST_CASE("mpsc_queue a drain callback may pop handle items from the same queue"
     n = 3 * 1024 + 7;  // several blocks whatever the block size
     for (std::uint64_t i = 0; i < n; ++i) REQUIRE(h.emplace(i));
   }
-  const std::size_t handed = q.drain([&](counted&& c) {
+  const std::size_t handed = q.try_pop_each([&](counted&& c) {
     seen.push_back(c.value);
     if (auto r = q.try_pop()) seen.push_back(r->value);
   });
@@ -1757,7 +1758,7 @@ TEST_CASE("mpsc_queue watched by a poller or select wakes on handle pushes", "[m
     started.wait();
     std::this_thread::sleep_for(tether_test::park_settle);
     std::atomic<bool> pushed{false};
-    std::thread pusher([&] { pushed = h.push(5); });
+    std::thread pusher([&] { pushed = bool(h.push(5)); });
     pusher.join();
     CHECK(pushed.load());
     CHECK(tether_test::finish_or_abort(waiter, "poller parked in wait_for()"));
@@ -1773,7 +1774,7 @@ TEST_CASE("mpsc_queue watched by a poller or select wakes on handle pushes", "[m
     std::atomic<bool> pushed{false};
     std::thread pusher([&] {
       std::this_thread::sleep_for(tether_test::park_settle);
-      pushed = hb.push(9);
+      pushed = bool(hb.push(9));
     });
     auto r = tether::select_for(60s, a, b);
     pusher.join();
@@ -1925,4 +1926,72 @@ TEST_CASE("mpsc_queue destroys items left in lanes exactly once", "[mpsc_queue][
   }
   CHECK(counted::live.load() == live_before);
   CHECK(counted::destroyed_twice.load() == twice_before);
+}
+
+// ---- a throwing move inside a pop (tests/support/queue_fault.hpp) --------------------------
+
+TEST_CASE("mpsc_queue every pop form leaves an item whose move throws queued, and moves once", "[mpsc_queue][exceptions][move]") {
+  using tether_test::fault_item;
+  using namespace std::chrono_literals;
+  const bool via_handle = GENERATE(false, true);  // the ring, or a producer handle's lane
+  CAPTURE(via_handle);
+  tether::mpsc_queue<fault_item> q;
+  auto h = q.make_producer();
+  auto push = [&](fault_item&& v) { return via_handle ? h.push(std::move(v)) : q.push(std::move(v)); };
+  auto try_pop = [&] { return q.try_pop(); };
+  SECTION("try_pop") { tether_test::check_single_pop_keeps_item(push, try_pop, try_pop); }
+  SECTION("pop") { tether_test::check_single_pop_keeps_item(push, [&] { return q.pop(); }, try_pop); }
+  SECTION("pop_for") { tether_test::check_single_pop_keeps_item(push, [&] { return q.pop_for(10s); }, try_pop); }
+  SECTION("pop_until") {
+    tether_test::check_single_pop_keeps_item(push, [&] { return q.pop_until(std::chrono::system_clock::now() + 10s); }, try_pop);
+  }
+  SECTION("try_pop_bulk") {
+    tether_test::check_bulk_keeps_item(
+        push, [&](std::vector<fault_item>& out, std::size_t max) { return q.try_pop_bulk(std::back_inserter(out), max); }, try_pop);
+  }
+  SECTION("pop_bulk") {
+    tether_test::check_bulk_keeps_item(
+        push, [&](std::vector<fault_item>& out, std::size_t max) { return q.pop_bulk(std::back_inserter(out), max); }, try_pop);
+  }
+  SECTION("pop_bulk_for") {
+    tether_test::check_bulk_keeps_item(
+        push, [&](std::vector<fault_item>& out, std::size_t max) { return q.pop_bulk_for(std::back_inserter(out), max, 10s); },
+        try_pop);
+  }
+  SECTION("try_pop_each") {
+    tether_test::check_each_keeps_item(push, [&](auto& f) { return q.try_pop_each(f); }, try_pop);
+  }
+  CHECK(fault_item::live.load() == 0);
+}
+
+TEST_CASE("mpsc_queue after close and at destruction, an item whose move threw is still delivered or destroyed once", "[mpsc_queue][exceptions][move]") {
+  using tether_test::fault_item;
+  fault_item::reset_counters();
+  {
+    tether::mpsc_queue<fault_item> q;
+    auto h = q.make_producer();
+    for (std::uint64_t v = 1; v <= 3; ++v) REQUIRE(q.push(fault_item(v)));
+    for (std::uint64_t v = 4; v <= 6; ++v) REQUIRE(h.push(fault_item(v)));
+    CHECK(q.close());
+    fault_item::arm_move_throw(1);
+    CHECK_THROWS_AS(q.pop(), tether_test::item_fault);
+    fault_item::disarm();
+    std::uint64_t sum = 0, count = 0;
+    while (auto r = q.pop()) {
+      CHECK(r->intact(r->value));
+      sum += r->value;
+      ++count;
+      if (count == 3) break;  // leave three queued for the destructor
+    }
+    CHECK(count == 3);
+    CHECK(fault_item::live.load() == 3);
+    fault_item::arm_move_throw(1);
+    CHECK_THROWS_AS(q.try_pop(), tether_test::item_fault);  // still three queued
+    fault_item::disarm();
+    CHECK(fault_item::live.load() == 3);
+    CHECK(q.size_approx() == 3);
+    CHECK((sum == 1 + 2 + 3 || sum == 4 + 5 + 6));  // one source at a time: the ring or the lane
+  }
+  CHECK(fault_item::live.load() == 0);  // the destructor destroyed the three left, once each
+  CHECK(fault_item::destroyed_twice.load() == 0);
 }
