@@ -10,13 +10,16 @@
 // Memory ordering: none (no shared state).
 #pragma once
 
+#include <array>
 #include <compare>
 #include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -59,20 +62,24 @@ struct envelope {
   std::uint64_t tag = 0;
 };
 
-// Why a message (or a control request) got an error instead of a value.
+// Why a message (or a control request) got an error instead of a value; ok: it did not.
 enum class routing_errc : std::uint8_t {
-  unknown_subshell = 1,  // no subshell with that id was ever created     (payload handed back)
+  ok = 0,                // no error (routing_result::code() of a success)
+  unknown_subshell,  // no subshell with that id was ever created     (payload handed back)
   subshell_deleted,      // deleted before the message ran or arrived     (payload handed back)
   subshell_stopped,      // the parent's executor refused or cancelled it (payload handed back)
   handler_threw,         // the handler threw before replying (the message names the exception)
   no_reply,              // the handler returned without replying
-  router_stopped,        // shutdown(cancel) came first, or a request came during shutdown
+  router_stopped,        // stop(cancel) came first, or a request came once stopped
   invalid_request,       // control: cannot be served (deleting the parent)
   create_failed,         // control: the subshell's thread or its handler could not be made
+  delivery_failed,       // the router could not carry it through: an allocation failed, or the
+                         // payload's move threw (payload handed back where it still exists)
 };
 
 constexpr const char* to_string(routing_errc c) noexcept {
   switch (c) {
+    case routing_errc::ok: return "ok";
     case routing_errc::unknown_subshell: return "unknown_subshell";
     case routing_errc::subshell_deleted: return "subshell_deleted";
     case routing_errc::subshell_stopped: return "subshell_stopped";
@@ -81,6 +88,7 @@ constexpr const char* to_string(routing_errc c) noexcept {
     case routing_errc::router_stopped: return "router_stopped";
     case routing_errc::invalid_request: return "invalid_request";
     case routing_errc::create_failed: return "create_failed";
+    case routing_errc::delivery_failed: return "delivery_failed";
   }
   return "unknown";
 }
@@ -100,10 +108,15 @@ class routing_error {
   std::string message_;
 };
 
+namespace detail {
+template <class Payload, class Reply>
+class router_engine;
+}  // namespace detail
+
 // What leaves the router: one per accepted message, tagged with the subshell and the
 // envelope's tag, holding the handler's value or an error. Errors are rare, so they live on
-// the heap and a value reply stays small.
-template <class Reply, class Payload>
+// the heap and a value reply stays small. Template parameters in data-flow order.
+template <class Payload, class Reply>
 class routed_reply {
  public:
   routed_reply(subshell_id subshell, std::uint64_t tag, Reply&& value)
@@ -111,7 +124,13 @@ class routed_reply {
   routed_reply(subshell_id subshell, std::uint64_t tag, routing_error error, std::optional<Payload> returned = {})
       : subshell_(subshell),
         tag_(tag),
-        v_(std::in_place_index<1>, std::make_unique<failure>(failure{std::move(error), std::move(returned)})) {}
+        v_(std::in_place_index<1>, new failure{std::move(error), std::move(returned), false}) {}
+  // An error reply handing back the payload (moved once, into the reply).
+  routed_reply(subshell_id subshell, std::uint64_t tag, routing_error error, Payload&& returned)
+      : subshell_(subshell),
+        tag_(tag),
+        v_(std::in_place_index<1>,
+           new failure{std::move(error), std::optional<Payload>(std::in_place, std::move(returned)), false}) {}
 
   subshell_id subshell() const noexcept { return subshell_; }
   std::uint64_t tag() const noexcept { return tag_; }
@@ -139,14 +158,18 @@ class routed_reply {
   Reply* operator->() noexcept { return std::get_if<0>(&v_); }
   const Reply* operator->() const noexcept { return std::get_if<0>(&v_); }
 
-  // The error; throws std::logic_error for a value reply.
+  // The error; throws std::logic_error for a value reply. An error reply the router made
+  // with no memory left to describe it carries a fixed message (naming its code, not the
+  // subshell: read subshell() for that) and no payload.
   const routing_error& error() const {
     if (has_value()) throw std::logic_error("tether::routed_reply::error(): the reply holds a value");
     return (*std::get_if<1>(&v_))->error;
   }
+  // The error's code; routing_errc::ok for a value reply.
+  routing_errc code() const noexcept { return has_value() ? routing_errc::ok : (*std::get_if<1>(&v_))->error.code(); }
 
   // The payload handed back by a message that never reached a handler (unknown_subshell,
-  // subshell_deleted, subshell_stopped, router_stopped); nullptr otherwise.
+  // subshell_deleted, subshell_stopped, router_stopped, delivery_failed); nullptr otherwise.
   Payload* returned_payload() noexcept {
     if (has_value()) return nullptr;
     auto& f = *std::get_if<1>(&v_);
@@ -154,10 +177,46 @@ class routed_reply {
   }
 
  private:
+  friend class detail::router_engine<Payload, Reply>;
+
   struct failure {
     routing_error error;
     std::optional<Payload> payload;
+    bool preallocated;  // one of fallback()'s: never freed
   };
+  struct failure_delete {
+    void operator()(failure* f) const noexcept {
+      if (!f->preallocated) delete f;
+    }
+  };
+
+  // An error reply that allocates nothing: its failure is one made ahead of time, shared by
+  // every such reply with this code (router_engine calls warm_up() before it routes).
+  routed_reply(subshell_id subshell, std::uint64_t tag, routing_errc code) noexcept
+      : subshell_(subshell), tag_(tag), v_(std::in_place_index<1>, fallback(code)) {}
+
+  static constexpr std::size_t error_codes = static_cast<std::size_t>(routing_errc::delivery_failed) + 1;
+  // Made once, on first use (warm_up()), and kept for the life of the process.
+  static const std::array<failure*, error_codes>& fallbacks() {
+    static const std::array<failure*, error_codes> table = [] {
+      std::array<failure*, error_codes> t{};
+      for (std::size_t i = 1; i < error_codes; ++i) {
+        const auto c = static_cast<routing_errc>(i);
+        t[i] = new failure{routing_error(c, subshell_id{},
+                                         std::string("tether: router: ") + to_string(c) +
+                                             " (no memory was left to describe it further)"),
+                           std::nullopt, true};
+      }
+      return t;
+    }();
+    return table;
+  }
+  static failure* fallback(routing_errc code) noexcept {  // after warm_up()
+    const auto i = static_cast<std::size_t>(code);
+    return fallbacks()[i > 0 && i < error_codes ? i : error_codes - 1];
+  }
+  static void warm_up() { (void)fallbacks(); }
+
   void check() const {
     if (has_value()) return;
     const routing_error& e = (*std::get_if<1>(&v_))->error;
@@ -167,7 +226,81 @@ class routed_reply {
 
   subshell_id subshell_;
   std::uint64_t tag_;
-  std::variant<Reply, std::unique_ptr<failure>> v_;
+  std::variant<Reply, std::unique_ptr<failure, failure_delete>> v_;
+};
+
+// What a direct control call (create_subshell, delete_subshell, list_subshells, stats)
+// returns: its value, or the routing_error that refused it. Branch on code() (ok,
+// unknown_subshell, router_stopped ...) or on operator bool. routing_result<> has no value.
+template <class T = void>
+class [[nodiscard]] routing_result {
+  using stored = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+ public:
+  routing_result() requires std::is_void_v<T> : v_(std::in_place_index<0>) {}
+  routing_result(stored value) requires(!std::is_void_v<T>) : v_(std::in_place_index<0>, std::move(value)) {}
+  routing_result(routing_error error) : v_(std::in_place_index<1>, std::move(error)) {}
+
+  bool has_value() const noexcept { return v_.index() == 0; }
+  explicit operator bool() const noexcept { return has_value(); }
+  routing_errc code() const noexcept { return has_value() ? routing_errc::ok : std::get_if<1>(&v_)->code(); }
+
+  // The value; throws std::logic_error carrying the error's message when there is none.
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  U& value() & {
+    check();
+    return *std::get_if<0>(&v_);
+  }
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  const U& value() const& {
+    check();
+    return *std::get_if<0>(&v_);
+  }
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  U&& value() && {
+    check();
+    return std::move(*std::get_if<0>(&v_));
+  }
+  // Precondition: has_value().
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  U& operator*() noexcept {
+    return *std::get_if<0>(&v_);
+  }
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  const U& operator*() const noexcept {
+    return *std::get_if<0>(&v_);
+  }
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  U* operator->() noexcept {
+    return std::get_if<0>(&v_);
+  }
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  const U* operator->() const noexcept {
+    return std::get_if<0>(&v_);
+  }
+
+  // The error; throws std::logic_error for a success.
+  const routing_error& error() const {
+    if (has_value()) throw std::logic_error("tether::routing_result::error(): the call succeeded");
+    return *std::get_if<1>(&v_);
+  }
+
+ private:
+  void check() const {
+    if (has_value()) return;
+    const routing_error& e = *std::get_if<1>(&v_);
+    throw std::logic_error("tether::routing_result::value(): no value (" + std::string(to_string(e.code())) +
+                           "): " + e.message());
+  }
+
+  std::variant<stored, routing_error> v_;
 };
 
 // The control channel's verbs (JEP 91's create / delete / list, and per-subshell counters).
@@ -215,9 +348,4 @@ struct router_options {
   std::string name = "router";  // the router thread's name, in every error message
 };
 
-// Thrown by the direct control calls once the router is stopped (shutdown() was called).
-class router_stopped : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 }  // namespace tether

@@ -1,7 +1,7 @@
 // Stress tests for tether::router: 16 subshells fed by 4 senders (exactly once, FIFO per
 // subshell and sender, sums); subshells created and deleted (both policies) while senders
 // keep sending to them; a seeded random sequence of sends, creates, deletes, lists and stats
-// from several threads, with the control channel and the direct calls, ended by a shutdown
+// from several threads, with the control channel and the direct calls, ended by a stop
 // that races the senders. Counts prove that every accepted message got exactly one reply.
 //
 // Workers record what they did in their own vectors; the test thread asserts after joining.
@@ -120,7 +120,7 @@ TEST_CASE("router stress: 16 subshells x 4 senders, exactly once, FIFO per subsh
   tether::executor parent{{.name = "parent"}};
   int_router r{parent, answer_factory()};
   std::vector<subshell_id> ids{parent_subshell};
-  for (int i = 1; i < 16; ++i) ids.push_back(r.create_subshell());
+  for (int i = 1; i < 16; ++i) ids.push_back(*r.create_subshell());
 
   collector<int_router> c(r);
   std::vector<std::vector<char>> accepted(senders, std::vector<char>(per_sender + 1, 0));
@@ -133,7 +133,7 @@ TEST_CASE("router stress: 16 subshells x 4 senders, exactly once, FIFO per subsh
       }
     });
   for (auto& t : threads) t.join();
-  r.shutdown();
+  r.stop();
   r.join();
   auto& replies = c.join();
   CHECK(replies.size() == senders * per_sender);
@@ -172,7 +172,7 @@ TEST_CASE("router stress: subshells created and deleted while senders feed them"
   std::thread manager([&] {
     std::mt19937_64 rng(99);
     for (int i = 0; i < rounds; ++i) {
-      const subshell_id id = r.create_subshell();
+      const subshell_id id = *r.create_subshell();
       subshell_id victim;
       {
         std::lock_guard lock(m);
@@ -184,13 +184,13 @@ TEST_CASE("router stress: subshells created and deleted while senders feed them"
           live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
         }
       }
-      if (!victim.is_parent() && !r.delete_subshell(victim, rng() % 2 ? stop_mode::cancel : stop_mode::drain))
+      if (!victim.is_parent() && !r.delete_subshell(victim, rng() % 2 ? stop_mode::cancel : stop_mode::drain).has_value())
         failed_deletes.fetch_add(1);
     }
   });
   for (auto& t : threads) t.join();
   manager.join();
-  r.shutdown();
+  r.stop();
   r.join();
   auto& replies = c.join();
   CHECK(failed_deletes.load() == 0);
@@ -220,7 +220,7 @@ TEST_CASE("router stress: a seeded random sequence of operations across threads"
   collector<int_router> c(r);
   std::vector<std::vector<char>> accepted(workers, std::vector<char>(ops_per_worker + 1, 0));
   std::atomic<u64> stopped_seen{0}, control_ops{0}, worker_errors{0};
-  std::atomic<bool> go_shutdown{false};
+  std::atomic<bool> go_stop{false};
   std::vector<std::thread> threads;
   for (u64 w = 0; w < workers; ++w)
     threads.emplace_back([&, w] {
@@ -237,7 +237,7 @@ TEST_CASE("router stress: a seeded random sequence of operations across threads"
         return std::move(*rep);
       };
       for (u64 seq = 1; seq <= ops_per_worker; ++seq) {
-        if (w == 1 && seq == ops_per_worker * 3 / 4) go_shutdown.store(true);
+        if (w == 1 && seq == ops_per_worker * 3 / 4) go_stop.store(true);
         const u64 dice = rng() % 100;
         try {
           if (dice < 80) {  // send: to a live id, a deleted one or one never made
@@ -255,7 +255,12 @@ TEST_CASE("router stress: a seeded random sequence of operations across threads"
               if (!rep || !rep->ok()) continue;
               id = rep->subshell;
             } else {
-              id = r.create_subshell();
+              auto made = r.create_subshell();
+              if (made.code() == routing_errc::router_stopped) {
+                stopped_seen.fetch_add(1);
+                continue;
+              }
+              id = made.value();
             }
             std::lock_guard lock(m);
             live.push_back(id);
@@ -271,27 +276,29 @@ TEST_CASE("router stress: a seeded random sequence of operations across threads"
             const stop_mode policy = rng() % 2 ? stop_mode::cancel : stop_mode::drain;
             if (w == 0)
               (void)control(control_request::remove(victim, policy));
-            else
-              (void)r.delete_subshell(victim, policy);
+            else if (r.delete_subshell(victim, policy).code() == routing_errc::router_stopped)
+              stopped_seen.fetch_add(1);
           } else if (dice < 98) {  // list
             if (w == 0)
               (void)control(control_request::list());
-            else
-              (void)r.list_subshells();
+            else if (r.list_subshells().code() == routing_errc::router_stopped)
+              stopped_seen.fetch_add(1);
           } else {  // stats
             if (w == 0)
               (void)control(control_request::stats());
-            else
-              if (r.stats().empty()) worker_errors.fetch_add(1);
+            else if (auto st = r.stats(); st.code() == routing_errc::router_stopped)
+              stopped_seen.fetch_add(1);
+            else if (!st || st->empty())
+              worker_errors.fetch_add(1);
           }
-        } catch (const tether::router_stopped&) {
-          stopped_seen.fetch_add(1);
+        } catch (const std::exception&) {  // no call throws for an outcome any more
+          worker_errors.fetch_add(1);
         }
       }
     });
-  // The shutdown races the workers: sends after it are refused, calls throw router_stopped.
-  while (!go_shutdown.load()) std::this_thread::sleep_for(1ms);
-  r.shutdown(seed % 2 ? stop_mode::cancel : stop_mode::drain);
+  // The stop races the workers: sends after it are refused, calls return router_stopped.
+  while (!go_stop.load()) std::this_thread::sleep_for(1ms);
+  r.stop(seed % 2 ? stop_mode::cancel : stop_mode::drain);
   for (auto& t : threads) t.join();
   r.join();
   auto& replies = c.join();
@@ -320,7 +327,7 @@ TEST_CASE("router stress: a deep queue deleted at once, both policies", "[router
   tether::executor parent{{.name = "parent"}};
   int_router r{parent, answer_factory()};
   for (int round = 0; round < 5; ++round) {
-    const subshell_id id = r.create_subshell();
+    const subshell_id id = *r.create_subshell();
     for (u64 i = 1; i <= n; ++i) REQUIRE(r.send(id, u64{i}, i));
     CHECK(r.delete_subshell(id, cancel ? stop_mode::cancel : stop_mode::drain));
     u64 values = 0, deleted = 0, sum = 0;
@@ -340,7 +347,7 @@ TEST_CASE("router stress: a deep queue deleted at once, both policies", "[router
     CHECK(values + deleted == n);
     if (!cancel) CHECK(values == n);
   }
-  r.shutdown();
+  r.stop();
   r.join();
   CHECK(r.replies().try_pop().is_closed());
 }

@@ -1,7 +1,7 @@
 // Unit tests for tether::router: routing by id with per-subshell order, unknown and deleted
 // ids, throwing and silent handlers, the reply_sender form, delete with queued messages under
 // both policies, the control channel (JEP 91's create / delete / list, and stats), control
-// served while the parent is busy, shutdown(drain | cancel), an adopted parent joined on its
+// served while the parent is busy, stop(drain | cancel), an adopted parent joined on its
 // own thread, deadlock refusals, move-only payloads (nothing leaked), and zero CPU while 100
 // subshells sit idle.
 //
@@ -80,7 +80,7 @@ tether::control_reply next_control(R& r) {
   return std::move(*x);
 }
 
-// After shutdown: every reply until the outbox closes.
+// After stop: every reply until the outbox closes.
 template <class R>
 std::vector<typename R::reply_type> all_replies(R& r) {
   std::vector<typename R::reply_type> out;
@@ -127,7 +127,7 @@ TEST_CASE("router: parent and child answer through one outbox, tagged with id an
   tether::router<std::string, std::string> r{parent, [](subshell_id id) {
     return [id, n = 0](std::string&& p) mutable { return id.to_string() + "/" + p + "/" + std::to_string(n++); };
   }};
-  const subshell_id child = r.create_subshell();
+  const subshell_id child = *r.create_subshell();
   CHECK(child == subshell_id{1});
   REQUIRE(r.send({child, std::string("a"), 10}));
   REQUIRE(r.send(parent_subshell, std::string("b"), 20));
@@ -142,7 +142,7 @@ TEST_CASE("router: parent and child answer through one outbox, tagged with id an
   CHECK(got[10] == "subshell-1/a/0");
   CHECK(got[11] == "subshell-1/c/1");  // the child's own state
   CHECK(got[20] == "parent/b/0");
-  CHECK(r.list_subshells() == std::vector<subshell_id>{child});
+  CHECK(*r.list_subshells() == std::vector<subshell_id>{child});
 }
 
 TEST_CASE("router: N subshells x M messages keep per-subshell, per-sender order", "[router][order]") {
@@ -160,7 +160,7 @@ TEST_CASE("router: N subshells x M messages keep per-subshell, per-sender order"
     };
   }};
   std::vector<subshell_id> ids{parent_subshell};
-  for (int i = 1; i < subshells; ++i) ids.push_back(r.create_subshell());
+  for (int i = 1; i < subshells; ++i) ids.push_back(*r.create_subshell());
 
   std::vector<std::thread> threads;
   for (u64 s = 0; s < senders; ++s)
@@ -187,11 +187,14 @@ TEST_CASE("router: N subshells x M messages keep per-subshell, per-sender order"
   CHECK(sum == u64{senders} * subshells * per_sender * (per_sender + 1) / 2);
   CHECK(r.replies().try_pop().is_empty());
   REQUIRE(eventually([&] {
-    for (const tether::subshell_stats& s : r.stats())
+    const auto all = r.stats();
+    for (const tether::subshell_stats& s : all.value())
       if (s.replied != s.accepted) return false;
     return true;
   }));
-  for (const tether::subshell_stats& s : r.stats()) {
+  auto all = r.stats();
+  REQUIRE(all);
+  for (const tether::subshell_stats& s : *all) {
     CHECK(s.accepted == per_sender * senders);
     CHECK(s.replied == s.accepted);
     CHECK(s.failed == 0);
@@ -215,17 +218,18 @@ TEST_CASE("router: unknown and deleted ids get an error naming the id, with the 
   CHECK(*unknown.returned_payload() == "never routed");
   CHECK_THROWS_AS(unknown.value(), std::logic_error);
 
-  const subshell_id child = r.create_subshell();
-  CHECK(r.delete_subshell(child));
-  CHECK_FALSE(r.delete_subshell(child));             // already deleted
-  CHECK_FALSE(r.delete_subshell(subshell_id{1000}));  // never created
-  CHECK_FALSE(r.delete_subshell(parent_subshell));    // the parent stays
+  const subshell_id child = *r.create_subshell();
+  CHECK(r.delete_subshell(child).code() == routing_errc::ok);
+  CHECK(r.delete_subshell(child).code() == routing_errc::subshell_deleted);             // already deleted
+  CHECK(r.delete_subshell(subshell_id{1000}).code() == routing_errc::unknown_subshell);  // never created
+  CHECK(r.delete_subshell(parent_subshell).code() == routing_errc::invalid_request);     // the parent stays
+  CHECK(r.stats(subshell_id{1000}).code() == routing_errc::unknown_subshell);
   REQUIRE(r.send(child, "too late", 2));
   auto deleted = next_reply(r);
   CHECK(deleted.error().code() == routing_errc::subshell_deleted);
   CHECK(deleted.error().message().find(child.to_string()) != std::string::npos);
   CHECK(*deleted.returned_payload() == "too late");
-  CHECK(r.list_subshells().empty());
+  CHECK(r.list_subshells()->empty());
 }
 
 TEST_CASE("router: a throwing handler answers handler_threw and keeps serving", "[router][errors]") {
@@ -237,7 +241,7 @@ TEST_CASE("router: a throwing handler answers handler_threw and keeps serving", 
       return v * 10;
     };
   }};
-  const subshell_id child = r.create_subshell();
+  const subshell_id child = *r.create_subshell();
   for (subshell_id id : {parent_subshell, child})
     for (u64 v : {1, 2, 3}) REQUIRE(r.send(id, u64{v}, v));
   std::map<std::pair<u64, u64>, std::string> outcome;
@@ -275,7 +279,7 @@ TEST_CASE("router: reply_sender - early reply, no reply, one reply only", "[rout
       if (v == 2) throw std::runtime_error("after the reply: changes nothing");
     };
   }};
-  const subshell_id child = r.create_subshell();
+  const subshell_id child = *r.create_subshell();
   for (u64 v : {0, 1, 2}) REQUIRE(r.send(child, u64{v}, v));
   std::map<u64, std::string> got;
   for (int i = 0; i < 3; ++i) {
@@ -285,7 +289,7 @@ TEST_CASE("router: reply_sender - early reply, no reply, one reply only", "[rout
   CHECK(got[0] == "no_reply");
   CHECK(got[1] == "101");
   CHECK(got[2] == "102");
-  r.shutdown();
+  r.stop();
   r.join();
   CHECK(second_send_refused.load() == 2);
   CHECK(after_reply_work.load() == 2);
@@ -303,13 +307,13 @@ TEST_CASE("router: delete with queued messages - drain runs them, cancel answers
       return *p;
     };
   }};
-  const subshell_id child = r.create_subshell();
+  const subshell_id child = *r.create_subshell();
   for (u64 i = 0; i < queued; ++i) REQUIRE(r.send(child, std::make_unique<u64>(i), i));
   g.wait_entered(1);  // message 0 runs; 1..19 are queued behind it
   REQUIRE(eventually([&] { return r.stats(child)->accepted == queued; }));
   // Returns while the subshell's handler is still blocked: deleting never waits for it.
   CHECK(r.delete_subshell(child, cancel ? stop_mode::cancel : stop_mode::drain));
-  CHECK(r.list_subshells().empty());
+  CHECK(r.list_subshells()->empty());
   REQUIRE(r.send(child, std::make_unique<u64>(99), 99));  // after the delete: refused by the router
   auto late = next_reply(r);
   CHECK(late.error().code() == routing_errc::subshell_deleted);
@@ -335,7 +339,7 @@ TEST_CASE("router: delete with queued messages - drain runs them, cancel answers
   CHECK(tags.size() == queued);
   CHECK(values == (cancel ? 1 : queued));  // cancel: only the message that was running
   CHECK(deleted == (cancel ? queued - 1 : 0));
-  r.shutdown();
+  r.stop();
   r.join();
   CHECK(all_replies(r).empty());
 }
@@ -398,7 +402,7 @@ TEST_CASE("router: the control channel creates, lists, reports and deletes", "[r
   CHECK(next_control(r).error->code() == routing_errc::subshell_deleted);
   REQUIRE(r.send_control(control_request::remove(subshell_id{77}, stop_mode::drain, 8)));
   CHECK(next_control(r).error->code() == routing_errc::unknown_subshell);
-  CHECK(r.list_subshells() == std::vector<subshell_id>{b});
+  CHECK(*r.list_subshells() == std::vector<subshell_id>{b});
 }
 
 TEST_CASE("router: control and children are served while the parent is busy (JEP 91)", "[router][control]") {
@@ -429,7 +433,7 @@ TEST_CASE("router: control and children are served while the parent is busy (JEP
   CHECK(last.tag() == 1);
 }
 
-TEST_CASE("router: shutdown answers everything exactly once and closes the outboxes", "[router][shutdown]") {
+TEST_CASE("router: stop answers everything exactly once and closes the outboxes", "[router][stop]") {
   const bool cancel = GENERATE(false, true);
   constexpr u64 per = 6;
   tether::executor parent{named("parent")};
@@ -440,19 +444,21 @@ TEST_CASE("router: shutdown answers everything exactly once and closes the outbo
       return v;
     };
   }};
-  const subshell_id child = r.create_subshell();
+  const subshell_id child = *r.create_subshell();
   for (u64 i = 0; i < per; ++i) {
     REQUIRE(r.send(parent_subshell, i, i));
     REQUIRE(r.send(child, per + i, per + i));
   }
   g.wait_entered(2);
-  CHECK(r.shutdown(cancel ? stop_mode::cancel : stop_mode::drain));
-  CHECK_FALSE(r.shutdown());
+  CHECK(r.stop(cancel ? stop_mode::cancel : stop_mode::drain));
+  CHECK_FALSE(r.stop());
   CHECK(r.is_stopped());
   u64 kept = 5;
   CHECK(r.send(parent_subshell, std::move(kept)).is_closed());
-  CHECK_THROWS_AS(r.create_subshell(), tether::router_stopped);
-  CHECK_THROWS_AS(r.list_subshells(), tether::router_stopped);
+  CHECK(r.create_subshell().code() == routing_errc::router_stopped);
+  CHECK(r.list_subshells().code() == routing_errc::router_stopped);
+  CHECK(r.delete_subshell(child).code() == routing_errc::router_stopped);
+  CHECK(r.stats().code() == routing_errc::router_stopped);
   CHECK(r.send_control(control_request::list()).is_closed());
   CHECK_FALSE(r.join_for(20ms));  // both subshells are blocked
   g.open();
@@ -484,17 +490,21 @@ TEST_CASE("router: a factory that throws fails the create; the router carries on
     made.fetch_add(1);
     return [](u64&& v) { return v; };
   }};
-  const subshell_id one = r.create_subshell();
+  const subshell_id one = *r.create_subshell();
   CHECK(one == subshell_id{1});
-  CHECK_THROWS_WITH(r.create_subshell(), "no interpreter for you");  // id 2
+  auto refused = r.create_subshell();  // id 2
+  REQUIRE_FALSE(refused);
+  CHECK(refused.code() == routing_errc::create_failed);
+  CHECK(refused.error().message().find("no interpreter for you") != std::string::npos);
+  CHECK_THROWS_AS(refused.value(), std::logic_error);
   REQUIRE(r.send_control(control_request::create(9)));               // id 3
   auto failed = next_control(r);
   REQUIRE_FALSE(failed.ok());
   CHECK(failed.error->code() == routing_errc::create_failed);
   CHECK(failed.error->message().find("no interpreter for you") != std::string::npos);
-  CHECK(r.list_subshells() == std::vector<subshell_id>{one});  // removed before the create failed
-  CHECK(r.create_subshell() == subshell_id{4});
-  CHECK(r.list_subshells() == std::vector<subshell_id>{one, subshell_id{4}});
+  CHECK(*r.list_subshells() == std::vector<subshell_id>{one});  // removed before the create failed
+  CHECK(*r.create_subshell() == subshell_id{4});
+  CHECK(*r.list_subshells() == std::vector<subshell_id>{one, subshell_id{4}});
   CHECK(made.load() == 3);  // the parent, 1 and 4
 }
 
@@ -515,7 +525,7 @@ TEST_CASE("router: a child runs on its own thread, named after its id", "[router
       return v;
     };
   }};
-  const subshell_id a = r.create_subshell(), b = r.create_subshell();
+  const subshell_id a = *r.create_subshell(), b = *r.create_subshell();
   for (u64 i = 1; i <= 50; ++i)
     for (subshell_id id : {a, b}) REQUIRE(r.send(id, u64{i}));
   for (int i = 0; i < 100; ++i) CHECK(next_reply(r).has_value());
@@ -531,13 +541,13 @@ TEST_CASE("router: a subshell may delete itself, and create others, from its han
   std::atomic<u64> created{0};
   int_router r{parent, [&](subshell_id id) {
     return [&, id](u64&& v) -> u64 {
-      if (v == 1) created.store(self->create_subshell().value());
-      if (v == 2) return self->delete_subshell(id) ? 1 : 0;
+      if (v == 1) created.store(self->create_subshell()->value());
+      if (v == 2) return self->delete_subshell(id).code() == routing_errc::ok ? 1 : 0;
       return v;
     };
   }};
   self = &r;
-  const subshell_id child = r.create_subshell();
+  const subshell_id child = *r.create_subshell();
   REQUIRE(r.send(child, u64{1}, 1));
   REQUIRE(r.send(child, u64{2}, 2));
   REQUIRE(r.send(child, u64{3}, 3));  // queued before the delete: drained
@@ -549,7 +559,7 @@ TEST_CASE("router: a subshell may delete itself, and create others, from its han
   }
   CHECK(got[2] == 1);
   CHECK(got[3] == 3);
-  CHECK(r.list_subshells() == std::vector<subshell_id>{subshell_id{created.load()}});
+  CHECK(*r.list_subshells() == std::vector<subshell_id>{subshell_id{created.load()}});
 }
 
 TEST_CASE("router: a stopped parent executor answers subshell_stopped with the payload back", "[router][errors]") {
@@ -578,13 +588,13 @@ TEST_CASE("router: an adopted parent is run by join() on its own thread", "[rout
       return v;
     };
   }};
-  const subshell_id child = r.create_subshell();
+  const subshell_id child = *r.create_subshell();
   for (u64 i = 0; i < 10; ++i) {
     REQUIRE(r.send(parent_subshell, i, i));
     REQUIRE(r.send(child, i, 100 + i));
   }
   // Nobody runs main_ex: join() on this thread must.
-  r.shutdown();
+  r.stop();
   r.join();
   CHECK(ran_on_main.load() == 10);
   auto replies = all_replies(r);
@@ -610,12 +620,12 @@ TEST_CASE("router: destroyed on its adopted parent's thread, it answers what it 
   CHECK(handled.load() == 25);
 }
 
-TEST_CASE("router: join() before shutdown() throws instead of waiting forever", "[router][deadlock]") {
+TEST_CASE("router: join() before stop() throws instead of waiting forever", "[router][deadlock]") {
   tether::executor parent{named("parent")};
   int_router r{parent, doubling_factory()};
   CHECK_THROWS_AS(r.join(), std::logic_error);
   CHECK_THROWS_AS(r.join_for(1ms), std::logic_error);
-  r.shutdown();
+  r.stop();
   CHECK(r.join_for(10s));
   r.join();
 }
@@ -637,10 +647,10 @@ TEST_CASE("router: join() from a child's handler throws deadlock_error", "[route
     };
   }};
   self = &r;
-  const subshell_id child = r.create_subshell();
+  const subshell_id child = *r.create_subshell();
   REQUIRE(r.send(child, u64{1}));
   g.wait_entered(1);
-  r.shutdown();
+  r.stop();
   g.open();
   r.join();
   CHECK(deadlock_seen.load() == 1);
@@ -660,13 +670,13 @@ TEST_CASE("router: move-only payloads are never leaked or destroyed twice", "[ro
         return std::make_unique<counted>(p->value + 1);
       };
     }};
-    const subshell_id a = r.create_subshell();
+    const subshell_id a = *r.create_subshell();
     for (u64 i = 0; i < 50; ++i) {
       REQUIRE(r.send(a, std::make_unique<counted>(i)));
       REQUIRE(r.send(subshell_id{9}, std::make_unique<counted>(i)));
     }
     g.wait_entered(1);
-    r.shutdown(cancel ? stop_mode::cancel : stop_mode::drain);
+    r.stop(cancel ? stop_mode::cancel : stop_mode::drain);
     g.open();
     r.join();
     CHECK(all_replies(r).size() == 100);  // replies (and returned payloads) destroyed here
@@ -679,7 +689,7 @@ TEST_CASE("router: 100 idle subshells use (next to) no CPU", "[router][idle]") {
   tether::executor parent{named("parent")};
   int_router r{parent, doubling_factory()};
   std::vector<subshell_id> ids;
-  for (int i = 0; i < 100; ++i) ids.push_back(r.create_subshell());
+  for (int i = 0; i < 100; ++i) ids.push_back(*r.create_subshell());
   for (subshell_id id : ids) REQUIRE(r.send(id, u64{1}));
   for (std::size_t i = 0; i < ids.size(); ++i) CHECK(*next_reply(r) == 3);
   std::this_thread::sleep_for(100ms);  // every thread is past its brief spin and parked
@@ -692,5 +702,5 @@ TEST_CASE("router: 100 idle subshells use (next to) no CPU", "[router][idle]") {
   INFO("process CPU over " << std::chrono::duration_cast<std::chrono::milliseconds>(wall).count()
                            << " ms idle: " << cpu.count() << " us");
   CHECK(cpu < 50ms);
-  CHECK(r.stats().size() == 101);
+  CHECK(r.stats()->size() == 101);
 }

@@ -71,7 +71,7 @@ TEST_CASE("poller reports messages queued before the source was added", "[select
 }
 
 TEST_CASE("poller with two sources of different kinds names the ready one", "[select]") {
-  auto pair = tether::make_pair<std::string, int>();
+  auto pair = tether::make_channel<std::string, int>();
   auto& tx = pair.first;   // sends string
   auto& rx = pair.second;  // receives string
   bounded_mpsc_queue<int> q(8);
@@ -131,7 +131,7 @@ TEST_CASE("poller dispatches every message of 1, 2, 64 and 1,000 sources exactly
 }
 
 TEST_CASE("poller: a closed source is ready; on_closed runs once and removes it", "[select][close]") {
-  auto pair = tether::make_pair<int>();
+  auto pair = tether::make_channel<int>();
   mpsc_queue<int> other;
   std::vector<int> values;
   int closed_calls = 0;
@@ -300,7 +300,7 @@ TEST_CASE("poller: an exception from a handler propagates; the poller keeps work
 
 TEST_CASE("poller keeps a watched pair alive when its endpoint is destroyed", "[select][close]") {
   poller p;
-  auto pair = tether::make_pair<std::string>();
+  auto pair = tether::make_channel<std::string>();
   bool closed = false;
   std::vector<std::string> got;
   {
@@ -341,7 +341,7 @@ TEST_CASE("poller serves ready sources round-robin", "[select][fairness]") {
 TEST_CASE("select: the one-shot form returns the position of a ready source", "[select][one_shot]") {
   mpsc_queue<int> q1;
   bounded_mpsc_queue<int> q2(4);
-  auto pair = tether::make_pair<int>();
+  auto pair = tether::make_channel<int>();
   CHECK(tether::try_select(q1, q2, pair.second).is_empty());
   CHECK(tether::select_for(10ms, q1, q2, pair.second).is_timeout());
   CHECK(tether::select_until(std::chrono::steady_clock::now() + 5ms, q1, pair.second).is_timeout());
@@ -387,7 +387,7 @@ TEST_CASE("select on 1,000 idle sources burns (almost) no CPU while it waits", "
   for (std::size_t i = 0; i < n / 2; ++i) {
     queues.push_back(std::make_unique<mpsc_queue<int>>());
     p.add(*queues.back());
-    auto pair = tether::make_pair<int>(16);
+    auto pair = tether::make_channel<int>(16);
     endpoints.push_back(std::move(pair.second));
     peers.push_back(std::move(pair.first));
     p.add(endpoints.back());
@@ -436,7 +436,7 @@ TEST_CASE("poller destroyed with sources registered, signalled and removed leaks
 
 // ---- adopting executors ----------------------------------------------------------------------
 
-TEST_CASE("poller: an executor reports posted tasks; its owner runs them with poll()", "[select][executor]") {
+TEST_CASE("poller: an executor reports posted tasks; its owner runs them with try_run()", "[select][executor]") {
   tether::executor ex{tether::adopt_current_thread, {.name = "owner"}};
   poller p;
   p.add(ex);
@@ -449,7 +449,7 @@ TEST_CASE("poller: an executor reports posted tasks; its owner runs them with po
   std::atomic<bool> posted{false};
   std::thread poster([&] {
     std::this_thread::sleep_for(20ms);  // the owner is parked by now (not needed for correctness)
-    posted = ex.post([&ran] { ++ran; });
+    posted = static_cast<bool>(ex.post([&ran] { ++ran; }));
   });
   auto r = p.wait_for(10s);
   poster.join();
@@ -459,7 +459,7 @@ TEST_CASE("poller: an executor reports posted tasks; its owner runs them with po
   CHECK(*r == source_id::of(ex));
   CHECK(ran == 0);  // add(): reported only; the caller runs the tasks
   CHECK(p.try_wait());  // level-triggered: ready until run
-  CHECK(ex.poll() == 1);
+  CHECK(ex.try_run() == 1);
   CHECK(ran == 1);
   CHECK(p.try_wait().is_empty());
   CHECK(p.remove(ex));
@@ -506,7 +506,7 @@ TEST_CASE("poller::on(executor) runs the tasks several threads post, each exactl
 
 TEST_CASE("poller: one loop over a channel, an mpsc_queue and an executor accounts for everything", "[select][executor]") {
   tether::executor ex{tether::adopt_current_thread, {.name = "main"}};
-  auto pair = tether::make_pair<std::uint64_t>(8);  // bounded: senders wait for the loop
+  auto pair = tether::make_channel<std::uint64_t>(8);  // bounded: senders wait for the loop
   mpsc_queue<std::uint64_t> q;
   constexpr std::uint64_t per_source = 3000;
   std::uint64_t from_channel = 0, channel_sum = 0, from_queue = 0, queue_sum = 0, tasks = 0, task_sum = 0;
@@ -575,24 +575,24 @@ TEST_CASE("poller: an executor's delayed task wakes the waiter when due, with no
   CHECK(waited >= 50ms);
   CHECK(waited < 1s);
 
-  // add() form: wait*() reports the due executor; the caller's poll() runs the task.
+  // add() form: wait*() reports the due executor; the caller's try_run() runs the task.
   poller w;
   CHECK(p.remove(ex));
   w.add(ex);
   int later = 0;
   (void)ex.post_after(30ms, [&later] { ++later; });
-  CHECK(ex.poll() == 0);  // registers it
+  CHECK(ex.try_run() == 0);  // registers it
   CHECK(w.try_wait().is_empty());
   const auto t1 = std::chrono::steady_clock::now();
   auto due = w.wait_for(2s);
   REQUIRE(due);
   CHECK(due->is(ex));
   CHECK(std::chrono::steady_clock::now() - t1 >= 20ms);
-  CHECK(ex.poll() == 1);
+  CHECK(ex.try_run() == 1);
   CHECK(later == 1);
   // A caller's deadline before the delayed task's is a plain timeout.
   (void)ex.post_after(1h, [] {});
-  CHECK(ex.poll() == 0);
+  CHECK(ex.try_run() == 0);
   CHECK(w.wait_for(20ms).is_timeout());
 }
 
@@ -700,9 +700,9 @@ TEST_CASE("poller: removing an executor while another thread posts loses nothing
   CHECK(removed);
   CHECK(refused == 0);
   CHECK(p.try_run_one().is_empty());
-  while (ex.poll() != 0) {
+  while (ex.try_run() != 0) {
   }
-  CHECK(ran == n);  // the rest stayed queued and ran in the owner's own poll()
+  CHECK(ran == n);  // the rest stayed queued and ran in the owner's own try_run()
 }
 
 TEST_CASE("poller: a task may remove its own executor from the poller", "[select][executor][dynamic]") {
@@ -712,7 +712,7 @@ TEST_CASE("poller: a task may remove its own executor from the poller", "[select
   int ran = 0;
   REQUIRE(ex.post([&] {
     ++ran;
-    CHECK(p.remove(ex));  // inside the poll() that run_one() runs: must not wait for it
+    CHECK(p.remove(ex));  // inside the try_run() that run_one() runs: must not wait for it
   }));
   REQUIRE(ex.post([&] { ++ran; }));
   auto r = p.run_one_for(10s);
@@ -740,16 +740,16 @@ TEST_CASE("select: the one-shot form takes an executor too", "[select][executor]
   mpsc_queue<int> q;
   CHECK(tether::try_select(q, ex).is_empty());
   (void)ex.post_after(20ms, [] {});
-  CHECK(ex.poll() == 0);  // registers the delayed task
+  CHECK(ex.try_run() == 0);  // registers the delayed task
   const auto t0 = std::chrono::steady_clock::now();
   auto r = tether::select_for(5s, q, ex);
   REQUIRE(r);
   CHECK(*r == 1);
   CHECK(std::chrono::steady_clock::now() - t0 >= 15ms);
-  CHECK(ex.poll() == 1);
+  CHECK(ex.try_run() == 1);
   REQUIRE(ex.post([] {}));
   CHECK(tether::select(q, ex) == 1);
-  CHECK(ex.poll() == 1);
+  CHECK(ex.try_run() == 1);
 }
 
 TEST_CASE("poller watching an executor and 100 idle queues burns (almost) no CPU while it waits", "[select][executor][idle]") {

@@ -2,19 +2,19 @@
 // tether/detail/router/subshell.hpp - one subshell as the router sees it, and the handler
 // and factory it runs, with the user's callables type-erased.
 //
-// router.hpp holds what users touch (router, reply_sender); this holds what the router keeps
-// for each subshell: its executor, its handler, the counters stats() reports and the cancel
+// router.hpp holds what users touch (router, reply_sender) and engine.hpp the router's
+// engine; this holds what the engine keeps for each subshell: its executor, its handler, the counters stats() reports and the cancel
 // code its queued tasks answer with. Also the virtual handler and factory through which the
 // router calls the user's callables without knowing their types, and the static slots where
 // the reaper waits for the parent's last answers. Nothing here is public API.
 //
-// router and reply_sender are only declared here: router.hpp defines both before it
+// reply_sender and router_engine are only declared here: router.hpp defines both before it
 // instantiates anything below.
 //
 // Who may call what: each router_subshell field as its comment says; router_child_thread_of -
 // set on a child subshell's own thread, read by join() on the calling thread.
-// Memory ordering: [A1]/[A2] and [C1]/[C2] on answered and cancel_code are router.hpp's (see
-// its banner).
+// Memory ordering: [RA1]/[RA2] and [RC1]/[RC2] on answered and cancel_code are engine.hpp's
+// (see its banner).
 #pragma once
 
 #include <atomic>
@@ -33,11 +33,46 @@
 namespace tether {
 
 template <class Payload, class Reply>
-class router;
-template <class Reply, class Payload>
 class reply_sender;
 
 namespace detail {
+
+template <class Payload, class Reply>
+class router_engine;
+
+// A payload as the router carries it: moving it never throws. A Payload whose own move may
+// throw lives on the heap (allocated by send(), on the sender's thread, where a failure is
+// the sender's), so the router thread only ever moves a pointer; any other is held inline.
+template <class Payload>
+class payload_box {
+ public:
+  static constexpr bool boxed = !std::is_nothrow_move_constructible_v<Payload>;
+
+  template <class P>
+  explicit payload_box(std::in_place_t, P&& p) : v_(make(std::forward<P>(p))) {}
+  payload_box(payload_box&&) noexcept = default;
+  payload_box& operator=(payload_box&&) noexcept = default;
+
+  Payload& get() noexcept {
+    if constexpr (boxed) {
+      return *v_;
+    } else {
+      return v_;
+    }
+  }
+
+ private:
+  using storage = std::conditional_t<boxed, std::unique_ptr<Payload>, Payload>;
+  template <class P>
+  static storage make(P&& p) {
+    if constexpr (boxed) {
+      return std::make_unique<Payload>(std::forward<P>(p));
+    } else {
+      return Payload(std::forward<P>(p));
+    }
+  }
+  storage v_;
+};
 
 // The router whose child subshell the calling thread runs, if any (join() refuses there).
 inline constinit thread_local const void* router_child_thread_of = nullptr;
@@ -45,7 +80,7 @@ inline constinit thread_local const void* router_child_thread_of = nullptr;
 template <class Payload, class Reply>
 struct router_handler {
   virtual ~router_handler() = default;
-  virtual void handle(Payload&& p, reply_sender<Reply, Payload>& reply) = 0;
+  virtual void handle(Payload&& p, reply_sender<Payload, Reply>& reply) = 0;
 };
 
 template <class Payload, class Reply>
@@ -57,10 +92,10 @@ struct router_factory {
 // One subshell as the router sees it.
 template <class Payload, class Reply>
 struct router_subshell {
-  router_subshell(router<Payload, Reply>* r, subshell_id i, routing_errc unrun) noexcept
+  router_subshell(router_engine<Payload, Reply>* r, subshell_id i, routing_errc unrun) noexcept
       : owner(r), id(i), unrun_code(unrun) {}
 
-  router<Payload, Reply>* const owner;
+  router_engine<Payload, Reply>* const owner;
   const subshell_id id;
   const routing_errc unrun_code;  // for a task destroyed unrun with no cancel code set
   executor* ex = nullptr;          // the parent's executor, or own_ex
@@ -69,9 +104,9 @@ struct router_subshell {
   std::unique_ptr<router_handler<Payload, Reply>> handler;
 
   // Router thread only: messages routed here, and those routed in the current inbox batch and
-  // not yet handed to the executor (one task per subshell per batch; see router::serve_inbox()).
+  // not yet handed to the executor (one task per subshell per batch; see serve_inbox()).
   std::uint64_t accepted_local = 0;
-  std::vector<std::pair<std::uint64_t, Payload>> staged;
+  std::vector<std::pair<std::uint64_t, payload_box<Payload>>> staged;
   // A copy of accepted_local for stats and the reaper: written by the router thread.
   std::atomic<std::uint64_t> accepted{0};
   // Raised by whichever thread finishes a message (the subshell's, or the router's when its
@@ -98,8 +133,8 @@ inline parker& router_settle_parker(const void* subshell) noexcept {
 template <class Payload, class Reply, class H>
 struct router_handler_impl final : router_handler<Payload, Reply> {
   explicit router_handler_impl(H&& h) : fn(std::move(h)) {}
-  void handle(Payload&& p, reply_sender<Reply, Payload>& reply) override {
-    if constexpr (std::is_invocable_v<H&, Payload&&, reply_sender<Reply, Payload>&>) {
+  void handle(Payload&& p, reply_sender<Payload, Reply>& reply) override {
+    if constexpr (std::is_invocable_v<H&, Payload&&, reply_sender<Payload, Reply>&>) {
       std::invoke(fn, std::move(p), reply);
     } else {
       reply.send(Reply(std::invoke(fn, std::move(p))));
@@ -110,7 +145,7 @@ struct router_handler_impl final : router_handler<Payload, Reply> {
 
 // A handler of either form (see router.hpp's banner).
 template <class H, class Payload, class Reply>
-inline constexpr bool router_handler_v = std::is_invocable_v<H&, Payload&&, reply_sender<Reply, Payload>&> ||
+inline constexpr bool router_handler_v = std::is_invocable_v<H&, Payload&&, reply_sender<Payload, Reply>&> ||
                                          std::is_invocable_r_v<Reply, H&, Payload&&>;
 
 template <class Payload, class Reply, class F>

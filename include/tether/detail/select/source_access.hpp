@@ -68,7 +68,13 @@ struct source_access {
   // the queue is closed and drained, finishes the stop. Owner thread only (else wrong_thread).
   template <class Executor>
   static std::size_t executor_poll(Executor& ex, std::size_t max) {
-    return ex.drive(Executor::run_kind::poll, no_deadline, nullptr, max);
+    return ex.drive(max, no_deadline, false, nullptr);  // ex.try_run(), bounded
+  }
+  // Whether running it from the calling thread (its owner) would be refused: it runs its own
+  // thread, or the caller is inside one of its tasks (a run is already going on).
+  template <class Executor>
+  static bool executor_in_run(const Executor& ex) noexcept {
+    return ex.own_thread_ || ex.in_run_;
   }
   // Who owns it, for a poller's wrong_thread message (set once by the constructor).
   template <class Executor>
