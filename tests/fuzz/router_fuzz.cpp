@@ -80,7 +80,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         }
       }
     }
-    r.stop(in.below(2) == 0 ? tether::stop_mode::drain : tether::stop_mode::cancel));
+    r.stop(in.below(2) == 0 ? tether::stop_mode::drain : tether::stop_mode::cancel);
     r.join();
     std::vector<int> replies(accepted.size(), 0);
     std::vector<std::pair<std::uint64_t, std::uint64_t>> last_value_tag;  // subshell -> last tag
