@@ -16,7 +16,7 @@ int main() {
   // The runtime lives on the main thread (it must: think Julia, R, Tk); other threads hand
   // it work through the executor and send it requests over a channel.
   tether::executor main_ex{tether::adopt_current_thread, {.name = "main"}};
-  auto pair = tether::make_pair<std::string>(16);
+  auto pair = tether::make_channel<std::string>(16);
   auto& requests = pair.second;  // the main thread receives here
 
   long runtime_state = 0;  // touched only on the main thread

@@ -1995,3 +1995,38 @@ TEST_CASE("mpsc_queue after close and at destruction, an item whose move threw i
   CHECK(fault_item::live.load() == 0);  // the destructor destroyed the three left, once each
   CHECK(fault_item::destroyed_twice.load() == 0);
 }
+
+TEST_CASE("mpsc_queue shrink_to_fit frees the blocks pooled after a burst and the queue keeps working", "[mpsc_queue][memory]") {
+  tether::mpsc_queue<std::uint64_t> q;
+  auto h = q.make_producer();
+  CHECK(q.shrink_to_fit() == 0);  // nothing pooled yet
+  // A burst several blocks deep on the ring and on the lane, then popped: the emptied blocks
+  // go to the pools.
+  constexpr std::uint64_t burst = 20000;
+  std::uint64_t sum = 0;
+  for (std::uint64_t i = 1; i <= burst; ++i) {
+    REQUIRE(q.push(i));
+    REQUIRE(h.push(burst + i));
+  }
+  std::uint64_t count = 0;
+  while (auto v = q.try_pop()) {
+    sum += *v;
+    ++count;
+  }
+  CHECK(count == 2 * burst);
+  CHECK(sum == (2 * burst) * (2 * burst + 1) / 2);
+  const std::size_t freed = q.shrink_to_fit();
+  // About 19 emptied blocks of about 16 KiB on each source, all within the pools' limits.
+  CHECK(freed >= 30 * 16000);
+  CHECK(freed <= 2 * (burst / 1000 + 2) * 16500);
+  CHECK(q.shrink_to_fit() == 0);  // the pools are empty now
+  // Still a working queue: the next burst allocates again.
+  for (std::uint64_t i = 1; i <= burst; ++i) REQUIRE((i % 2 == 0 ? q.push(i) : h.push(i)));
+  std::vector<std::uint64_t> out;
+  while (q.try_pop_bulk(std::back_inserter(out), 1000) != 0) {
+  }
+  CHECK(out.size() == burst);
+  std::uint64_t sum2 = 0;
+  for (auto v : out) sum2 += v;
+  CHECK(sum2 == burst * (burst + 1) / 2);
+}

@@ -2,20 +2,21 @@
 // tether/detail/queue/consumer_check.hpp - catches two threads consuming one queue at once.
 //
 // Single-consumer queues are only correct with one consumer at a time. Every consumer call
-// holds a consumer_scope, consumer_check::scope<consumer_checks_enabled>: in a translation unit compiled
-// without NDEBUG the scope registers the calling thread in owner_, and a second thread
+// holds a consumer_scope (consumer_check::scope<consumer_checks_enabled>): in a translation
+// unit compiled without NDEBUG it registers the calling thread in owner_, and a second thread
 // entering while another is registered throws std::logic_error naming both threads; with
-// NDEBUG the scope does nothing and costs nothing.
+// NDEBUG it does nothing and costs nothing.
 //
 // One layout in every build mode: owner_ is always a member, so a queue built in a
 // translation unit with NDEBUG and used in one without (or the other way round) is the same
-// object. Only whether a call checks depends on NDEBUG, as with assert() in an inline function:
-// where the two modes disagree the linker keeps one copy of each queue function, and either
-// copy is safe next to the other - an unchecked call never touches owner_, a checked call
-// registers and unregisters itself, so a checked call throws only when another checked call
-// is inside on another thread (a real misuse), never because of an unchecked one. The two
-// scopes are different class template specializations, so the scopes themselves have one
-// definition each.
+// object. Only whether a call checks depends on NDEBUG, as with assert() in an inline
+// function: where the two modes disagree the linker keeps one copy of each queue function,
+// and either copy is safe next to the other - an unchecked call never touches owner_; a
+// checked call registers and unregisters itself, so it throws only when another checked call
+// is inside on another thread (a real misuse), never because of an unchecked one. A mix can
+// only miss a misuse, never report a false one. The two scopes are different class template
+// specializations and consumer_check itself is the same in every mode, so none of these
+// classes has two definitions (tests/unit/odr_checked.cpp shares queues across the modes).
 #pragma once
 
 #include <atomic>
@@ -52,7 +53,7 @@ class consumer_check::scope<true> {
   explicit scope(consumer_check& c) : check_(c) {
     const auto me = std::this_thread::get_id();
     std::thread::id expected{};
-    // [K1] acq_rel: orders this consumer after the previous one's exit; pairs with [K2].
+    // [CC1] acq_rel: orders this consumer after the previous one's exit; pairs with [CC2].
     if (check_.owner_.compare_exchange_strong(expected, me, std::memory_order_acq_rel)) {
       outermost_ = true;
     } else if (expected != me) {
@@ -64,7 +65,7 @@ class consumer_check::scope<true> {
     }
   }
   ~scope() {
-    // [K2] release: pairs with [K1] of the next consumer to enter.
+    // [CC2] release: pairs with [CC1] of the next consumer to enter.
     if (outermost_) check_.owner_.store(std::thread::id{}, std::memory_order_release);
   }
   scope(const scope&) = delete;

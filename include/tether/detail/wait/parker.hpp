@@ -12,8 +12,9 @@
 //
 // Memory ordering: the handshake needs a full fence between the waiter's announcement and
 // its re-check, and between the notifier's publish and its waiters_ load. The waiter takes
-// heavy_fence(), the notifier light_fence() (see fence.hpp): publishing stays a plain release
-// store. The waiter's sleep/wake on epoch_ is release/acquire through the epoch bump.
+// heavy_fence(), the notifier light_fence() (see detail/platform/fence.hpp): publishing stays
+// a plain release store. The waiter's sleep/wake on epoch_ is ordered by the epoch bump
+// [PK1] and the waiter's acquire load [PK2].
 //
 // Listener: a parker can carry one parker_listener, called by every notify_*() after it has
 // woken its own waiters. A poller (select.hpp) hangs one on each watched queue's consumer
@@ -36,9 +37,9 @@
 namespace tether::detail {
 
 // How long (in CPU pauses) a waiter re-checks its condition before it sleeps. A hand-off
-// between two running threads takes about a microsecond; a futex sleep and wake costs tens
-// of microseconds on virtual machines, plus a membarrier on the sleeping side. Spinning
-// about 20-40 us catches the first case and bounds the CPU spent in the second.
+// between two running threads is far cheaper than a futex sleep and wake (plus a membarrier
+// on the sleeping side): a short spin catches the first case and bounds the CPU spent in the
+// second (the numbers: docs/design/queue_measurements.md).
 inline constexpr int spin_limit = 1000;
 // Then how many times it yields its core before it sleeps.
 inline constexpr int spin_yields = 4;
@@ -90,7 +91,7 @@ class parker {
   // deadline passed. Always retires the waiter announced by prepare_wait().
   bool wait(std::uint32_t key, steady_time deadline) noexcept {
     bool in_time = true;
-    while (epoch_.load(std::memory_order_acquire) == key) {  // acquire: pairs with the release of notify's epoch bump
+    while (epoch_.load(std::memory_order_acquire) == key) {  // [PK2] acquire: pairs with [PK1] in notify()
       if (deadline != no_deadline && std::chrono::steady_clock::now() >= deadline) {
         in_time = false;
         break;
@@ -139,7 +140,7 @@ class parker {
     if (symmetric_) full_fence(); else light_fence();
     const bool waiting = waiters_.load(std::memory_order_seq_cst) != 0;
     if (waiting) {
-      epoch_.fetch_add(1, std::memory_order_seq_cst);
+      epoch_.fetch_add(1, std::memory_order_seq_cst);  // [PK1] seq_cst (a release, too): pairs with [PK2] in wait()
       futex_wake(epoch_, count);
     }
     // The one extra load without a listener; ordered after the publish by the same fence.
@@ -224,7 +225,7 @@ bool park_spinning(parker& p, Ready&& ready, steady_time deadline) {
 // Outline:
 //   1. spin (spin_phase) - unless the parker's last wait outlasted the spin by far: a waiter
 //      that is mostly idle gains nothing from spinning, and on virtual machines a thread
-//      that spins before each sleep also wakes slower (measured in bench/README.md);
+//      that spins before each sleep also wakes slower (docs/design/queue_measurements.md);
 //   2. park_now(): prepare_wait(), re-check (the handshake), sleep until notified or the
 //      deadline; woken: re-check; a spurious or stale wake-up goes round again;
 //   3. a sleep shorter than long_wait turns the spin (back) on, a longer one off.
@@ -279,7 +280,8 @@ inline void parker::detach(parker_listener& l) noexcept {
 }
 
 // Short backoff for a thread that must let another finish a few instructions (a producer
-// waiting for a segment install): pause, then give the core away. Never sleeps.
+// waiting for another to link the next block of mpsc_queue's ring): pause, then give the
+// core away. Never sleeps.
 class backoff {
  public:
   void snooze() noexcept {
