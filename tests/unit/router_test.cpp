@@ -704,3 +704,115 @@ TEST_CASE("router: 100 idle subshells use (next to) no CPU", "[router][idle]") {
   CHECK(cpu < 50ms);
   CHECK(r.stats()->size() == 101);
 }
+
+namespace {
+// A payload whose move constructor throws on every third move (counted over all instances).
+std::atomic<int> flaky_moves{0};
+struct flaky {
+  explicit flaky(u64 x) : v(x) {}
+  flaky(flaky&& o) : v(o.v) {  // NOLINT: throwing on purpose
+    if (flaky_moves.fetch_add(1) % 3 == 2) throw std::runtime_error("flaky move");
+  }
+  u64 v;
+};
+}  // namespace
+
+TEST_CASE("router: a payload whose move throws never takes the router down; one reply per accepted message",
+          "[router][errors][exceptions]") {
+  tether::executor parent{named("parent")};
+  tether::router<flaky, u64> r{parent, [](subshell_id) {
+    return [](flaky&& f) {
+      flaky mine(std::move(f));  // may throw: handler_threw
+      return mine.v;
+    };
+  }};
+  const subshell_id child = *r.create_subshell();
+  const subshell_id gone = *r.create_subshell();
+  REQUIRE(r.delete_subshell(gone));
+  constexpr u64 messages = 3000;
+  std::set<u64> accepted;
+  u64 refused = 0;
+  for (u64 i = 0; i < messages; ++i) {
+    const subshell_id to = i % 4 == 0 ? parent_subshell : i % 4 == 1 ? child : i % 4 == 2 ? gone : subshell_id{99};
+    try {
+      if (r.send(to, flaky(i), i)) accepted.insert(i);
+    } catch (const std::runtime_error&) {  // the move into the inbox threw: not accepted
+      ++refused;
+    }
+  }
+  r.stop();
+  r.join();
+  auto replies = all_replies(r);
+  std::set<u64> answered;
+  std::map<routing_errc, u64> codes;
+  u64 returned = 0;
+  for (auto& rep : replies) {
+    CHECK(answered.insert(rep.tag()).second);  // exactly once
+    ++codes[rep.code()];
+    if (rep.has_value()) CHECK(*rep == rep.tag());
+    if (!rep.has_value() && rep.returned_payload() != nullptr) {
+      CHECK(rep.returned_payload()->v == rep.tag());
+      ++returned;
+    }
+  }
+  CHECK(answered == accepted);
+  CHECK(refused > 0);
+  CHECK(codes[routing_errc::ok] > 0);
+  CHECK(codes[routing_errc::handler_threw] > 0);
+  CHECK(codes[routing_errc::subshell_deleted] + codes[routing_errc::unknown_subshell] > 0);
+  CHECK(returned > 0);
+  CHECK(codes[routing_errc::ok] + codes[routing_errc::handler_threw] + codes[routing_errc::subshell_deleted] +
+            codes[routing_errc::unknown_subshell] ==
+        accepted.size());
+}
+
+TEST_CASE("router: a handler throwing std::bad_alloc gets its error reply; stop and join finish",
+          "[router][errors][exceptions]") {
+  tether::executor parent{named("parent")};
+  int_router r{parent, [](subshell_id) {
+    return [](u64&& v) -> u64 {
+      if (v % 2 == 1) throw std::bad_alloc();
+      return v;
+    };
+  }};
+  const subshell_id child = *r.create_subshell();
+  constexpr u64 per = 200;
+  for (u64 i = 0; i < per; ++i) {
+    REQUIRE(r.send(parent_subshell, u64{i}, i));
+    REQUIRE(r.send(child, u64{i}, per + i));
+  }
+  r.stop();
+  r.join();
+  auto replies = all_replies(r);
+  REQUIRE(replies.size() == 2 * per);
+  std::set<u64> tags;
+  u64 threw = 0, values = 0;
+  for (auto& rep : replies) {
+    CHECK(tags.insert(rep.tag()).second);
+    if (rep.has_value()) {
+      ++values;
+    } else {
+      CHECK(rep.code() == routing_errc::handler_threw);
+      ++threw;
+    }
+  }
+  CHECK(threw == per);
+  CHECK(values == per);
+}
+
+TEST_CASE("router: join_for and poller waits take a huge timeout as no deadline", "[router][timeouts]") {
+  tether::executor parent{named("parent")};
+  int_router r{parent, doubling_factory()};
+  REQUIRE(r.send(parent_subshell, u64{4}, 1));
+  tether::poller p;
+  p.add(r.replies());
+  auto ready = p.wait_for(std::chrono::nanoseconds::max());
+  REQUIRE(ready);
+  CHECK(ready->is(r.replies()));
+  CHECK(*next_reply(r) == 9);
+  CHECK(r.stop());
+  CHECK(r.join_for(std::chrono::hours::max()));
+  CHECK(r.join_until(std::chrono::system_clock::time_point::max()));
+  CHECK(r.try_join());
+  CHECK(p.remove(r.replies()));
+}
