@@ -1,15 +1,22 @@
 // Unit tests for tether::confined<T>: T is constructed and destroyed on the owner thread,
 // with / async_with / post_with run on the owner (inline there), results and exceptions come
-// back, local() works only on the owner and names both threads otherwise, and a constructor
-// that throws reports to the creator.
+// back, local() works only on the owner and names both threads otherwise, a constructor
+// that throws reports to the creator, and the destruction hand-over survives an allocation
+// failure, a stopped executor (destroyed on the owner while it drains) and a finished one
+// (leaked, never destroyed on the wrong thread).
 #include <tether/confined.hpp>
 
 #include <atomic>
+#include <chrono>
+#include <mutex>
 #include <future>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
+#include "alloc_failure.hpp"
 #include "catch.hpp"
 
 namespace {
@@ -85,10 +92,128 @@ TEST_CASE("confined: on an adopted owner, construction and destruction are inlin
   {
     tether::confined<hostile> h{ex, 0, &destroyed_on};
     CHECK(h.local().bump() == 1);
-    std::thread other([&] { h.post_with([](hostile& x) { x.bump(); }); });
+    std::thread other([&] { CHECK(h.post_with([](hostile& x) { x.bump(); })); });
     other.join();
-    CHECK(ex.poll() == 1);
+    CHECK(ex.try_run() == 1);
     CHECK(h.local().value == 2);
   }
   CHECK(destroyed_on == std::this_thread::get_id());
+}
+
+namespace {
+
+// Records on which thread each instance was destroyed.
+struct tracked {
+  static inline std::atomic<int> live{0};
+  static inline std::mutex m;
+  static inline std::vector<std::thread::id> destroyed_on;
+  tracked() { live.fetch_add(1); }
+  ~tracked() {
+    live.fetch_sub(1);
+    std::lock_guard lock{m};
+    destroyed_on.push_back(std::this_thread::get_id());
+  }
+  tracked(const tracked&) = delete;
+  tracked& operator=(const tracked&) = delete;
+  static std::vector<std::thread::id> take() {
+    std::lock_guard lock{m};
+    return std::exchange(destroyed_on, {});
+  }
+};
+
+struct gate {
+  std::promise<void> p;
+  std::shared_future<void> f{p.get_future().share()};
+};
+
+}  // namespace
+
+TEST_CASE("confined: the destruction hand-over survives an allocation failure", "[confined][oom]") {
+  (void)tracked::take();
+  tether::executor ex{{.name = "oom-owner"}};
+  const std::thread::id owner_id = ex.call([] { return std::this_thread::get_id(); });
+  auto obj = std::make_unique<tether::confined<tracked>>(ex);
+  gate g;
+  REQUIRE(ex.post([&g] { g.f.wait(); }));  // holds the owner: tasks pile up
+  std::atomic<int> used{0};
+  REQUIRE(obj->post_with([&used](tracked&) { used.fetch_add(1); }));
+  bool oom_hit = false;
+  int oom_refused = 0;
+  {
+    tether_test::failing_allocations oom;
+    // Post until a post needs a new queue block, which it cannot get: that is where the
+    // destructor's hand-over post will fail too.
+    // (No assertions in here: they allocate.)
+    bool hit = false;
+    int refused = 0;
+    for (int i = 0; i < 100000 && !hit; ++i) {
+      try {
+        if (!ex.post([] {})) ++refused;
+      } catch (const std::bad_alloc&) {
+        hit = true;
+      }
+    }
+    if (hit) obj.reset();  // must neither throw nor terminate
+    oom_hit = hit;
+    oom_refused = refused;
+  }
+  REQUIRE(oom_hit);
+  CHECK(oom_refused == 0);
+  CHECK_FALSE(obj);
+  CHECK(tracked::live == 1);  // not destroyed here
+  g.p.set_value();
+  ex.call([] {});
+  ex.stop();
+  ex.join();
+  CHECK(used == 1);  // the task posted before ran first
+  CHECK(tracked::live == 0);
+  CHECK(tracked::take() == std::vector<std::thread::id>{owner_id});
+}
+
+TEST_CASE("confined: destroyed while its executor drains a stop, T dies on the owner", "[confined][stop]") {
+  (void)tracked::take();
+  tether::executor ex{{.name = "draining"}};
+  const std::thread::id owner_id = ex.call([] { return std::this_thread::get_id(); });
+  gate g;
+  auto obj = std::make_unique<tether::confined<tracked>>(ex);
+  std::atomic<int> used{0};
+  REQUIRE(ex.post([&g] { g.f.wait(); }));
+  REQUIRE(obj->post_with([&used](tracked&) { used.fetch_add(1); }));
+  ex.stop();  // drain: the owner still has tasks to run
+  CHECK(obj->post_with([](tracked&) {}).is_closed());
+  obj.reset();
+  CHECK(tracked::live == 1);
+  g.p.set_value();
+  ex.join();
+  CHECK(used == 1);
+  CHECK(tracked::live == 0);
+  CHECK(tracked::take() == std::vector<std::thread::id>{owner_id});
+}
+
+TEST_CASE("confined: destroyed after its executor finished, T is leaked, not destroyed on the wrong thread",
+          "[confined][stop]") {
+  (void)tracked::take();
+  const int live_before = tracked::live;
+  tether::executor ex{{.name = "gone"}};
+  auto obj = std::make_unique<tether::confined<tracked>>(ex);
+  ex.stop();
+  ex.join();
+  obj.reset();  // prints a diagnostic; the T stays reachable (tether::detail::leaked_destroys)
+  CHECK(tracked::live == live_before + 1);
+  CHECK(tracked::take().empty());
+  CHECK(tether::detail::leaked_destroys.load() != nullptr);
+}
+
+TEST_CASE("confined: stop(cancel) still destroys T on the owner", "[confined][stop]") {
+  (void)tracked::take();
+  tether::executor ex{{.name = "cancelled"}};
+  const std::thread::id owner_id = ex.call([] { return std::this_thread::get_id(); });
+  auto obj = std::make_unique<tether::confined<tracked>>(ex);
+  gate g;
+  REQUIRE(ex.post([&g] { g.f.wait(); }));
+  obj.reset();  // queued behind the gate
+  ex.stop(tether::stop_mode::cancel);
+  g.p.set_value();
+  ex.join();
+  CHECK(tracked::take() == std::vector<std::thread::id>{owner_id});
 }

@@ -1,8 +1,10 @@
 // Unit tests for tether::executor: the verbs (post, dispatch, submit, call, post_and_reply,
 // post_at / post_after), owner identity, FIFO per poster, deadlock detection (2- and
 // 3-executor cycles, an adopted owner outside run()), stop(drain) / stop(cancel) accounting,
-// refusal after stop, the adopt_current_thread driving calls, delayed tasks, the wake fd
-// under epoll, hooks, the error policy, around_task and statistics.
+// refusal after stop, the adopt_current_thread driving calls (the run, run_one and join
+// families), delayed tasks (a failed registration, the sweep of cancelled ones, huge
+// delays), the wake fd under epoll, hooks, the error policy, around_task, every outcome of
+// post_and_reply, and statistics.
 #include <tether/context_guard.hpp>
 #include <tether/executor.hpp>
 
@@ -21,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "alloc_failure.hpp"
 #include "catch.hpp"
 #include "test_support.hpp"
 
@@ -645,4 +648,282 @@ TEST_CASE("executor: statistics count posted, run, waiting and running", "[execu
   CHECK(s.queue_depth == 0);
   CHECK(s.run_time >= 5ms);
   CHECK(s.wait_time > 0ns);
+}
+
+TEST_CASE("executor: post_and_reply's reply learns every outcome", "[executor][reply]") {
+  std::atomic<int> worker_errors{0};
+  std::string worker_error;
+  executor_options wo = named("worker");
+  wo.on_error = [&](std::exception_ptr e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      worker_error = x.what();
+    }
+    worker_errors.fetch_add(1);
+  };
+  executor ui{tether::adopt_current_thread, named("ui")};
+
+  SECTION("the task throws: the reply gets the exception, on_error nothing") {
+    executor worker{std::move(wo)};
+    std::string got;
+    bool on_ui = false;
+    REQUIRE(worker.post_and_reply([]() -> int { throw std::runtime_error("boom"); }, ui,
+                                  [&](tether::task_result<int> r) {
+                                    on_ui = ui.running_in_this_thread();
+                                    CHECK_FALSE(r.has_value());
+                                    try {
+                                      (void)r.value();
+                                    } catch (const std::runtime_error& e) {
+                                      got = e.what();
+                                    }
+                                  }));
+    while (got.empty()) (void)ui.run_one();
+    CHECK(got == "boom");
+    CHECK(on_ui);
+    worker.stop();
+    worker.join();
+    CHECK(worker_errors == 0);
+  }
+
+  SECTION("stop(cancel) destroys the task unrun: the reply gets executor_stopped") {
+    executor worker{std::move(wo)};
+    gate g;
+    REQUIRE(worker.post([&g] { g.wait(); }));
+    bool task_ran = false;
+    int replies = 0;
+    bool stopped = false;
+    REQUIRE(worker.post_and_reply([&] { task_ran = true; }, ui, [&](tether::task_result<void> r) {
+      ++replies;
+      try {
+        r.value();
+      } catch (const tether::executor_stopped&) {
+        stopped = true;
+      }
+    }));
+    worker.stop(tether::stop_mode::cancel);
+    g.open();
+    worker.join();
+    CHECK(ui.try_run() == 1);
+    CHECK(replies == 1);
+    CHECK(stopped);
+    CHECK_FALSE(task_ran);
+    CHECK(worker_errors == 0);
+  }
+
+  SECTION("reply_to already stopped: closed, nothing accepted or moved from") {
+    executor worker{std::move(wo)};
+    executor other{named("other")};
+    other.stop();
+    other.join();
+    auto payload = std::make_unique<int>(5);
+    auto task = [p = std::move(payload)] { return *p; };
+    const tether::push_result r = worker.post_and_reply(std::move(task), other, [](tether::task_result<int>) {});
+    CHECK(r.is_closed());
+    CHECK(worker.stats().tasks_posted == 0);
+    worker.stop();
+    worker.join();
+    CHECK(worker_errors == 0);
+  }
+
+  SECTION("reply_to stops or is destroyed before the reply: the worker's on_error learns") {
+    executor worker{std::move(wo)};
+    gate g;
+    REQUIRE(worker.post([&g] { g.wait(); }));
+    auto other = std::make_unique<executor>(named("short-lived"));
+    bool reply_ran = false;
+    REQUIRE(worker.post_and_reply([] { return 1; }, *other, [&](tether::task_result<int>) { reply_ran = true; }));
+    other.reset();  // destroyed while the worker is still busy: the reply has nowhere to go
+    g.open();
+    worker.stop();
+    worker.join();
+    CHECK_FALSE(reply_ran);
+    CHECK(worker_errors == 1);
+    CHECK_THAT(worker_error, Catch::Contains("worker") && Catch::Contains("stopped or destroyed"));
+  }
+  ui.stop();
+  ui.join();
+}
+
+TEST_CASE("executor: a delayed task the owner cannot register reads failed", "[executor][timer]") {
+  int errors = 0;
+  executor_options o = named("oom");
+  o.on_error = [&](std::exception_ptr) { ++errors; };  // allocates nothing
+  executor ex{tether::adopt_current_thread, std::move(o)};
+  bool ran = false;
+  tether::timer_handle h = ex.post_after(0ms, [&ran, c = tether_test::counted(7)] { ran = c.value == 7; });
+  const long live_before = tether_test::counted::live.load();
+  {
+    tether_test::failing_allocations oom;  // the owner's timer heap cannot grow
+    CHECK(ex.try_run() == 0);
+  }
+  CHECK(tether_test::allocations_refused >= 1);
+  CHECK(h.status() == tether::timer_status::failed);
+  CHECK(tether_test::counted::live.load() == live_before - 1);  // its callable is gone
+  CHECK(errors == 0);
+  CHECK(ex.stats().tasks_cancelled == 1);
+  CHECK_FALSE(h.cancel());
+  // The executor carries on.
+  tether::timer_handle next = ex.post_after(0ms, [&ran] { ran = true; });
+  CHECK(ex.try_run() == 1);
+  CHECK(ran);
+  CHECK(next.status() == tether::timer_status::ran);
+}
+
+TEST_CASE("executor: cancelled delayed tasks are swept before their deadline", "[executor][timer]") {
+  executor ex{tether::adopt_current_thread, named("sweep")};
+  const long live_before = tether_test::counted::live.load();
+  std::vector<tether::timer_handle> live;
+  for (int i = 0; i < 1000; ++i) {
+    tether::timer_handle h = ex.post_after(1h, [c = tether_test::counted(1)] { (void)c; });
+    if (i % 10 == 0) {
+      live.push_back(h);
+    } else {
+      CHECK(h.cancel());
+    }
+    if (i % 100 == 99) CHECK(ex.try_run() == 0);  // registers them
+  }
+  // 100 live timers; the 900 cancelled ones mostly swept (and their callables destroyed).
+  const std::size_t pending = ex.stats().timers_pending;
+  CHECK(pending >= 100);
+  CHECK(pending < 300);
+  CHECK(tether_test::counted::live.load() - live_before == static_cast<long>(pending));
+  for (auto& h : live) CHECK(h.status() == tether::timer_status::pending);
+  ex.stop();
+  ex.join();
+  for (auto& h : live) CHECK(h.status() == tether::timer_status::stopped);
+  CHECK(tether_test::counted::live.load() == live_before);
+}
+
+TEST_CASE("executor: the run_one family and try_run_one", "[executor][adopt]") {
+  executor ex{tether::adopt_current_thread, named("one")};
+  std::vector<int> seen;
+  CHECK(ex.try_run_one() == 0);
+  for (int i = 0; i < 3; ++i) REQUIRE(ex.post([&seen, i] { seen.push_back(i); }));
+  CHECK(ex.try_run_one() == 1);
+  CHECK(seen == std::vector<int>{0});
+  CHECK(ex.run_one_for(1s) == 1);
+  CHECK(ex.run_one_until(std::chrono::steady_clock::now() + 1s) == 1);
+  CHECK(seen == std::vector<int>{0, 1, 2});
+
+  auto t0 = std::chrono::steady_clock::now();
+  CHECK(ex.run_one_for(30ms) == 0);
+  CHECK(std::chrono::steady_clock::now() - t0 >= 30ms);
+  t0 = std::chrono::steady_clock::now();
+  CHECK(ex.run_one_until(std::chrono::system_clock::now() + 20ms) == 0);
+  CHECK(std::chrono::steady_clock::now() - t0 >= 19ms);
+
+  // A delayed task counts as one.
+  (void)ex.post_after(10ms, [&seen] { seen.push_back(9); });
+  CHECK(ex.run_one_for(5s) == 1);
+  CHECK(seen.back() == 9);
+  ex.stop();
+  CHECK(ex.run_one_for(1s) == 0);  // finishes the stop
+  CHECK(ex.is_finished());
+}
+
+TEST_CASE("executor: run_for returns at its deadline even while tasks keep coming", "[executor][adopt]") {
+  executor ex{tether::adopt_current_thread, named("busy")};
+  std::atomic<bool> done{false};
+  std::atomic<long> ran{0};
+  std::thread poster([&] {
+    while (!done.load()) {
+      (void)ex.post([&ran] { ran.fetch_add(1); });
+    }
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::size_t n = ex.run_for(50ms);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  done = true;
+  poster.join();
+  CHECK(n > 0);
+  CHECK(took >= 50ms);
+  CHECK(took < 5s);
+  ex.stop();
+  ex.join();
+  CHECK(ran.load() == static_cast<long>(ex.stats().tasks_run));
+}
+
+TEST_CASE("executor: the join family", "[executor][join]") {
+  SECTION("own thread") {
+    executor ex{named("joined")};
+    gate g;
+    REQUIRE(ex.post([&g] { g.wait(); }));
+    CHECK_FALSE(ex.try_join());
+    ex.stop();
+    CHECK_FALSE(ex.try_join());  // stopped, not finished: the gate holds the owner
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK_FALSE(ex.join_for(30ms));
+    CHECK(std::chrono::steady_clock::now() - t0 >= 30ms);
+    CHECK_FALSE(ex.join_until(std::chrono::system_clock::now() + 10ms));
+    std::thread opener([&g] {
+      std::this_thread::sleep_for(20ms);
+      g.open();
+    });
+    CHECK(ex.join_for(10s));
+    opener.join();
+    CHECK(ex.is_finished());
+    CHECK(ex.try_join());
+    ex.join();
+  }
+  SECTION("adopted, from its owner and from another thread") {
+    executor ex{tether::adopt_current_thread, named("adopted-join")};
+    int ran = 0;
+    REQUIRE(ex.post([&ran] { ++ran; }));
+    CHECK_FALSE(ex.try_join());  // runs what is ready; not stopped
+    CHECK(ran == 1);
+    bool other_saw = true;
+    std::thread other([&] { other_saw = ex.join_for(20ms); });
+    other.join();
+    CHECK_FALSE(other_saw);
+    REQUIRE(ex.post([&ran] { ++ran; }));
+    ex.stop();
+    CHECK(ex.try_join());  // on the owner: runs the rest and finishes
+    CHECK(ran == 2);
+    bool finished_seen = false;
+    std::thread late([&] { finished_seen = ex.try_join(); });
+    late.join();
+    CHECK(finished_seen);
+  }
+}
+
+TEST_CASE("executor: huge timeouts saturate instead of overflowing", "[executor][timeout]") {
+  SECTION("post_after(days::max()) does not run at once") {
+    executor ex{tether::adopt_current_thread, named("far")};
+    bool ran = false;
+    tether::timer_handle h = ex.post_after(std::chrono::days::max(), [&ran] { ran = true; });
+    tether::timer_handle h2 = ex.post_after(std::chrono::nanoseconds::max(), [&ran] { ran = true; });
+    tether::timer_handle h3 = ex.post_at(std::chrono::system_clock::time_point::max(), [&ran] { ran = true; });
+    CHECK(ex.run_for(20ms) == 0);
+    CHECK_FALSE(ran);
+    CHECK(h.status() == tether::timer_status::pending);
+    CHECK(h2.status() == tether::timer_status::pending);
+    CHECK(h3.status() == tether::timer_status::pending);
+    CHECK(h.cancel());
+  }
+  SECTION("run_for(max) and run_one_for(max) wait") {
+    executor ex{tether::adopt_current_thread, named("long-run")};
+    std::thread later([&] {
+      std::this_thread::sleep_for(40ms);
+      (void)ex.post([] {});
+      std::this_thread::sleep_for(40ms);
+      (void)ex.post([&ex] { ex.stop(); });
+    });
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK(ex.run_one_for(std::chrono::hours::max()) == 1);
+    CHECK(std::chrono::steady_clock::now() - t0 >= 35ms);
+    CHECK(ex.run_for(std::chrono::steady_clock::duration::max()) == 1);
+    CHECK(std::chrono::steady_clock::now() - t0 >= 75ms);
+    CHECK(ex.is_finished());
+    later.join();
+  }
+  SECTION("join_for(max) waits") {
+    executor ex{named("long-join")};
+    REQUIRE(ex.post([] { std::this_thread::sleep_for(50ms); }));
+    ex.stop();
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(ex.join_for(std::chrono::seconds::max()));
+    CHECK(std::chrono::steady_clock::now() - t0 >= 40ms);
+    CHECK(ex.join_for(std::chrono::days::max()));
+  }
 }

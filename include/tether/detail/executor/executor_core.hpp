@@ -303,7 +303,10 @@ class executor_core {
       if (step.more) continue;
       if (settle_deferred_destroys()) continue;
       if (quiet_wake_fd()) continue;
-      if (!block) return n;
+      if (!block) {
+        if (timers_.next_deadline() <= clock::now()) continue;  // registered just now, and due
+        return n;
+      }
       const detail::steady_time until = std::min(deadline, timers_.next_deadline());
       if (until != detail::no_deadline && clock::now() >= until) {
         if (clock::now() >= deadline) return n;
