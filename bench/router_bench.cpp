@@ -43,7 +43,7 @@ double process_cpu_ns() {
 
 struct subshell_set {
   explicit subshell_set(std::size_t n) {
-    for (std::size_t i = 0; i < n; ++i) ids.push_back(r.create_subshell());
+    for (std::size_t i = 0; i < n; ++i) ids.push_back(r.create_subshell().value());
   }
   tether::executor parent{{.name = "bench-parent"}};
   tether::router<u64, u64> r{parent, [](tether::subshell_id) { return [](u64&& v) { return v; }; },
@@ -112,7 +112,7 @@ void hop_latency(benchmark::State& state, std::size_t n) {
                                               },
                                               {.name = "bench-hop"}};
   std::vector<tether::subshell_id> ids;
-  for (std::size_t i = 0; i < n; ++i) ids.push_back(r.create_subshell());
+  for (std::size_t i = 0; i < n; ++i) ids.push_back(r.create_subshell().value());
   std::vector<std::int64_t> hops;
   hops.reserve(1 << 20);
   u64 k = 0;

@@ -117,7 +117,7 @@ int main() {
     tether::set_thread_name("client");
     tether::subshell_id child;
     tether::poller p;
-    p.on(kernel.replies(), [&](tether::routed_reply<cell_result, cell>&& rep) {
+    p.on(kernel.replies(), [&](tether::routed_reply<cell, cell_result>&& rep) {
        if (!rep) {
          say("client: error reply: " + rep.error().message());
          ok = false;
@@ -178,12 +178,12 @@ int main() {
     client_done.set_value();
     wait_for(6);  // the parent's reply
 
-    main_ex.post([&] { main_ex.stop(); });  // the kernel's main loop may end
+    (void)main_ex.post([&] { main_ex.stop(); });  // the kernel's main loop may end
   });
 
   const std::size_t ran = main_ex.run();  // the parent subshell runs here, on the main thread
   client.join();
-  kernel.shutdown();
+  kernel.stop();
   kernel.join();
   say("main: loop ran " + std::to_string(ran) + " task(s); kernel stopped");
 

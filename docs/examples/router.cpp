@@ -1,4 +1,4 @@
-// docs/examples/router.cpp - route by subshell id; errors, deletion and shutdown, nothing lost.
+// docs/examples/router.cpp - route by subshell id; errors, deletion and stop, nothing lost.
 // Built and run by ctest (label "doc"); exits non-zero if a check fails.
 #include <tether/router.hpp>
 
@@ -18,7 +18,9 @@ int main() {
     };
   }};
 
-  const tether::subshell_id child = r.create_subshell();  // its thread is "subshell-1"
+  const tether::routing_result<tether::subshell_id> made = r.create_subshell();  // its thread is "subshell-1"
+  if (!made) return 1;  // made.code(): router_stopped, create_failed ...
+  const tether::subshell_id child = *made;
   bool ok = true;
   ok &= static_cast<bool>(r.send({child, std::string("x = 1"), 1}));
   ok &= static_cast<bool>(r.send(tether::parent_subshell, "y = 2", 2));
@@ -42,13 +44,13 @@ int main() {
   }
 
   // Delete with cancel: queued messages are answered subshell_deleted, payload handed back.
-  const bool deleted = r.delete_subshell(child, tether::stop_mode::cancel);
+  const bool deleted = r.delete_subshell(child, tether::stop_mode::cancel).code() == tether::routing_errc::ok;
   ok &= static_cast<bool>(r.send(child, "after delete", 5));
   auto late = r.replies().pop_for(10s);
   ok &= late && late->error().code() == tether::routing_errc::subshell_deleted;
 
-  // Shutdown: no more sends; every accepted message answered; then the outbox closes.
-  r.shutdown(tether::stop_mode::drain);
+  // Stop: no more sends; every accepted message answered; then the outbox closes.
+  r.stop(tether::stop_mode::drain);
   const bool refused = r.send(tether::parent_subshell, "too late").is_closed();
   r.join();
   const bool closed = r.replies().try_pop().is_closed();
