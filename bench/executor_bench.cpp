@@ -54,7 +54,7 @@ struct tether_impl {
 
   template <class F>
   void post(F&& f) {
-    ex.post(std::forward<F>(f));
+    (void)ex.post(std::forward<F>(f));
   }
   template <class F>
   auto call(F&& f) {

@@ -53,12 +53,13 @@ int main() {
   for (int p = 0; p < producers; ++p)
     threads.emplace_back([&, p] {
       for (std::uint64_t i = 0; i < per_producer; ++i) {
-        loop_ex.post([&, p, i] {
-          off_thread += !main_thread.is_current();
-          out_of_order += next[p] != i;
-          next[p] = i + 1;
-          ++received;
-        });
+        if (!loop_ex.post([&, p, i] {
+              off_thread += !main_thread.is_current();
+              out_of_order += next[p] != i;
+              next[p] = i + 1;
+              ++received;
+            }))
+          call_errors.fetch_add(1);  // refused: the loop stopped too early
         if (i % 5000 == 0) {
           // A blocking call, answered by the main thread when its loop gets to it.
           const std::uint64_t seen = loop_ex.call([&] { return next[p]; });

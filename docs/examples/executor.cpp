@@ -17,7 +17,7 @@ int main() {
   std::vector<std::thread> callers;
   for (int c = 0; c < 8; ++c)
     callers.emplace_back([&] {
-      for (int i = 0; i < 100; ++i) ex.post([&state] { ++state; });
+      for (int i = 0; i < 100; ++i) (void)ex.post([&state] { ++state; });  // ok: running
     });
   for (auto& t : callers) t.join();
 
@@ -34,7 +34,7 @@ int main() {
 
   ex.stop(tether::drain);
   ex.join();
-  const bool refused = !ex.post([] {});  // visible refusal once stopped
+  const bool refused = ex.post([] {}).is_closed();  // visible refusal once stopped
   bool stopped_error = false;
   try {
     ex.call([] { return 0; });

@@ -30,7 +30,7 @@ int main() {
   std::vector<std::thread> sessions;
   for (int s = 0; s < 4; ++s)
     sessions.emplace_back([&main_ex, &runtime_state] {
-      for (int i = 0; i < 250; ++i) main_ex.post([&runtime_state] { ++runtime_state; });
+      for (int i = 0; i < 250; ++i) (void)main_ex.post([&runtime_state] { ++runtime_state; });
     });
   std::thread client([&pair] {
     for (const char* r : {"status", "execute", "shutdown"}) (void)pair.first.send(r);

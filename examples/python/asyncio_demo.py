@@ -2,7 +2,7 @@
 """An asyncio loop drives a tether::executor through its wake fd.
 
 C++ threads post work to the asyncio thread (the executor's owner) and make blocking calls
-that the asyncio thread answers; loop.add_reader(fd, lib.tether_py_poll) is the whole
+that the asyncio thread answers; loop.add_reader(fd, lib.tether_py_try_run) is the whole
 integration. Checks: every item arrives exactly once, in order per producer, on the asyncio
 thread, and the blocking calls ran on it too. Exit status 0 only when every check passes.
 
@@ -52,7 +52,7 @@ def main(library_path):
 
         def readable():
             wakeups[0] += 1
-            lib.tether_py_poll()
+            lib.tether_py_try_run()
 
         loop.add_reader(fd, readable)
         lib.tether_py_spawn(PRODUCERS, PER_PRODUCER)

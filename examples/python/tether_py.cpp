@@ -1,8 +1,8 @@
 // examples/python/tether_py.cpp - a tiny C ABI over tether::executor for Python's ctypes.
 //
 // The asyncio thread calls tether_py_start(): the executor adopts that thread, and the
-// returned descriptor goes to loop.add_reader(fd, poll). C++ producer threads then post
-// tasks that call back into Python (on the asyncio thread, inside poll()), and make blocking
+// returned descriptor goes to loop.add_reader(fd, try_run). C++ producer threads then post
+// tasks that call back into Python (on the asyncio thread, inside try_run()), and make blocking
 // calls that the asyncio thread answers.
 //
 // Every function returns 0 or a count on success and -1 on misuse (message on stderr).
@@ -58,8 +58,8 @@ int tether_py_start(item_callback cb) {
 }
 
 // Runs what is ready on the owner thread; returns how many tasks ran.
-int tether_py_poll() {
-  return guarded([] { return static_cast<int>(g().ex->poll()); });
+int tether_py_try_run() {
+  return guarded([] { return static_cast<int>(g().ex->try_run()); });
 }
 
 // Starts `count` C++ threads; each posts `per_producer` items (callback on the asyncio
@@ -70,10 +70,11 @@ int tether_py_spawn(int count, int per_producer) {
       g().producers.emplace_back([p, per_producer] {
         tether::executor& ex = *g().ex;
         for (std::int64_t i = 0; i < per_producer; ++i) {
-          ex.post([p, i] {
-            ++g().delivered;
-            g().on_item(p, i);
-          });
+          if (!ex.post([p, i] {
+                ++g().delivered;
+                g().on_item(p, i);
+              }))
+            g().call_errors.fetch_add(1);  // refused: stopped too early
           if (i % 100 == 99) {
             const bool on_owner = ex.call([&ex] { return ex.running_in_this_thread(); });
             if (!on_owner) g().call_errors.fetch_add(1);
@@ -98,7 +99,7 @@ std::int64_t tether_py_delivered() { return g().delivered; }
 int tether_py_stop() {
   return guarded([] {
     g().ex->stop();
-    const int n = static_cast<int>(g().ex->poll());
+    const int n = static_cast<int>(g().ex->try_run());
     g().ex.reset();
     return n;
   });

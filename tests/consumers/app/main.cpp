@@ -27,7 +27,7 @@ int main() {
   // Post to an executor's owner thread and call back into it.
   tether::executor ex{{.name = "consumer"}};
   long on_owner = 0;  // touched only on the owner thread
-  for (long i = 1; i <= 100; ++i) ex.post([&on_owner, i] { on_owner += i; });
+  for (long i = 1; i <= 100; ++i) (void)ex.post([&on_owner, i] { on_owner += i; });
   const long posted_sum = ex.call([&on_owner] { return on_owner; });  // FIFO: after the posts
 
   std::printf("tether %d.%d.%d: queue sum %ld (expected %ld), executor sum %ld (expected 5050)\n",

@@ -17,8 +17,8 @@
 // Who may call what: complete()/set_*() - the one completer (the owner thread, or whoever
 // destroys the unrun task); wait()/take() - the caller that owns the slot.
 //
-// Memory ordering: [S1] the release store of `done` publishes the result to the caller's
-// acquire/seq_cst loads in wait(); [S2] the release store of `released` orders the
+// Memory ordering: [CS1] the release store of `done` publishes the result to the caller's
+// acquire/seq_cst loads in wait(); [CS2] the release store of `released` orders the
 // completer's last touch of the slot before the caller's acquire load, after which the
 // caller may destroy it.
 #pragma once
@@ -73,7 +73,7 @@ class call_slot {
     park(parker_, [this] { return state_.load(std::memory_order_seq_cst) != pending; }, no_deadline, spin);
     backoff b;
     // After `released`, nothing else touches the slot.
-    while (state_.load(std::memory_order_acquire) != released) b.snooze();  // acquire: pairs with [S2]
+    while (state_.load(std::memory_order_acquire) != released) b.snooze();  // acquire: pairs with [CS2]
   }
 
   // Caller, after wait(): the result, or rethrows the exception.
@@ -94,9 +94,9 @@ class call_slot {
   static constexpr std::uint32_t released = 2;
 
   void complete() noexcept {
-    state_.store(done, std::memory_order_release);  // [S1] release: publishes value_ / error_
+    state_.store(done, std::memory_order_release);  // [CS1] release: publishes value_ / error_
     parker_.notify_one();
-    state_.store(released, std::memory_order_release);  // [S2] release: the completer's last touch
+    state_.store(released, std::memory_order_release);  // [CS2] release: the completer's last touch
   }
 
   using storage = std::conditional_t<std::is_void_v<R>, char,
