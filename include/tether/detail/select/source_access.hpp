@@ -6,7 +6,7 @@
 // condition (an item is ready, or closed and drained), and for channel endpoints the
 // receiving direction and the shared state that keeps it alive. For an adopting executor it also
 // needs the task queue (whose consumer is the owner), the earliest delayed-task deadline and
-// a bounded poll(). The sources befriend this one struct instead of exposing those to every
+// a bounded try_run(). The sources befriend this one struct instead of exposing those to every
 // user.
 //
 // Who may call what: watched_ready() is a consumer-side call (the thread that receives from
@@ -16,7 +16,7 @@
 //
 // Memory ordering: watched_ready() is the queue's own parker condition (seq_cst loads, the
 // re-check half of the parker handshake); nothing else here touches shared state (the timer
-// heap is owner-only, and executor_poll() is the executor's own poll()).
+// heap is owner-only, and executor_poll() is the executor's own try_run()).
 #pragma once
 
 #include <cstddef>
@@ -64,7 +64,7 @@ struct source_access {
   static steady_time executor_next_deadline(const Executor& ex) noexcept {
     return ex.timers_.next_deadline();
   }
-  // As ex.poll(), running at most max tasks (due delayed tasks first, then ready ones); once
+  // As ex.try_run(), running at most max tasks (due delayed tasks first, then ready ones); once
   // the queue is closed and drained, finishes the stop. Owner thread only (else wrong_thread).
   template <class Executor>
   static std::size_t executor_poll(Executor& ex, std::size_t max) {
