@@ -183,10 +183,14 @@ TEMPLATE_TEST_CASE("timeouts: channel recv_for / send_for with duration::max() w
   auto [a, b] = tether::make_channel<int>(1);
   auto r = blocks_until_released([&, &bb = b] { return bb.recv_for(huge); }, [&, &aa = a] { REQUIRE(aa.try_send(1)); });
   CHECK(*r == 1);
+  REQUIRE(a.capacity() == 2);  // rounded up to a power of two
   REQUIRE(a.try_send(2));
-  auto s = blocks_until_released([&, &aa = a] { return aa.send_for(3, huge); }, [&, &bb = b] { CHECK(*bb.try_recv() == 2); });
+  REQUIRE(a.try_send(3));
+  CHECK(a.try_send(4).is_full());
+  auto s = blocks_until_released([&, &aa = a] { return aa.send_for(4, huge); }, [&, &bb = b] { CHECK(*bb.try_recv() == 2); });
   CHECK(s.status() == tether::status::ok);
   CHECK(*b.try_recv() == 3);
+  CHECK(*b.try_recv() == 4);
   auto u = blocks_until_released([&, &bb = b] { return bb.recv_until(sys::time_point::max()); }, [&, &aa = a] { CHECK(aa.close()); });
   CHECK(u.is_closed());
   CHECK(returns_at_once([&, &bb = b] { return bb.recv_until(sys::time_point::min()); }).is_closed());
