@@ -57,6 +57,7 @@
 #include "detail/select/poller_core.hpp"
 #include "detail/select/sources.hpp"
 #include "executor.hpp"
+#include "fd_source.hpp"
 #include "mpsc_queue.hpp"
 #include "receiver.hpp"
 #include "result.hpp"

@@ -55,13 +55,19 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+#include <poll.h>
+#include <time.h>
+
 #include "../../executor.hpp"
+#include "../../fd_source.hpp"
 #include "../../result.hpp"
 #include "../platform/fence.hpp"
 #include "../platform/futex.hpp"
+#include "../platform/wake_fd.hpp"
 #include "../queue/consumer_check.hpp"
 #include "../wait/parker.hpp"
 #include "ready_list.hpp"
@@ -98,6 +104,7 @@ struct poll_entry : poll_node {
   bool timed = false;                     // has a next_deadline(); fixed at creation
   parker* source_parker = nullptr;        // fixed at creation
   parker* receive_done = nullptr;         // the core's; fixed at creation
+  fd_source* fd = nullptr;                // an fd_source's entry (its descriptor is polled); fixed at creation
   std::shared_ptr<void> keep_alive;       // a channel pair's state, so it outlives the entry
   // True while the waiting thread takes a message from the source outside the mutex: set
   // under the mutex, cleared by end_receive(); remove() waits for false.
@@ -112,7 +119,10 @@ struct poll_entry : poll_node {
 
 template <class Rx>
 struct watch_entry : poll_entry {
-  explicit watch_entry(Rx& r) : rx(&r) { source_parker = &rx_parker(r); }
+  explicit watch_entry(Rx& r) : rx(&r) {
+    source_parker = &rx_parker(r);
+    if constexpr (std::is_same_v<Rx, fd_source>) fd = &r;
+  }
   bool ready() override { return rx_ready(*rx); }
   Rx* rx;
 };
@@ -223,6 +233,44 @@ class entry_fifo {
   std::size_t count_ = 0;
 };
 
+// poll(2)'s bits for an fd_source's interest, and fd_events for what poll(2) reported.
+inline short poll_mask(fd_events interest) noexcept {
+  short m = 0;
+  if (has(interest, fd_events::readable)) m |= POLLIN;
+  if (has(interest, fd_events::writable)) m |= POLLOUT;
+  return m;
+}
+inline fd_events events_of(short revents) noexcept {
+  fd_events e = fd_events::none;
+  if ((revents & POLLIN) != 0) e |= fd_events::readable;
+  if ((revents & POLLOUT) != 0) e |= fd_events::writable;
+  if ((revents & (POLLERR | POLLNVAL)) != 0) e |= fd_events::error;
+  if ((revents & POLLHUP) != 0) e |= fd_events::hangup;
+  return e;
+}
+
+// How a poller that watches descriptors is woken from ppoll(): a listener on the ready
+// list's parker - every push to the ready list notifies that parker - signals a wake
+// descriptor the waiter polls beside the watched ones. Once per sleep: only the notifier
+// that finds `armed` set (and clears it) writes.
+struct fd_wake final : parker_listener {
+  fd_wake() { on_notify = &signal_if_armed; }
+  static void signal_if_armed(parker_listener& l) noexcept {
+    auto& w = static_cast<fd_wake&>(l);
+    // [FW2] seq_cst: the notifier's half of [FW1]; the ready list's push came first.
+    if (w.armed.exchange(false, std::memory_order_seq_cst)) w.fd.signal();
+  }
+  void poke() noexcept { signal_if_armed(*this); }
+  wake_fd fd;
+  // Set by the waiter just before it sleeps in ppoll(); cleared by the waiter when it wakes
+  // and by the one notifier that signals.
+  std::atomic<bool> armed{false};
+};
+
+// After this many turns that found a ready source without looking at the descriptors, the
+// waiter polls them once without blocking: busy queues cannot starve a descriptor.
+inline constexpr int fd_fairness_turns = 16;
+
 class poller_core {
  public:
   poller_core() = default;
@@ -232,6 +280,7 @@ class poller_core {
   // Detaches every source. No call may be running.
   ~poller_core() {
     std::lock_guard lock(mutex_);
+    if (wake_) ready_.wake.detach(*wake_);
     for (poll_entry* e : entries_) e->source_parker->detach(*e);
     for (poll_node* n = ready_.take_all(); n != nullptr;) {
       auto* e = static_cast<poll_entry*>(n);
@@ -254,12 +303,21 @@ class poller_core {
     entries_.reserve(entries_.size() + 1);  // all allocation before attach: nothing to undo
     pending_.reserve(entries_.size() + 1);
     if (e->timed) timed_.reserve(timed_.size() + 1);
+    if (e->fd != nullptr) {
+      fds_.reserve(fds_.size() + 1);
+      if (!wake_) {  // the first descriptor: from now on the waiter sleeps in ppoll()
+        auto w = std::make_unique<fd_wake>();
+        (void)ready_.wake.attach(*w);  // nothing else listens on the core's own parker
+        wake_ = std::move(w);
+      }
+    }
     if (!e->source_parker->attach(*e))
       throw std::logic_error(
           "tether::poller::add: this source is already watched by a poller; a source can be "
           "watched by one poller at a time (remove it from the other one first)");
     entries_.push_back(e.get());
     if (e->timed) timed_.push_back(e.get());
+    if (e->fd != nullptr) fds_.push_back(e.get());
     // The source may hold messages already: the waiter probes it once (after heavy_fence()).
     ready_.push(*e.release());
   }
@@ -303,15 +361,24 @@ class poller_core {
   //   3. none: park on the ready list (spin briefly first) until the caller's deadline or
   //      the earliest timed one, whichever comes first; woken, or past a timed deadline
   //      (that source is due: not a timeout), go to 1.
+  //
+  // With descriptors watched (fd_source), step 3 sleeps in ppoll() on them and on the wake
+  // descriptor instead (see poll_fds()), and a non-blocking call looks at them once before
+  // it reports empty; every fd_fairness_turns found sources, they are looked at anyway.
   pop_result<const void*> next_ready(steady_time deadline, bool block, bool dispatch) {
     consumer_scope scope(check_);
+    bool looked = false;  // !block: the descriptors were polled once already
     for (;;) {
+      if (fd_turns_ >= fd_fairness_turns) poll_fds(no_deadline, false);
       poll_entry* pinned = nullptr;  // only set while the entry is held by `dispatching`
       const void* id = nullptr;
       steady_time due = no_deadline;  // the earliest timed deadline
+      bool with_fds = false;
       {
         std::lock_guard lock(mutex_);
+        with_fds = !fds_.empty();
         if (poll_entry* found = next_candidate_locked(); found != nullptr) {
+          if (with_fds) ++fd_turns_;
           id = found->id;
           if (dispatch && found->has_handler()) {
             pinned = found;
@@ -325,6 +392,21 @@ class poller_core {
       if (id != nullptr) {
         if (pinned != nullptr) dispatch_one(*pinned);
         return pop_result<const void*>(std::in_place, id);
+      }
+      if (with_fds) {
+        if (!block) {
+          if (looked) return status::empty;
+          looked = true;
+          poll_fds(no_deadline, false);
+          continue;
+        }
+        const steady_time until = std::min(deadline, due);
+        poll_fds(until, true);
+        if (!ready_.has_work() && std::chrono::steady_clock::now() >= until) {
+          if (due <= deadline) continue;  // a timed source is due: step 1 reports it
+          return status::timeout;
+        }
+        continue;
       }
       if (!block) return status::empty;
       if (!park_until(ready_.wake, [this] { return ready_.has_work(); }, std::min(deadline, due))) {
@@ -340,6 +422,10 @@ class poller_core {
     e->source_parker->detach(*e);  // no notifier is inside e's listener after this
     e->removed = true;
     if (e->timed) std::erase(timed_, e);
+    if (e->fd != nullptr) {
+      std::erase(fds_, e);
+      wake_->poke();  // a waiter in ppoll() stops watching the descriptor (it never reports it)
+    }
     if (e->pending) {
       pending_.erase(e);
       e->pending = false;
@@ -431,6 +517,80 @@ class poller_core {
     return nullptr;
   }
 
+  // The waiter: polls the watched descriptors (blocking: until `until`, or until the wake
+  // descriptor fires; else not at all) and hands what poll(2) reported to each fd_source,
+  // which pushes its entry on the ready list for step 1 of next_ready().
+  //
+  // Outline:
+  //   1. under the mutex: copy each fd entry's descriptor and interest, and pin the entry
+  //      (`dispatching`: it is not freed while this call may still name it);
+  //   2. blocking: arm the wake-up [FW1], heavy_fence(), re-check the ready list: a push
+  //      before the fence is seen here (no sleep), one after it finds `armed` and signals;
+  //   3. ppoll() (a signal, EINTR, counts as a wake-up: the caller loops);
+  //   4. disarm; reset the wake descriptor if it fired;
+  //   5. under the mutex: deliver the reported events to entries not removed meanwhile,
+  //      unpin, free the entries removed meanwhile. A removed entry's descriptor may have been
+  //      in the ppoll() that just returned; it is never reported.
+  void poll_fds(steady_time until, bool block) {
+    fd_turns_ = 0;
+    {
+      std::lock_guard lock(mutex_);
+      poll_set_.reserve(fds_.size() + 1);  // may throw: before anything is pinned
+      pinned_.reserve(fds_.size());
+      poll_set_.clear();
+      pinned_.clear();
+      for (poll_entry* e : fds_) {
+        poll_set_.push_back(pollfd{e->fd->fd(), poll_mask(e->fd->interest()), 0});
+        pinned_.push_back(e);
+        ++e->dispatching;
+      }
+      poll_set_.push_back(pollfd{wake_->fd.fd(), POLLIN, 0});
+    }
+    timespec zero{0, 0}, left{0, 0};
+    const timespec* timeout = &zero;
+    if (block) {
+      if (until != no_deadline) {
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(until - std::chrono::steady_clock::now()).count();
+        if (ns > 0) {
+          left.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+          left.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+        }
+        timeout = &left;
+      } else {
+        timeout = nullptr;
+      }
+      // [FW1] seq_cst, then the heavy fence: pairs with the notifier's push, light fence and
+      // [FW2] (the parker's handshake, with `armed` as the waiter's announcement).
+      wake_->armed.store(true, std::memory_order_seq_cst);
+      heavy_fence();
+      if (ready_.has_work()) timeout = &zero;
+    }
+    const int n = sleep_in_poll(timeout);
+    if (block) wake_->armed.store(false, std::memory_order_seq_cst);
+    if (n > 0 && poll_set_.back().revents != 0) wake_->fd.arm(no_deadline);  // forget the signal
+    std::lock_guard lock(mutex_);
+    for (std::size_t i = 0; i < pinned_.size(); ++i) {
+      poll_entry* e = pinned_[i];
+      if (n > 0 && !e->removed && poll_set_[i].revents != 0) fd_access::deliver(*e->fd, events_of(poll_set_[i].revents));
+      if (--e->dispatching == 0 && e->removed) retire_locked(e);
+    }
+    pinned_.clear();
+  }
+
+  // ppoll() on Linux (nanosecond timeouts); poll() rounded up to milliseconds elsewhere.
+  int sleep_in_poll(const timespec* timeout) noexcept {
+#if defined(__linux__)
+    return ::ppoll(poll_set_.data(), static_cast<nfds_t>(poll_set_.size()), timeout, nullptr);
+#else
+    int ms = -1;
+    if (timeout != nullptr) {
+      const long long total = static_cast<long long>(timeout->tv_sec) * 1000 + (timeout->tv_nsec + 999'999) / 1'000'000;
+      ms = total > 2'000'000'000LL ? 2'000'000'000 : static_cast<int>(total);
+    }
+    return ::poll(poll_set_.data(), static_cast<nfds_t>(poll_set_.size()), ms);
+#endif
+  }
+
   // Runs the handler of a pinned entry; closed and drained: unregisters it, then on_closed.
   // Unpins it at the end (freeing it if it was removed meanwhile).
   void dispatch_one(poll_entry& e) {
@@ -457,6 +617,13 @@ class poller_core {
   std::vector<poll_entry*> entries_;  // registered; guarded by mutex_
   std::vector<poll_entry*> timed_;    // the registered entries that are timed; guarded by mutex_
   entry_fifo pending_;                // the waiter's candidates; guarded by mutex_
+  std::vector<poll_entry*> fds_;      // the registered fd_source entries; guarded by mutex_
+  std::unique_ptr<fd_wake> wake_;     // made with the first fd entry (under mutex_), then fixed
+  // The waiter's: the ppoll() set and the entries it names (filled under mutex_), and the
+  // turns since it last looked at the descriptors.
+  std::vector<pollfd> poll_set_;
+  std::vector<poll_entry*> pinned_;
+  int fd_turns_ = 0;
   ready_list ready_;                  // signalled entries, and the waiter's parker
   parker receive_done_;               // remove() waits here for end_receive()
   consumer_check check_;              // one waiting thread at a time (debug builds)

@@ -25,6 +25,7 @@
 #include "../../channel.hpp"
 #include "../../errors.hpp"
 #include "../../executor.hpp"
+#include "../../fd_source.hpp"
 #include "../../mpsc_queue.hpp"
 #include "../../receiver.hpp"
 #include "../channel/direction.hpp"
