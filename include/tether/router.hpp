@@ -45,6 +45,7 @@
 #include <exception>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -85,6 +86,14 @@ class reply_sender {
 
   bool replied() const noexcept { return sent_; }
   subshell_id subshell() const noexcept { return sub_->id; }
+
+  // Stopped when router::interrupt(subshell()) - or a control_request::interrupt for it -
+  // arrives while this handler runs; a handler that can stop early observes it, or hands it
+  // to its runtime with a std::stop_callback. Such a callback runs on the thread that serves
+  // the interrupt (the router thread): keep it short - set a flag, post to an executor -
+  // since routing waits for it. The first call for a message allocates its stop state
+  // (std::bad_alloc propagates); a message nobody asks about costs nothing.
+  std::stop_token stop_token() const { return sub_->stop_token(); }
   std::uint64_t tag() const noexcept { return tag_; }
 
  private:
@@ -202,6 +211,18 @@ class router {
     ids.reserve(r.subshells.size());
     for (const subshell_stats& s : r.subshells) ids.push_back(s.id);
     return ids;
+  }
+
+  // Interrupts the message running on subshell id (the parent included) now: requests stop
+  // on the std::stop_token its handler reads through reply_sender::stop_token() (or
+  // receives, for a handler of the form Reply(Payload&&, std::stop_token)). What the handler
+  // does then is its own affair: it still replies once. A subshell with no message running
+  // is left alone, and its next message starts with a fresh token. Errors: unknown_subshell,
+  // subshell_deleted, router_stopped. As control_request::interrupt() on the control channel.
+  routing_result<> interrupt(subshell_id id) {
+    control_reply r = engine_.call(control_request::interrupt(id));
+    if (r.error) return std::move(*r.error);
+    return {};
   }
 
   // Counters of the parent, then of every child (ascending id).

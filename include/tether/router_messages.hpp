@@ -19,6 +19,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -39,6 +40,24 @@ class subshell_id {
   constexpr bool is_parent() const noexcept { return value_ == 0; }
   // "parent" or "subshell-<id>" (also the child's executor and thread name).
   std::string to_string() const { return is_parent() ? std::string("parent") : "subshell-" + std::to_string(value_); }
+  // The id to_string() names: "parent", or "subshell-<n>" with n a decimal 1 .. 2^64-1
+  // (no sign, no leading zero); nullopt for anything else. So a protocol that names
+  // subshells with strings (JEP 91) can use to_string() as the name and this to route.
+  static constexpr std::optional<subshell_id> from_string(std::string_view s) noexcept {
+    if (s == "parent") return subshell_id{};
+    constexpr std::string_view prefix = "subshell-";
+    if (s.size() <= prefix.size() || s.substr(0, prefix.size()) != prefix) return std::nullopt;
+    s.remove_prefix(prefix.size());
+    if (s.front() == '0') return std::nullopt;
+    std::uint64_t v = 0;
+    for (const char c : s) {
+      if (c < '0' || c > '9') return std::nullopt;
+      const auto digit = static_cast<std::uint64_t>(c - '0');
+      if (v > (UINT64_MAX - digit) / 10) return std::nullopt;  // overflow
+      v = v * 10 + digit;
+    }
+    return subshell_id{v};
+  }
   friend constexpr bool operator==(const subshell_id&, const subshell_id&) noexcept = default;
   friend constexpr auto operator<=>(const subshell_id&, const subshell_id&) noexcept = default;
 
@@ -304,7 +323,9 @@ class [[nodiscard]] routing_result {
 };
 
 // The control channel's verbs (JEP 91's create / delete / list, and per-subshell counters).
-enum class control_op : std::uint8_t { create_subshell, delete_subshell, list_subshells, subshell_stats };
+// interrupt: request stop on the std::stop_token of the message running on a subshell now
+// (reply_sender::stop_token()).
+enum class control_op : std::uint8_t { create_subshell, delete_subshell, list_subshells, subshell_stats, interrupt };
 
 struct control_request {
   control_op op = control_op::list_subshells;
@@ -321,6 +342,9 @@ struct control_request {
   static control_request list(std::uint64_t tag = 0) { return {control_op::list_subshells, {}, stop_mode::drain, tag}; }
   static control_request stats(std::uint64_t tag = 0) {
     return {control_op::subshell_stats, {}, stop_mode::drain, tag};
+  }
+  static control_request interrupt(subshell_id id, std::uint64_t tag = 0) {
+    return {control_op::interrupt, id, stop_mode::drain, tag};
   }
 };
 

@@ -344,6 +344,7 @@ class router_engine {
     }
     sender_type reply(this, &s, tag);
     s.busy.store(true, std::memory_order_relaxed);  // relaxed: a statistic
+    s.begin_message();
     const char* failure = nullptr;
     std::exception_ptr thrown;
     try {
@@ -355,6 +356,7 @@ class router_engine {
     } catch (...) {
       thrown = std::current_exception();  // refers to the exception in flight: no allocation
     }
+    s.end_message();
     s.busy.store(false, std::memory_order_relaxed);  // relaxed: a statistic
     if (!reply.replied()) {
       if (thrown) {
@@ -604,6 +606,7 @@ class router_engine {
     switch (q.op) {
       case control_op::create_subshell: create(c); return;
       case control_op::delete_subshell: remove(c); return;
+      case control_op::interrupt: interrupt(c); return;
       case control_op::list_subshells:
       case control_op::subshell_stats: {
         std::optional<control_reply> r;
@@ -626,6 +629,28 @@ class router_engine {
     }
     answer(c.waiter, c.internal,
            error_reply(q.op, q.tag, q.subshell, routing_errc::invalid_request, "unknown control operation"));
+  }
+
+  // Requests stop on the token of the message running on the subshell (the parent included);
+  // ok also when none runs. Its stop callbacks run here, on the router thread.
+  void interrupt(const command& c) noexcept {
+    const control_request& q = c.request;
+    subshell* s = find(q.subshell);
+    if (s == nullptr) {
+      const bool was = q.subshell.value() < next_id_;
+      answer(c.waiter, c.internal,
+             error_reply(q.op, q.tag, q.subshell, was ? routing_errc::subshell_deleted : routing_errc::unknown_subshell,
+                         was ? "the subshell was deleted; nothing to interrupt" : "no such subshell was ever created"));
+      return;
+    }
+    try {
+      (void)s->interrupt();
+    } catch (...) {
+      answer(c.waiter, c.internal,
+             error_reply(q.op, q.tag, q.subshell, routing_errc::delivery_failed, "out of memory for the stop state"));
+      return;
+    }
+    answer(c.waiter, c.internal, control_reply{q.op, q.tag, q.subshell, {}, std::nullopt});
   }
 
   subshell_stats snapshot(const subshell& s) const {

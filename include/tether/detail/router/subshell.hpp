@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <stop_token>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -117,6 +119,50 @@ struct router_subshell {
   // 0, or the routing_errc with which queued tasks answer instead of running: set by the
   // router thread (delete or shutdown with cancel), read by the subshell's tasks.
   std::atomic<std::uint8_t> cancel_code{0};
+
+  // ---- interruption: the stop state of the message running now ----
+  // Written by the subshell thread around each handler call (begin_message / end_message) and
+  // by whoever asks first for the running message's token (stop_token(), the subshell thread)
+  // or interrupts it (interrupt(), the router thread) - made on demand, so a message nobody
+  // asks about or interrupts allocates nothing. Guarded by stop_mutex, which is never held
+  // while a stop callback runs (request_stop() is called after unlocking).
+  std::mutex stop_mutex;
+  bool running = false;
+  std::stop_source stop{std::nostopstate};
+
+  void begin_message() noexcept {
+    std::lock_guard lock(stop_mutex);
+    running = true;
+  }
+  void end_message() noexcept {
+    std::stop_source done{std::nostopstate};
+    {
+      std::lock_guard lock(stop_mutex);
+      running = false;
+      done.swap(stop);
+    }
+  }
+  // The running message's token (a token that never stops outside a handler). May throw
+  // std::bad_alloc (the first call for a message allocates its stop state).
+  std::stop_token stop_token() {
+    std::lock_guard lock(stop_mutex);
+    if (!running) return {};
+    if (!stop.stop_possible()) stop = std::stop_source();
+    return stop.get_token();
+  }
+  // Requests stop for the running message; false when none runs. Its stop callbacks run here,
+  // on the calling thread, after the lock is released. May throw std::bad_alloc.
+  bool interrupt() {
+    std::stop_source target{std::nostopstate};
+    {
+      std::lock_guard lock(stop_mutex);
+      if (!running) return false;
+      if (!stop.stop_possible()) stop = std::stop_source();
+      target = stop;
+    }
+    target.request_stop();
+    return true;
+  }
 };
 
 // Where the reaper waits for the parent's last answers (answered == accepted). Static: the
@@ -136,6 +182,8 @@ struct router_handler_impl final : router_handler<Payload, Reply> {
   void handle(Payload&& p, reply_sender<Payload, Reply>& reply) override {
     if constexpr (std::is_invocable_v<H&, Payload&&, reply_sender<Payload, Reply>&>) {
       std::invoke(fn, std::move(p), reply);
+    } else if constexpr (std::is_invocable_r_v<Reply, H&, Payload&&, std::stop_token>) {
+      reply.send(Reply(std::invoke(fn, std::move(p), reply.stop_token())));
     } else {
       reply.send(Reply(std::invoke(fn, std::move(p))));
     }
@@ -146,6 +194,7 @@ struct router_handler_impl final : router_handler<Payload, Reply> {
 // A handler of either form (see router.hpp's banner).
 template <class H, class Payload, class Reply>
 inline constexpr bool router_handler_v = std::is_invocable_v<H&, Payload&&, reply_sender<Payload, Reply>&> ||
+                                         std::is_invocable_r_v<Reply, H&, Payload&&, std::stop_token> ||
                                          std::is_invocable_r_v<Reply, H&, Payload&&>;
 
 template <class Payload, class Reply, class F>
