@@ -71,10 +71,22 @@ inline void prefetch_for_write(const void* p) noexcept {
 // ---- tether/detail/queue/consumer_check.hpp ---------------------------------
 // tether/detail/queue/consumer_check.hpp - catches two threads consuming one queue at once.
 //
-// Single-consumer queues are only correct with one consumer at a time. In debug builds
-// (NDEBUG not defined) every consumer call holds a consumer_scope; a second thread entering
-// while another is inside throws std::logic_error naming both threads. In release builds the
-// scope is empty and costs nothing.
+// Single-consumer queues are only correct with one consumer at a time. Every consumer call
+// holds a consumer_scope (consumer_check::scope<consumer_checks_enabled>): in a translation
+// unit compiled without NDEBUG it registers the calling thread in owner_, and a second thread
+// entering while another is registered throws std::logic_error naming both threads; with
+// NDEBUG it does nothing and costs nothing.
+//
+// One layout in every build mode: owner_ is always a member, so a queue built in a
+// translation unit with NDEBUG and used in one without (or the other way round) is the same
+// object. Only whether a call checks depends on NDEBUG, as with assert() in an inline
+// function: where the two modes disagree the linker keeps one copy of each queue function,
+// and either copy is safe next to the other - an unchecked call never touches owner_; a
+// checked call registers and unregisters itself, so it throws only when another checked call
+// is inside on another thread (a real misuse), never because of an unchecked one. A mix can
+// only miss a misuse, never report a false one. The two scopes are different class template
+// specializations and consumer_check itself is the same in every mode, so none of these
+// classes has two definitions (tests/unit/odr_checked.cpp shares queues across the modes).
 
 #include <atomic>
 #include <sstream>
@@ -83,49 +95,67 @@ inline void prefetch_for_write(const void* p) noexcept {
 
 namespace tether::detail {
 
-#ifndef NDEBUG
+// Whether this translation unit's consumer calls check. Not inline: a namespace-scope
+// constexpr has internal linkage, so each translation unit has its own and none of the
+// classes below differs between build modes.
+#ifdef NDEBUG
+constexpr bool consumer_checks_enabled = false;
+#else
+constexpr bool consumer_checks_enabled = true;
+#endif
+
 class consumer_check {
  public:
-  class scope {
-   public:
-    explicit scope(consumer_check& c) : check_(c) {
-      const auto me = std::this_thread::get_id();
-      std::thread::id expected{};
-      // acq_rel: entering orders this consumer after the previous one's exit (release in ~scope).
-      if (check_.owner_.compare_exchange_strong(expected, me, std::memory_order_acq_rel)) {
-        outermost_ = true;
-      } else if (expected != me) {
-        std::ostringstream msg;
-        msg << "tether: two threads consume one single-consumer queue at once (thread " << me
-            << " entered while thread " << expected
-            << " was consuming); consume from one thread at a time";
-        throw std::logic_error(msg.str());
-      }
-    }
-    ~scope() {
-      // release: pairs with the acq_rel compare_exchange of the next consumer to enter.
-      if (outermost_) check_.owner_.store(std::thread::id{}, std::memory_order_release);
-    }
-    scope(const scope&) = delete;
-    scope& operator=(const scope&) = delete;
-
-   private:
-    consumer_check& check_;
-    bool outermost_ = false;
-  };
+  template <bool Check>
+  class scope;
 
  private:
-  std::atomic<std::thread::id> owner_{};  // the thread inside a consumer call, if any
+  // The thread inside a checked consumer call, if any: written and read by checked calls only.
+  std::atomic<std::thread::id> owner_{};
 };
-#else
-class consumer_check {
+
+// Checked: registers the calling thread for the length of the call (nested calls on the same
+// thread, e.g. a pop from inside a try_pop_each callback, are fine).
+template <>
+class consumer_check::scope<true> {
  public:
-  class scope {
-   public:
-    explicit scope(consumer_check&) noexcept {}
-  };
+  explicit scope(consumer_check& c) : check_(c) {
+    const auto me = std::this_thread::get_id();
+    std::thread::id expected{};
+    // [CC1] acq_rel: orders this consumer after the previous one's exit; pairs with [CC2].
+    if (check_.owner_.compare_exchange_strong(expected, me, std::memory_order_acq_rel)) {
+      outermost_ = true;
+    } else if (expected != me) {
+      std::ostringstream msg;
+      msg << "tether: two threads consume one single-consumer queue at once (thread " << me
+          << " entered while thread " << expected
+          << " was consuming); consume from one thread at a time";
+      throw std::logic_error(msg.str());
+    }
+  }
+  ~scope() {
+    // [CC2] release: pairs with [CC1] of the next consumer to enter.
+    if (outermost_) check_.owner_.store(std::thread::id{}, std::memory_order_release);
+  }
+  scope(const scope&) = delete;
+  scope& operator=(const scope&) = delete;
+
+ private:
+  consumer_check& check_;
+  bool outermost_ = false;
 };
-#endif
+
+// Unchecked: touches nothing.
+template <>
+class consumer_check::scope<false> {
+ public:
+  explicit scope(consumer_check&) noexcept {}
+  scope(const scope&) = delete;
+  scope& operator=(const scope&) = delete;
+};
+
+// The scope every consumer call of this translation unit takes.
+using consumer_scope = consumer_check::scope<consumer_checks_enabled>;
 
 }  // namespace tether::detail
 
@@ -224,9 +254,14 @@ inline void futex_wake(std::atomic<std::uint32_t>& word, int) noexcept {
 
 #endif
 
+// The longest wait tether computes a deadline for: anything longer (or a time point further
+// ahead) is no_deadline, "wait until woken". About 95 years, far below the steady clock's
+// overflow (292 years of nanoseconds from boot).
+inline constexpr double deadline_horizon_seconds = 3e9;
+
 // Converts any clock's time point to a steady_clock deadline (other clocks' deadlines are
 // honoured as "this much time from now"). Saturates instead of overflowing: a deadline in
-// the past is "now", one centuries away is no_deadline.
+// the past is "now" (try once), one beyond the horizon is no_deadline.
 template <class Clock, class Duration>
 steady_time to_steady(const std::chrono::time_point<Clock, Duration>& t) {
   using namespace std::chrono;
@@ -238,19 +273,25 @@ steady_time to_steady(const std::chrono::time_point<Clock, Duration>& t) {
     const double ahead = duration<double>(t.time_since_epoch()).count() -
                          duration<double>(now.time_since_epoch()).count();
     const auto steady_now = steady_clock::now();
-    if (ahead <= 0) return steady_now;
-    if (ahead > 3e9) return no_deadline;  // about 95 years
-    return steady_now + ceil<steady_clock::duration>(t - now);  // |t - now| is small here
+    if (!(ahead > 0)) return steady_now;
+    if (ahead > deadline_horizon_seconds) return no_deadline;
+    return steady_now + ceil<steady_clock::duration>(duration<double>(ahead));  // small here
   }
 }
 
-// Converts a relative timeout to a deadline, saturating instead of overflowing.
+// The one place a relative timeout becomes a deadline: every `_for` call of the library goes
+// through here. Saturates instead of overflowing: zero, negative (or NaN) is "now" (try
+// once); beyond the horizon - days::max(), weeks::max(), microseconds::max(), ... - is
+// no_deadline. The comparison is made in floating point: comparing days::max() with an
+// integral hours count would itself overflow (libstdc++'s days is a 64-bit count).
 template <class Rep, class Period>
-steady_time deadline_after(const std::chrono::duration<Rep, Period>& d) {
-  auto now = std::chrono::steady_clock::now();
-  if (d <= d.zero()) return now;
-  if (d >= std::chrono::hours(24 * 365 * 100)) return no_deadline;
-  return now + std::chrono::ceil<std::chrono::steady_clock::duration>(d);
+steady_time deadline_after(const std::chrono::duration<Rep, Period>& d) noexcept {
+  using namespace std::chrono;
+  const auto now = steady_clock::now();
+  const double seconds = duration<double>(d).count();
+  if (!(seconds > 0)) return now;
+  if (seconds > deadline_horizon_seconds) return no_deadline;
+  return now + ceil<steady_clock::duration>(d);  // d is under the horizon: no overflow
 }
 
 }  // namespace tether::detail
@@ -356,8 +397,9 @@ inline void heavy_fence() noexcept {
 //
 // Memory ordering: the handshake needs a full fence between the waiter's announcement and
 // its re-check, and between the notifier's publish and its waiters_ load. The waiter takes
-// heavy_fence(), the notifier light_fence() (see fence.hpp): publishing stays a plain release
-// store. The waiter's sleep/wake on epoch_ is release/acquire through the epoch bump.
+// heavy_fence(), the notifier light_fence() (see detail/platform/fence.hpp): publishing stays
+// a plain release store. The waiter's sleep/wake on epoch_ is ordered by the epoch bump
+// [PK1] and the waiter's acquire load [PK2].
 //
 // Listener: a parker can carry one parker_listener, called by every notify_*() after it has
 // woken its own waiters. A poller (select.hpp) hangs one on each watched queue's consumer
@@ -372,9 +414,9 @@ inline void heavy_fence() noexcept {
 namespace tether::detail {
 
 // How long (in CPU pauses) a waiter re-checks its condition before it sleeps. A hand-off
-// between two running threads takes about a microsecond; a futex sleep and wake costs tens
-// of microseconds on virtual machines, plus a membarrier on the sleeping side. Spinning
-// about 20-40 us catches the first case and bounds the CPU spent in the second.
+// between two running threads is far cheaper than a futex sleep and wake (plus a membarrier
+// on the sleeping side): a short spin catches the first case and bounds the CPU spent in the
+// second (the numbers: docs/design/queue_measurements.md).
 inline constexpr int spin_limit = 1000;
 // Then how many times it yields its core before it sleeps.
 inline constexpr int spin_yields = 4;
@@ -426,7 +468,7 @@ class parker {
   // deadline passed. Always retires the waiter announced by prepare_wait().
   bool wait(std::uint32_t key, steady_time deadline) noexcept {
     bool in_time = true;
-    while (epoch_.load(std::memory_order_acquire) == key) {  // acquire: pairs with the release of notify's epoch bump
+    while (epoch_.load(std::memory_order_acquire) == key) {  // [PK2] acquire: pairs with [PK1] in notify()
       if (deadline != no_deadline && std::chrono::steady_clock::now() >= deadline) {
         in_time = false;
         break;
@@ -475,7 +517,7 @@ class parker {
     if (symmetric_) full_fence(); else light_fence();
     const bool waiting = waiters_.load(std::memory_order_seq_cst) != 0;
     if (waiting) {
-      epoch_.fetch_add(1, std::memory_order_seq_cst);
+      epoch_.fetch_add(1, std::memory_order_seq_cst);  // [PK1] seq_cst (a release, too): pairs with [PK2] in wait()
       futex_wake(epoch_, count);
     }
     // The one extra load without a listener; ordered after the publish by the same fence.
@@ -560,7 +602,7 @@ bool park_spinning(parker& p, Ready&& ready, steady_time deadline) {
 // Outline:
 //   1. spin (spin_phase) - unless the parker's last wait outlasted the spin by far: a waiter
 //      that is mostly idle gains nothing from spinning, and on virtual machines a thread
-//      that spins before each sleep also wakes slower (measured in bench/README.md);
+//      that spins before each sleep also wakes slower (docs/design/queue_measurements.md);
 //   2. park_now(): prepare_wait(), re-check (the handshake), sleep until notified or the
 //      deadline; woken: re-check; a spurious or stale wake-up goes round again;
 //   3. a sleep shorter than long_wait turns the spin (back) on, a longer one off.
@@ -615,7 +657,8 @@ inline void parker::detach(parker_listener& l) noexcept {
 }
 
 // Short backoff for a thread that must let another finish a few instructions (a producer
-// waiting for a segment install): pause, then give the core away. Never sleeps.
+// waiting for another to link the next block of mpsc_queue's ring): pause, then give the
+// core away. Never sleeps.
 class backoff {
  public:
   void snooze() noexcept {
@@ -636,7 +679,7 @@ class backoff {
 // ---- tether/detail/queue/sink.hpp -------------------------------------------
 // tether/detail/queue/sink.hpp - how a consumer hands an item over to whoever takes it.
 //
-// Two kinds of taker: a drain() callback, which may pop from the same queue, so the item
+// Two kinds of taker: a try_pop_each() callback, which may pop from the same queue, so the item
 // must have left the queue before the callback sees it; and the output iterator of
 // try_pop_bulk / pop_bulk, which never uses the queue, so the item can go to it straight
 // from its slot and leave the queue only once it is there - if the assignment throws, the
@@ -664,7 +707,8 @@ concept non_reentrant_sink = requires { requires !std::remove_cvref_t<Sink>::ree
 
 // Moves the item at p into sink, destroys it, then leave() moves the queue past its slot.
 // If sink throws, leave() does not run: the item stays queued (in whatever state the throwing
-// move left it). Every single-item take and every non-re-entrant hand-over goes this way.
+// move left it). Every non-re-entrant hand-over goes this way (single-item pops use
+// pop_result's take_from_slot constructor, which does the same).
 template <class T, class Sink, class Leave>
 void move_out(T* p, Sink&& sink, Leave&& leave) {
   sink(std::move(*p));
@@ -674,7 +718,11 @@ void move_out(T* p, Sink&& sink, Leave&& leave) {
 
 // Hands the item at p to sink and destroys it; leave() moves the queue past its slot. For a
 // non-re-entrant sink leave() runs after the sink (move_out: a throwing sink leaves the item
-// queued); for any other, before (the sink may pop from the same queue).
+// queued); for any other, before (the sink may pop from the same queue): then the item is
+// first moved into a local - if that move throws, the item stays queued - and the sink gets
+// an rvalue reference to it. A sink that takes its parameter by value moves it once more; if
+// that move throws, the item has already left the queue and is destroyed (it counts as
+// delivered, as everything handed to the callback).
 template <class T, class Sink, class Leave>
 void hand_over(T* p, Sink& sink, Leave&& leave) {
   if constexpr (non_reentrant_sink<Sink>) {
@@ -701,6 +749,14 @@ void hand_over(T* p, Sink& sink, Leave&& leave) {
 #include <string>
 
 namespace tether {
+
+namespace detail {
+// Tag of pop_result's taking constructor: see there. For the queues; not for users.
+struct take_from_slot_t {
+  explicit take_from_slot_t() = default;
+};
+inline constexpr take_from_slot_t take_from_slot{};
+}  // namespace detail
 
 enum class status : std::uint8_t {
   ok,       // the value was pushed / a value was popped
@@ -748,6 +804,20 @@ class [[nodiscard]] pop_result {
   explicit pop_result(std::in_place_t, Args&&... args)
       : value_(std::in_place, std::forward<Args>(args)...), status_(tether::status::ok) {}
 
+  // For the queues (detail): moves the value straight out of a queue's slot - the only move
+  // an item makes on its way out of a pop - destroys the moved-from item in the slot, then
+  // calls commit(), which moves the queue past the slot. If the move throws, nothing else
+  // runs: the item is still queued (as T's throwing move left it) and the next to pop. Every
+  // pop returns this result as a prvalue all the way out (guaranteed copy elision), so no
+  // later move of T can lose the item.
+  template <class Commit>
+  pop_result(detail::take_from_slot_t, T* slot_item, Commit&& commit)
+      : value_(std::in_place, std::move(*slot_item)), status_(tether::status::ok) {
+    static_assert(noexcept(commit()), "tether::pop_result: a take's commit must not throw");
+    slot_item->~T();
+    commit();
+  }
+
   bool has_value() const noexcept { return status_ == tether::status::ok; }
   explicit operator bool() const noexcept { return has_value(); }
   tether::status status() const noexcept { return status_; }
@@ -786,12 +856,22 @@ class [[nodiscard]] pop_result {
 //
 // mpsc_queue and bounded_mpsc_queue differ in how producers claim slots, not in how their
 // one consumer takes items out, waits and sees the end. This CRTP base gives both the same
-// consumer API on top of four primitives the queue provides:
+// consumer API (documented per method in mpsc_queue.hpp and bounded_mpsc_queue.hpp, which
+// re-declare it) on top of five primitives the queue provides:
 //   head_state probe()              - is the head item ready, empty, in flight or closed?
-//   std::optional<T> take()         - take the ready head item (nullopt: a skipped slot)
+//   bool skip_abandoned()           - after ready: if the head slot's producer's constructor
+//                                     threw, move past it and say so
+//   pop_result<T> take()            - take the ready head item, moving it out exactly once
+//                                     (pop_result's take_from_slot constructor)
 //   size_t take_ready(max, sink)    - take up to max ready items, calling sink(T&&)
 //   bool head_ready()               - the parker condition (seq_cst loads)
 // plus a parker `consumer_wait_` and a consumer_check `check_`.
+//
+// Every pop_result travels out as a prvalue (take() -> the loop below -> the public call ->
+// the caller), so an item is moved once on its way out and a throwing move leaves it queued.
+//
+// One private deadline loop per shape: pop_until_steady for one item, pop_bulk_until_steady
+// for many; the blocking, try_ and _for / _until forms wrap them.
 //
 // Every method here: consumer thread only (one thread at a time).
 
@@ -808,27 +888,21 @@ struct source_access;  // a poller's view of a consumer (detail/select/source_ac
 template <class Queue, class T>
 class consumer_ops {
  public:
-  // Pops the oldest ready item without blocking. status::empty when nothing is ready (an
-  // item whose producer is mid-push is not ready yet); status::closed once closed and
-  // drained. Consumer thread only.
   pop_result<T> try_pop() {
-    consumer_check::scope scope(q().check_);
+    consumer_scope scope(q().check_);
     for (;;) {
       switch (q().probe()) {
         case head_state::ready:
-          if (auto v = q().take()) return pop_result<T>(std::in_place, std::move(*v));
-          continue;  // a slot skipped because its producer's constructor threw
+          if (q().skip_abandoned()) continue;
+          return q().take();
         case head_state::closed: return status::closed;
         default: return status::empty;
       }
     }
   }
 
-  // Blocks (spins briefly, then parks) until an item arrives or the queue is closed and
-  // drained; an empty optional means closed and drained. Consumer thread only.
-  std::optional<T> pop() { return pop_until_steady(no_deadline).take(); }
+  pop_result<T> pop() { return pop_until_steady(no_deadline); }
 
-  // As pop(), giving up at the deadline: status ok, timeout or closed. Consumer thread only.
   template <class Rep, class Period>
   pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout) {
     return pop_until_steady(deadline_after(timeout));
@@ -838,40 +912,28 @@ class consumer_ops {
     return pop_until_steady(to_steady(deadline));
   }
 
-  // Moves up to max ready items to out, oldest first; never blocks. Returns how many. If an
-  // assignment to out throws, the items before it are popped and that one stays queued (as
-  // the throwing move left it). out must not use this queue (drain() may). Consumer thread
-  // only.
   template <class OutputIt>
   std::size_t try_pop_bulk(OutputIt out, std::size_t max) {
-    consumer_check::scope scope(q().check_);
+    consumer_scope scope(q().check_);
     return q().take_ready(max, output_sink<OutputIt>{out});
   }
 
-  // Blocks until at least one item is ready, then moves up to max ready items to out.
-  // Returns how many; 0 only when closed and drained (or max == 0). As try_pop_bulk if an
-  // assignment to out throws. Consumer thread only.
   template <class OutputIt>
   std::size_t pop_bulk(OutputIt out, std::size_t max) {
-    consumer_check::scope scope(q().check_);
-    if (max == 0) return 0;
-    for (;;) {
-      const head_state hs = q().probe();
-      if (hs == head_state::closed) return 0;
-      if (hs == head_state::ready) {
-        const std::size_t n = q().take_ready(max, output_sink<OutputIt>{out});
-        if (n != 0) return n;
-        continue;  // only skipped slots
-      }
-      wait_for_head(no_deadline);
-    }
+    return pop_bulk_until_steady(out, max, no_deadline);
+  }
+  template <class OutputIt, class Rep, class Period>
+  std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout) {
+    return pop_bulk_until_steady(out, max, deadline_after(timeout));
+  }
+  template <class OutputIt, class Clock, class Duration>
+  std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline) {
+    return pop_bulk_until_steady(out, max, to_steady(deadline));
   }
 
-  // Calls f(T&&) for up to max ready items, oldest first; never blocks. Returns how many.
-  // An item handed to f counts as delivered even if f throws. Consumer thread only.
   template <class F>
-  std::size_t drain(F&& f, std::size_t max = SIZE_MAX) {
-    consumer_check::scope scope(q().check_);
+  std::size_t try_pop_each(F&& f, std::size_t max = SIZE_MAX) {
+    consumer_scope scope(q().check_);
     return q().take_ready(max, f);
   }
 
@@ -887,7 +949,7 @@ class consumer_ops {
   // the parker's condition (an item is ready, or closed and drained). Consumer thread only.
   parker& watched_parker() noexcept { return q().consumer_wait_; }
   bool watched_ready() {
-    consumer_check::scope scope(q().check_);
+    consumer_scope scope(q().check_);
     return q().head_ready();
   }
 
@@ -895,17 +957,37 @@ class consumer_ops {
     return park_until(q().consumer_wait_, [this] { return q().head_ready(); }, deadline);
   }
 
+  // The deadline loop of the single-item pops. A deadline already past still takes a ready
+  // item (try once).
   pop_result<T> pop_until_steady(steady_time deadline) {
-    consumer_check::scope scope(q().check_);
+    consumer_scope scope(q().check_);
     for (;;) {
       switch (q().probe()) {
         case head_state::ready:
-          if (auto v = q().take()) return pop_result<T>(std::in_place, std::move(*v));
-          continue;
+          if (q().skip_abandoned()) continue;
+          return q().take();  // a prvalue: see the banner
         case head_state::closed: return status::closed;
         default: break;
       }
       if (!wait_for_head(deadline)) return status::timeout;
+    }
+  }
+
+  // The deadline loop of the bulk pops: waits for the first item until the deadline, then
+  // takes what is ready. 0 when closed and drained, timed out, or max == 0.
+  template <class OutputIt>
+  std::size_t pop_bulk_until_steady(OutputIt out, std::size_t max, steady_time deadline) {
+    consumer_scope scope(q().check_);
+    if (max == 0) return 0;
+    for (;;) {
+      const head_state hs = q().probe();
+      if (hs == head_state::closed) return 0;
+      if (hs == head_state::ready) {
+        const std::size_t n = q().take_ready(max, output_sink<OutputIt>{out});
+        if (n != 0) return n;
+        continue;  // only skipped slots
+      }
+      if (!wait_for_head(deadline)) return 0;
     }
   }
 };
@@ -918,25 +1000,26 @@ class consumer_ops {
 //
 // Who may call what:
 //   try_push / push / push_for / push_until / try_emplace / close / is_closed /
-//   size_approx / capacity                                       - any thread, concurrently.
-//   try_pop / pop / pop_for / pop_until / *_bulk / drain          - one consumer thread at a
-//     time (debug builds throw std::logic_error when two threads consume at once).
+//   size_approx / capacity         - any thread, concurrently.
+//   try_pop / pop / pop_for / pop_until, try_pop_bulk / pop_bulk / pop_bulk_for /
+//   pop_bulk_until, try_pop_each   - one consumer thread at a time (a translation unit built
+//                                    without NDEBUG throws std::logic_error when two threads
+//                                    consume at once).
 //
-// Each slot carries a sequence number saying whose turn it is: `pos` means free for the
-// producer of position pos, `pos + 1` means holding that producer's item, and the consumer
-// hands the slot to the next lap by storing `pos + capacity`. Producers claim positions with
-// one compare-and-swap on the tail, so try_push can fail fast when the slot is still full.
-// A full queue parks blocked producers. The consumer wakes them once it has freed a batch of
-// slots (capacity / 8), or as soon as it runs out of items: waking them for every freed slot
-// would make them all race for it and park again, a system call each time.
+// Outcomes: a push returns push_result: ok; full (try_push); timeout (push_for /
+// push_until); closed - on every outcome but ok its argument is untouched. push() blocks
+// while the queue is full. A pop returns pop_result<T>: the oldest ready item, or empty
+// (try_pop), timeout (_for / _until) or closed (closed and every item taken); bulk pops return
+// how many items they took. Items pushed by one thread come out in the order pushed. A
+// throwing move of T leaves the item queued (see each method). The destructor destroys the
+// items still queued. Memory is allocated once, by the constructor.
 //
-// Memory ordering: a producer's release store of `pos + 1` publishes the item to the
-// consumer's acquire load; the consumer's release store of `pos + capacity` hands the
-// emptied slot to the producer's acquire load. Waking parked threads is the parker's
-// handshake (detail/wait/parker.hpp).
+// Memory ordering: a push happens-before the pop that returns its item, and a pop
+// happens-before the push that reuses its slot; a close() happens-before a push or pop that
+// reports closed.
 //
 // After D. Vyukov's bounded MPMC queue (per-slot sequence numbers), with one consumer,
-// close, and parking instead of spinning.
+// close, and parking instead of spinning. Design notes: next to the private code below.
 
 #include <bit>
 #include <memory>
@@ -946,7 +1029,8 @@ namespace tether {
 
 template <class T>
 class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T> {
-  friend class detail::consumer_ops<bounded_mpsc_queue<T>, T>;
+  using base = detail::consumer_ops<bounded_mpsc_queue<T>, T>;
+  friend base;
   static_assert(std::is_nothrow_destructible_v<T>, "tether::bounded_mpsc_queue<T>: T's destructor must not throw");
   static_assert(std::is_move_constructible_v<T>, "tether::bounded_mpsc_queue<T>: T must be move-constructible");
 
@@ -989,13 +1073,14 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     return s;
   }
 
-  // Enqueues v, parking while the queue is full. Returns false if the queue is (or becomes)
+  // Enqueues v, parking while the queue is full: ok, or closed if the queue is (or becomes)
   // closed, with v untouched. Thread-safe.
-  bool push(T&& v) { return push_until_steady(std::move(v), detail::no_deadline) == status::ok; }
-  bool push(const T& v) { return push_until_steady(v, detail::no_deadline) == status::ok; }
+  push_result push(T&& v) { return push_until_steady(std::move(v), detail::no_deadline); }
+  push_result push(const T& v) { return push_until_steady(v, detail::no_deadline); }
 
   // As push(), giving up at the deadline: status ok, timeout or closed; on timeout or closed
-  // v is untouched. Thread-safe.
+  // v is untouched. A zero or negative timeout (a deadline already past) tries once; a huge
+  // one (duration::max()) waits like push(). Thread-safe.
   template <class U, class Rep, class Period>
   push_result push_for(U&& v, const std::chrono::duration<Rep, Period>& timeout) {
     return push_until_steady(std::forward<U>(v), detail::deadline_after(timeout));
@@ -1016,8 +1101,10 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     return (prev & closed_bit) == 0;
   }
 
+  // True once close() was called. Thread-safe.
   bool is_closed() const noexcept { return (tail_.load(std::memory_order_seq_cst) & closed_bit) != 0; }
 
+  // How many items the queue holds at most. Thread-safe.
   std::size_t capacity() const noexcept { return mask_ + 1; }
 
   // Items pushed and not yet popped; stale as soon as it returns. Thread-safe.
@@ -1029,10 +1116,59 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   }
   bool empty_approx() const noexcept { return size_approx() == 0; }
 
-  // Consumer side (one thread at a time), from detail::consumer_ops: try_pop, pop, pop_for,
-  // pop_until, try_pop_bulk, pop_bulk, drain.
+  // ---- consumer (one thread at a time) ---------------------------------------------------
+  //
+  // Every call below: consumer thread only. A translation unit built without NDEBUG throws
+  // std::logic_error when a second thread enters while one is inside. Popping frees slots:
+  // producers blocked on a full queue are woken (see "Design" below for when).
+
+  // Pops the oldest ready item; never blocks. ok with the item; empty when nothing is ready
+  // (an item whose producer is mid-push is not ready yet); closed once closed and every item
+  // taken. If T's move throws, the exception propagates and the item stays queued, the next
+  // to pop (the item is moved exactly once, straight into the result).
+  using base::try_pop;
+
+  // Blocks (spins briefly, then parks) until an item is ready: ok with the item, or closed
+  // once closed and every item taken. As try_pop if T's move throws.
+  using base::pop;
+
+  // As pop(), giving up at the deadline: ok, timeout or closed. A zero or negative timeout
+  // (a deadline already past) tries once; a huge one (duration::max()) waits like pop().
+  // As try_pop if T's move throws. Any clock's time point is accepted by pop_until.
+  using base::pop_for;
+  using base::pop_until;
+
+  // Moves up to max ready items to the output iterator out, oldest first; never blocks.
+  // Returns how many (0: none ready, or closed). Each item leaves the queue only once its
+  // assignment to out has returned: if an assignment throws, the items before it are popped
+  // and that one stays queued. out must not use this queue (try_pop_each may).
+  using base::try_pop_bulk;
+
+  // As try_pop_bulk, but first blocks until at least one item is ready (pop_bulk), or until
+  // the deadline (pop_bulk_for / pop_bulk_until). Returns how many; 0 only when closed with
+  // every item taken, timed out, or max == 0 (is_closed() tells closed from timeout).
+  using base::pop_bulk;
+  using base::pop_bulk_for;
+  using base::pop_bulk_until;
+
+  // Calls f(T&&) for up to max ready items, oldest first; never blocks. Returns how many.
+  // Each item leaves the queue before f sees it (f may pop from this queue): an item handed
+  // to f counts as taken even if f throws (the exception propagates). If moving the item out
+  // of its slot throws, it stays queued.
+  using base::try_pop_each;
 
  private:
+  // ---- design ----------------------------------------------------------------------------
+  //
+  // Each slot carries a sequence number saying whose turn it is: `pos` means free for the
+  // producer of position pos, `pos + 1` means holding that producer's item, and the consumer
+  // hands the slot to the next lap by storing `pos + capacity`. Producers claim positions
+  // with one compare-and-swap on the tail, so try_push can fail fast when the slot is still
+  // full. A full queue parks blocked producers. The consumer wakes them once it has freed a
+  // batch of slots (capacity / 8), or as soon as it runs out of items: waking them for every
+  // freed slot would make them all race for it and park again, a system call each time.
+  // Waking parked threads is the parker's handshake (detail/wait/parker.hpp).
+
   using head_state = detail::head_state;
 
   static constexpr std::uint64_t closed_bit = 1;  // bit 0 of tail_
@@ -1063,7 +1199,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
       if (tail & closed_bit) return status::closed;
       pos = tail >> index_shift;
       slot& s = slots_[pos & mask_];
-      // acquire: pairs with the consumer's store of pos (the slot's previous item is gone).
+      // [B1] acquire: pairs with [B4] in release_head(); the slot's previous item is gone.
       const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
       const auto turn = static_cast<std::int64_t>(seq - pos);
       if (turn == 0) {
@@ -1089,12 +1225,12 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
       ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
     } catch (...) {
       s.abandoned = true;
-      s.seq.store(pos + 1, std::memory_order_release);  // release: as below
+      s.seq.store(pos + 1, std::memory_order_release);  // [B2] release: as below
       consumer_wait_.notify_one();
       throw;
     }
-    // release: publishes the item; pairs with the consumer's acquire in probe(). The parker
-    // handshake's fence is in notify_one() (light) and prepare_wait() (heavy).
+    // [B2] release: publishes the item; pairs with [B3] in probe() / take_ready(). The
+    // parker handshake's fence is in notify_one() (light) and prepare_wait() (heavy).
     s.seq.store(pos + 1, std::memory_order_release);
     consumer_wait_.notify_one();
   }
@@ -1128,7 +1264,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   slot& head_slot() noexcept { return slots_[head_ & mask_]; }
 
   head_state probe() noexcept {
-    // acquire: pairs with the release publish.
+    // [B3] acquire: pairs with [B2] in publish().
     if (head_slot().seq.load(std::memory_order_acquire) == head_ + 1) return head_state::ready;
     wake_producers();  // out of items: hand over whatever room we made
     // Not ready. The tail line is hot with producers: read it only once closed. (A close
@@ -1149,7 +1285,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   // Hands the head slot to the producer one lap ahead and moves on.
   void release_head(slot& s) noexcept {
     s.abandoned = false;
-    // release: hands the slot over; pairs with claim()'s acquire. The parker handshake's
+    // [B4] release: hands the slot over; pairs with [B1] in claim(). The parker handshake's
     // fence is in notify_all() (light) and prepare_wait() (heavy).
     s.seq.store(head_ + mask_ + 1, std::memory_order_release);
     ++head_;
@@ -1163,16 +1299,20 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     space_wait_.notify_all();
   }
 
-  std::optional<T> take() {
+  // After probe() said ready: true (and moved past it) if the head slot's producer's
+  // constructor threw.
+  bool skip_abandoned() noexcept {
     slot& s = head_slot();
-    if (s.abandoned) {
-      release_head(s);
-      return std::nullopt;
-    }
-    std::optional<T> v;
-    // if this throws, the item stays queued
-    detail::move_out(s.value(), [&](T&& item) { v.emplace(std::move(item)); }, [&] { release_head(s); });
-    return v;
+    if (!s.abandoned) return false;
+    release_head(s);
+    return true;
+  }
+
+  // After probe() said ready and skip_abandoned() said no: the head item, moved once straight
+  // into the result; if that move throws the item stays queued (pop_result's take_from_slot).
+  pop_result<T> take() {
+    slot& s = head_slot();
+    return pop_result<T>(detail::take_from_slot, s.value(), [this, &s]() noexcept { release_head(s); });
   }
 
   template <class Sink>
@@ -1180,7 +1320,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     std::size_t n = 0;
     while (n < max) {
       slot& s = head_slot();
-      // acquire: pairs with the release publish.
+      // [B3] acquire: pairs with [B2] in publish().
       if (s.seq.load(std::memory_order_acquire) != head_ + 1) {
         wake_producers();  // out of items: hand over whatever room we made
         break;
@@ -1220,7 +1360,8 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
 // ---- tether/detail/queue/block_pool.hpp -------------------------------------
 // tether/detail/queue/block_pool.hpp - emptied queue blocks kept for reuse, up to a limit.
 //
-// Who may call what: take / give - any thread, concurrently; the destructor - no other thread.
+// Who may call what: take / give / clear - any thread, concurrently; the destructor - no
+// other thread.
 //
 // An unbounded queue would otherwise free each block its consumer empties and allocate a
 // new one for its producers: with 16 KiB blocks that is the allocator's trim and the kernel's
@@ -1231,8 +1372,8 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
 // block and pushes the rest back as one chain. The count is approximate (relaxed): at worst
 // a block more or less is kept than the limit says; memory follows the backlog down.
 //
-// Memory ordering: give()'s release CAS publishes the block (the giver's last reads and any
-// reset of it) to take()'s acquire exchange.
+// Memory ordering: give()'s release CAS [BP1] publishes the block (the giver's last reads
+// and any reset of it) to take()'s and clear()'s acquire exchange [BP2].
 
 
 namespace tether::detail {
@@ -1252,7 +1393,7 @@ class block_pool {
 
   // A kept block (its next null), or nullptr when none is kept.
   Block* take() noexcept {
-    // acquire: pairs with give()'s release; the giver is done with the block.
+    // [BP2] acquire: pairs with [BP1] in push(); the giver is done with the block.
     Block* b = head_.exchange(nullptr, std::memory_order_acquire);
     if (b == nullptr) return nullptr;
     count_.fetch_sub(1, std::memory_order_relaxed);  // relaxed: the count only steers give()
@@ -1263,6 +1404,19 @@ class block_pool {
     }
     b->next.store(nullptr, std::memory_order_relaxed);  // relaxed: ours
     return b;
+  }
+
+  // Deletes every kept block; returns how many. Like take(), it pops by taking everything.
+  std::size_t clear() noexcept {
+    // [BP2] acquire: as in take().
+    Block* b = head_.exchange(nullptr, std::memory_order_acquire);
+    std::size_t n = 0;
+    while (b != nullptr) {
+      delete std::exchange(b, b->next.load(std::memory_order_relaxed));  // relaxed: ours since the exchange
+      ++n;
+    }
+    count_.fetch_sub(n, std::memory_order_relaxed);  // relaxed: the count only steers give()
+    return n;
   }
 
   // Keeps b for a later take(), or deletes it when the pool holds its limit.
@@ -1281,7 +1435,7 @@ class block_pool {
     Block* head = head_.load(std::memory_order_relaxed);  // relaxed: the CAS re-checks it
     do {
       last->next.store(head, std::memory_order_relaxed);  // relaxed: published by the CAS
-      // release: publishes the chain (and the givers' last accesses) to take()'s acquire exchange.
+      // [BP1] release: publishes the chain (and the givers' last accesses); pairs with [BP2].
     } while (!head_.compare_exchange_weak(head, first, std::memory_order_release, std::memory_order_relaxed));
   }
 
@@ -1296,8 +1450,8 @@ class block_pool {
 // tether/detail/queue/producer_lane.hpp - one producer handle's private FIFO inside an mpsc_queue.
 //
 // Who may call what: the producer half (emplace) - the thread using the handle that owns the
-// lane; the consumer half (ready, take, take_ready, ...) - the queue's consumer; try_own /
-// disown / size_approx - any thread.
+// lane; the consumer half (ready, head_item, pop_head, take_ready, ...) - the queue's
+// consumer; try_own / disown / size_approx / shrink_to_fit - any thread.
 //
 // A lane is a single-producer single-consumer list of blocks of items, each item with a
 // stamp: its 1-based position in the lane. The producer writes the item, then stores the
@@ -1305,21 +1459,21 @@ class block_pool {
 // expects and takes the item - no compare-and-swap and no cache line shared with other
 // producers, the point of a lane. Stamps rather than a published item count: a consumer
 // that has caught up then polls near the producer's current item, instead of a counter line
-// that every push rewrites (measured slower, see bench/README.md). Stamps rather than a flag
+// that every push rewrites (docs/design/queue_measurements.md). Stamps rather than a flag
 // the consumer clears: the consumer only reads a block, so a reused block's stale stamps are
 // simply smaller than expected. The producer links the next block before it publishes a
 // block's last item, so the consumer always finds it. Emptied blocks go back to the producer
 // through a bounded pool (block_pool.hpp): while the lane's backlog fits it, nothing is
-// allocated; past it, blocks are freed and allocated again (bench/README.md measures the
-// page faults). Small items sit next to their stamps; items of a cache line or more on
+// allocated; past it, blocks are freed and allocated again. Small items sit next to their stamps; items of a cache line or more on
 // whole lines (lane_block below).
 //
 // Closing (see mpsc_queue's banner): emplace raises pushing_ for its whole length and reads
 // the queue's closing flag after a light fence; the consumer reads pushing_ before the head
 // stamp once closed, so a push that passed its check is either seen in flight or seen landed.
 //
-// Memory ordering: an item's release stamp store publishes it (and, for a block's last
-// item, the link to the next block); the consumer's acquire load pairs with it. pushing_'s
+// Memory ordering: an item's release stamp store [L2] publishes it (and, for a block's last
+// item, the link [L1] to the next block); the consumer's acquire loads [L3] / [L4] pair with
+// them. pushing_'s
 // release store pairs with the consumer's seq_cst load after close. Ownership of the
 // producer side moves between handles by owned_'s release/acquire.
 
@@ -1356,9 +1510,7 @@ struct lane_block<T, false> {
 
 // Items of a cache line or more: items on whole lines, stamps in an array of their own. A
 // consumer that has caught up polls a stamp line, not the line the producer is writing an
-// item into. Measured with 64-byte items against the layout above, in one process with
-// interleaved repetitions: try_pop 1.2-1.6x as fast at 1 and 4 producers (0.94-1.33x at 2),
-// try_pop_bulk 0.8-0.9x at 1 and 2 producers and even at 4 (bench/README.md).
+// item into (the comparison with the layout above: docs/design/queue_measurements.md).
 template <class T>
 struct lane_block<T, true> {
   static constexpr std::size_t items = sizeof(T) * 32 >= 16384 ? 32 : 16384 / sizeof(T);
@@ -1405,13 +1557,13 @@ class producer_lane {
   // If T's constructor throws nothing is published and the exception propagates. The caller
   // wakes the consumer afterwards, however this returns.
   template <class... Args>
-  bool emplace(const std::atomic<bool>& closing, Args&&... args) {
+  push_result emplace(const std::atomic<bool>& closing, Args&&... args) {
     // relaxed: the light fence orders it before the closing load (the close handshake).
     pushing_.store(true, std::memory_order_relaxed);
     light_fence();
     const lower_on_exit lower{pushing_};
     // relaxed: ordered by the handshake's fences; close() heavy-fences after its store.
-    if (closing.load(std::memory_order_relaxed)) return false;
+    if (closing.load(std::memory_order_relaxed)) return status::closed;
     block& b = *tail_block_;
     const std::size_t pos = tail_pos_;
     unsigned char* const s = b.item(pos);
@@ -1421,7 +1573,8 @@ class producer_lane {
     if (pos + 1 == block_items) {
       std::unique_ptr<block> next(take_spare());          // may throw: nothing written yet
       ::new (s) T(std::forward<Args>(args)...);  // throws: nothing published
-      // release: the consumer reads next only after it has taken the item published below.
+      // [L1] release: the consumer reads next only after it has taken the item published
+      // below; pairs with [L4] in step_head().
       b.next.store(next.get(), std::memory_order_release);
       tail_block_ = next.release();
       tail_pos_ = 0;
@@ -1431,29 +1584,27 @@ class producer_lane {
     }
     // relaxed: only this thread writes pushed_ (size_approx() reads it as a statistic).
     const std::uint64_t stamp = pushed_.load(std::memory_order_relaxed) + 1;
-    // release: publishes the item; pairs with the consumer's acquire load in ready().
+    // [L2] release: publishes the item; pairs with [L3] in ready().
     b.stamp(pos).store(stamp, std::memory_order_release);
     pushed_.store(stamp, std::memory_order_relaxed);  // relaxed: as above
-    return true;
+    return status::ok;
   }
 
   // ---- consumer --------------------------------------------------------------------------
 
   // Is the head item published?
   bool ready() noexcept {
-    return head_stamp().load(std::memory_order_acquire) == next_stamp();  // acquire: pairs with emplace()
+    return head_stamp().load(std::memory_order_acquire) == next_stamp();  // [L3] acquire: pairs with [L2]
   }
   // The same with a seq_cst load: the re-check half of the parker handshake.
   bool ready_seq_cst() noexcept { return head_stamp().load(std::memory_order_seq_cst) == next_stamp(); }
   // A push is between its closed check and its end. Read before ready_seq_cst() (banner).
   bool pushing() const noexcept { return pushing_.load(std::memory_order_seq_cst); }
 
-  // Precondition: ready(). Hands the head item to f(T&&), then drops it; if f throws, the
-  // item stays queued.
-  template <class F>
-  void take(F&& f) {
-    detail::move_out(head_item(), f, [this] { advance(); });
-  }
+  // Precondition: ready(). The head item, for the consumer to move out and destroy; then
+  // pop_head() moves past its slot (nothing is destroyed there).
+  T* head_item() noexcept { return std::launder(reinterpret_cast<T*>(head_block_->item(head_pos_))); }
+  void pop_head() noexcept { advance(); }
 
   // Takes up to max ready items, oldest first, calling sink(T&&) for each. Returns how many.
   // A sink that may pop from the same queue sees each item after it has left the lane
@@ -1473,6 +1624,9 @@ class producer_lane {
     const std::uint64_t head = popped_.load(std::memory_order_relaxed);
     return tail > head ? static_cast<std::size_t>(tail - head) : 0;
   }
+
+  // Frees the emptied blocks kept for reuse; returns how many bytes.
+  std::size_t shrink_to_fit() noexcept { return pool_.clear() * sizeof(block); }
 
   // Claims the lane for a new handle; false if a handle holds it.
   bool try_own() noexcept {
@@ -1494,7 +1648,6 @@ class producer_lane {
     ~lower_on_exit() { flag.store(false, std::memory_order_release); }
   };
 
-  T* head_item() noexcept { return std::launder(reinterpret_cast<T*>(head_block_->item(head_pos_))); }
   std::atomic<std::uint64_t>& head_stamp() noexcept { return head_block_->stamp(head_pos_); }
   // The stamp the head slot carries once its item is published.
   std::uint64_t next_stamp() const noexcept {
@@ -1508,7 +1661,7 @@ class producer_lane {
   // Moves past the head slot; returns the block it left, if it left one (else nullptr).
   block* step_head() noexcept {
     if (++head_pos_ != block_items) return nullptr;
-    // acquire: pairs with emplace()'s release store of next, made before the last slot.
+    // [L4] acquire: pairs with [L1], made before the last slot was published.
     block* const emptied = std::exchange(head_block_, head_block_->next.load(std::memory_order_acquire));
     head_pos_ = 0;
     return emptied;
@@ -1540,44 +1693,32 @@ class producer_lane {
 // tether/mpsc_queue.hpp - unbounded, lock-free queue: many producers, one consumer.
 //
 // Who may call what:
-//   push / emplace / make_producer / close / is_closed / size_approx - any thread, concurrently.
-//   producer::push / producer::emplace - the thread using that handle (one at a time).
-//   try_pop / pop / pop_for / pop_until / *_bulk / drain - one consumer thread at a time
-//     (debug builds throw std::logic_error when two threads consume at once).
+//   push / emplace / make_producer / close / is_closed / size_approx / shrink_to_fit
+//                                  - any thread, concurrently;
+//   producer::push / producer::emplace - the thread using that handle (one at a time);
+//   try_pop / pop / pop_for / pop_until, try_pop_bulk / pop_bulk / pop_bulk_for /
+//   pop_bulk_until, try_pop_each   - one consumer thread at a time (a translation unit built
+//                                    without NDEBUG throws std::logic_error when two threads
+//                                    consume at once).
 //
-// Items live in blocks of slots. A producer claims a slot with one compare-and-swap on the
-// tail index, writes the item and publishes the slot; the producer that claims a block's last
-// slot links the next block (taken from a pool of emptied blocks, so a steady state whose
-// backlog fits the pool allocates nothing). The consumer reads slots in index order - so
-// items from one producer come out in the order that producer pushed them - and recycles
-// each block it has emptied.
+// Outcomes: a push never blocks and returns push_result ok, or closed with its argument
+// untouched. A pop returns pop_result<T>: the oldest ready item, or empty (try_pop), timeout
+// (_for / _until) or closed (closed and every item taken). Bulk pops return how many items
+// they took. Items pushed by one thread (or one producer handle) come out in the order pushed.
+// A throwing move of T leaves the item queued (see each method). The destructor destroys the
+// items still queued.
 //
-// A producer preempted between claiming and publishing its slot holds up only the consumer,
-// which parks on that slot (it does not spin) and is woken by the publish. A producer
-// preempted while linking a block holds up other producers for the two stores it has left;
-// they back off and yield meanwhile.
+// Memory: items live in blocks of about 16 KiB; emptied blocks are kept for reuse up to
+// about 1 MiB for the shared ring and 1 MiB per producer handle's lane, and freed beyond
+// that, so after a burst memory follows the backlog down to those pools (plus the block in
+// use per source); shrink_to_fit() frees the pools too.
 //
-// Memory ordering: a slot's release state store publishes the item to the consumer's
-// acquire load of that state; a block's `next` is stored before its last slot is
-// published, so the consumer always finds it. Waking a parked consumer is the parker's
-// handshake (detail/wait/parker.hpp): a push pays no locked instruction beyond its claim.
+// Memory ordering: a push happens-before the pop that returns its item; a close()
+// happens-before a push that reports closed and a pop that reports closed.
 //
 // After crossbeam-channel's list flavour (block list, CAS-claimed slots, a sentinel index
-// while the next block is linked), adapted to one consumer, block reuse and parking.
-//
-// Producer handles (make_producer): a thread that pushes a lot can take a handle that owns a
-// private lane - its own list of blocks, written by that thread alone, so a push is a plain
-// store and a release store with no compare-and-swap and no shared cache line. The consumer
-// reads the shared ring and every lane; it stays with one source while that source has items
-// (up to source_quota in a row, so a busy source cannot starve the others), then moves on.
-// Items pushed through one handle come out in the order pushed; there is no order between
-// different handles, or between a handle and plain push. A dropped handle's lane is kept
-// (with its items) and reused by the next make_producer().
-//
-// Closing with lanes is Dekker's handshake again: a lane push raises its `pushing` flag, then
-// (light fence) reads closing_; close() stores closing_, then (heavy fence) sets closed_. Either
-// the push sees closing_ and hands its item back, or the consumer - which decides "closed"
-// only after it sees closed_ - sees the flag and waits for that push to land.
+// while the next block is linked), adapted to one consumer, producer lanes, block reuse and
+// parking. Design notes: next to the private code below, and docs/mpsc_queue.md.
 
 #include <algorithm>
 #include <iterator>
@@ -1587,7 +1728,8 @@ namespace tether {
 
 template <class T>
 class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
-  friend class detail::consumer_ops<mpsc_queue<T>, T>;
+  using base = detail::consumer_ops<mpsc_queue<T>, T>;
+  friend base;
   static_assert(std::is_nothrow_destructible_v<T>, "tether::mpsc_queue<T>: T's destructor must not throw");
   static_assert(std::is_move_constructible_v<T>, "tether::mpsc_queue<T>: T must be move-constructible");
 
@@ -1621,15 +1763,15 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
 
   // ---- producers (any thread) ------------------------------------------------------------
 
-  // Enqueues v; never blocks. Returns false if the queue is closed, leaving v untouched
-  // (not moved from), so the caller still owns it. Thread-safe.
-  bool push(T&& v) { return emplace(std::move(v)); }
-  bool push(const T& v) { return emplace(v); }
+  // Enqueues v; never blocks. ok, or closed with v untouched (not moved from), so the
+  // caller still owns it. Thread-safe.
+  push_result push(T&& v) { return emplace(std::move(v)); }
+  push_result push(const T& v) { return emplace(v); }
 
-  // Constructs an item in place from args. Returns false if closed (args untouched).
+  // Constructs an item in place from args; never blocks. ok, or closed with args untouched.
   // If T's constructor throws, the slot is skipped and the exception propagates. Thread-safe.
   //
-  // Outline:
+  // Outline (the ring; see "Design" below):
   //   1. read the tail index; closed -> hand back; at the sentinel -> another producer is
   //      linking the next block: back off (the point where a preempted thread makes other
   //      producers wait, for two stores);
@@ -1638,47 +1780,47 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   //      moves the index past the sentinel;
   //   4. construct the item, publish the slot, wake the consumer if it is parked.
   template <class... Args>
-  bool emplace(Args&&... args) {
+  push_result emplace(Args&&... args) {
     detail::backoff backoff;
     block* next_block = nullptr;  // ready for linking when we claim a block's last slot
-    // acquire: pairs with [P3] so the tail_block_ read below is the index's block or newer.
+    // [Q4] acquire: pairs with [Q3]; the tail_block_ read below is the index's block or newer.
     std::uint64_t tail = tail_index_.load(std::memory_order_acquire);
     for (;;) {
       if (tail & closed_bit) {
         return_spare(next_block);
-        return false;
+        return status::closed;
       }
       const std::uint64_t offset = (tail >> index_shift) % lap;
       if (offset == block_cap) {
         backoff.snooze();
-        tail = tail_index_.load(std::memory_order_acquire);  // acquire: as above
+        tail = tail_index_.load(std::memory_order_acquire);  // [Q4] acquire: as above
         continue;
       }
       if (offset + 1 == block_cap && next_block == nullptr) next_block = take_spare();
-      // acquire: pairs with [P2]; if the CAS below succeeds, b is the block of our slot.
+      // [Q5] acquire: pairs with [Q2]; if the CAS below succeeds, b is the block of our slot.
       block* b = tail_block_.load(std::memory_order_acquire);
       // seq_cst claim; on failure acquire (as the first load).
       if (!tail_index_.compare_exchange_weak(tail, tail + index_step, std::memory_order_seq_cst,
                                              std::memory_order_acquire))
         continue;
       if (offset + 1 == block_cap) {
-        // [P1] release: the consumer reads next only after our slot below is published.
+        // [Q1] release: the consumer reads next only after our slot below is published; pairs
+        // with [Q7] in advance_ring().
         b->next.store(next_block, std::memory_order_release);
-        // [P2] release: publishes the new block to producers; pairs with the acquire above.
+        // [Q2] release: publishes the new block to producers; pairs with [Q5] above.
         tail_block_.store(next_block, std::memory_order_release);
-        // [P3] release: moves the index past the sentinel; pairs with the acquire loads above.
+        // [Q3] release: moves the index past the sentinel; pairs with [Q4] above.
         tail_index_.fetch_add(index_step, std::memory_order_release);
         next_block = nullptr;
       } else {
         return_spare(next_block);
       }
       // The lines about to be written were read by the consumer in the block's last use: ask
-      // for them ahead, as lanes do. Measured (bench/README.md): 64-byte items at 1 producer
-      // 1.5x as fast while cross-core traffic is slow, no change while it is fast.
+      // for them ahead, as lanes do (docs/design/queue_measurements.md).
       if (offset + prefetch_ahead < block_cap) detail::prefetch_for_write(&b->slots[offset + prefetch_ahead]);
       const notify_on_exit notify{consumer_wait_};
       fill(b->slots[offset], std::forward<Args>(args)...);
-      return true;
+      return status::ok;
     }
   }
 
@@ -1695,7 +1837,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   bool close() noexcept {
     const std::uint64_t prev = tail_index_.fetch_or(closed_bit, std::memory_order_seq_cst);
     closing_.store(true, std::memory_order_seq_cst);
-    // The close half of the lane handshake (banner). Without lanes there is nothing to wait
+    // The close half of the lane handshake (Design, below). Without lanes there is nothing to wait
     // out; a lane registered after this load reads closing_ (make_producer()).
     if (lanes_.load(std::memory_order_seq_cst) != nullptr) detail::heavy_fence();
     closed_.store(true, std::memory_order_seq_cst);  // seq_cst: the parker handshake's store half
@@ -1703,6 +1845,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     return (prev & closed_bit) == 0;
   }
 
+  // True once close() was called. Thread-safe.
   bool is_closed() const noexcept { return (tail_index_.load(std::memory_order_seq_cst) & closed_bit) != 0; }
 
   // Items pushed and not yet popped; stale as soon as it returns. Thread-safe.
@@ -1717,10 +1860,85 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   }
   bool empty_approx() const noexcept { return size_approx() == 0; }
 
- // Consumer side (one thread at a time), from detail::consumer_ops: try_pop, pop, pop_for,
- // pop_until, try_pop_bulk, pop_bulk, drain.
+  // Frees the emptied blocks kept for reuse (the ring's pool and every lane's), returning
+  // how many bytes it freed; the blocks holding items stay. After a burst, for a queue that
+  // will stay quiet for a while: the next burst allocates again. Thread-safe.
+  std::size_t shrink_to_fit() noexcept {
+    std::size_t bytes = pool_.clear() * sizeof(block);
+    // acquire: pairs with the CAS that published a lane; its fields are initialised.
+    for (lane* l = lanes_.load(std::memory_order_acquire); l != nullptr; l = l->next_lane) bytes += l->shrink_to_fit();
+    return bytes;
+  }
+
+  // ---- consumer (one thread at a time) ---------------------------------------------------
+  //
+  // The consumer reads the shared ring and every producer handle's lane, staying with one
+  // source while it has items (up to a quota, so that a busy source cannot starve the
+  // others). Every call below: consumer thread only. A translation unit built without NDEBUG
+  // throws std::logic_error when a second thread enters while one is inside.
+
+  // Pops the oldest ready item; never blocks. ok with the item; empty when nothing is ready
+  // (an item whose producer is mid-push is not ready yet); closed once closed and every item
+  // taken. If T's move throws, the exception propagates and the item stays queued, the next
+  // to pop (the item is moved exactly once, straight into the result).
+  using base::try_pop;
+
+  // Blocks (spins briefly, then parks) until an item is ready: ok with the item, or closed
+  // once closed and every item taken. As try_pop if T's move throws.
+  using base::pop;
+
+  // As pop(), giving up at the deadline: ok, timeout or closed. A zero or negative timeout
+  // (a deadline already past) tries once; a huge one (duration::max()) waits like pop().
+  // As try_pop if T's move throws. Any clock's time point is accepted by pop_until.
+  using base::pop_for;
+  using base::pop_until;
+
+  // Moves up to max ready items to the output iterator out, oldest first; never blocks.
+  // Returns how many (0: none ready, or closed). Each item leaves the queue only once its
+  // assignment to out has returned: if an assignment throws, the items before it are popped
+  // and that one stays queued. out must not use this queue (try_pop_each may).
+  using base::try_pop_bulk;
+
+  // As try_pop_bulk, but first blocks until at least one item is ready (pop_bulk), or until
+  // the deadline (pop_bulk_for / pop_bulk_until). Returns how many; 0 only when closed with
+  // every item taken, timed out, or max == 0 (is_closed() tells closed from timeout).
+  using base::pop_bulk;
+  using base::pop_bulk_for;
+  using base::pop_bulk_until;
+
+  // Calls f(T&&) for up to max ready items, oldest first; never blocks. Returns how many.
+  // Each item leaves the queue before f sees it (f may pop from this queue): an item handed
+  // to f counts as taken even if f throws (the exception propagates). If moving the item out
+  // of its slot throws, it stays queued.
+  using base::try_pop_each;
 
  private:
+  // ---- design ----------------------------------------------------------------------------
+  //
+  // The ring: items live in blocks of slots. A producer claims a slot with one compare-and-
+  // swap on the tail index, writes the item and publishes the slot (a release store of its
+  // state); the producer that claims a block's last slot links the next block (taken from
+  // the pool of emptied blocks) before it publishes, so the consumer always finds it. The
+  // consumer reads slots in index order and recycles each block it has emptied.
+  //
+  // Who makes whom wait: a producer preempted between claiming and publishing its slot holds
+  // up only the consumer, which parks on that slot (it does not spin) and is woken by the
+  // publish. A producer preempted while linking a block holds up other producers for the two
+  // stores it has left; they back off and yield meanwhile.
+  //
+  // Lanes (make_producer): a handle owns a private lane - its own list of blocks, written by
+  // that thread alone, so a push is a plain store and a release store with no compare-and-
+  // swap and no shared cache line (detail/queue/producer_lane.hpp). A dropped handle's lane
+  // is kept (with its items) and reused by the next make_producer().
+  //
+  // Closing with lanes is Dekker's handshake: a lane push raises its `pushing` flag, then
+  // (light fence) reads closing_; close() stores closing_, then (heavy fence) sets closed_.
+  // Either the push sees closing_ and hands its item back, or the consumer - which decides
+  // "closed" only after it sees closed_ - sees the flag and waits for that push to land.
+  //
+  // Waking a parked consumer is the parker's handshake (detail/wait/parker.hpp): a push pays
+  // no locked instruction beyond its claim.
+
   // Slots per block + 1: the last index of each lap is the sentinel "next block being linked".
   static constexpr std::uint64_t pick_lap() {
     std::uint64_t lap = 32;
@@ -1768,11 +1986,11 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     try {
       ::new (static_cast<void*>(s.storage)) T(std::forward<Args>(args)...);
     } catch (...) {
-      s.state.store(slot_abandoned, std::memory_order_release);  // release: as below
+      s.state.store(slot_abandoned, std::memory_order_release);  // [Q6] release: as below
       throw;
     }
-    // release: publishes the item; pairs with the acquire in probe() / take_ready(). The
-    // parker handshake's fence is in notify_one() (light) and prepare_wait() (heavy).
+    // [Q6] release: publishes the item; pairs with [Q8] in ring_ready() / take_ready_ring().
+    // The parker handshake's fence is in notify_one() (light) and prepare_wait() (heavy).
     s.state.store(slot_written, std::memory_order_release);
   }
 
@@ -1804,7 +2022,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   }
 
   template <class... Args>
-  bool lane_emplace(lane& l, Args&&... args) {
+  push_result lane_emplace(lane& l, Args&&... args) {
     // After the lane push has lowered its flag, however it ends: the consumer may be waiting
     // for this push to land after close.
     const notify_on_exit notify{consumer_wait_};
@@ -1834,7 +2052,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
 
   slot& ring_slot() noexcept { return head_block_->slots[head_ % lap]; }
   bool ring_ready() noexcept {
-    return ring_slot().state.load(std::memory_order_acquire) != slot_empty;  // acquire: pairs with fill()
+    return ring_slot().state.load(std::memory_order_acquire) != slot_empty;  // [Q8] acquire: pairs with [Q6] in fill()
   }
   bool current_ready() noexcept { return current_ != nullptr ? current_->ready() : ring_ready(); }
 
@@ -1914,7 +2132,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   void advance_ring() noexcept {
     std::uint64_t head = head_ + 1;
     if (head % lap == block_cap) {
-      // acquire: pairs with [P1]; the last slot's producer linked next before publishing.
+      // [Q7] acquire: pairs with [Q1]; the last slot's producer linked next before publishing.
       block* next = head_block_->next.load(std::memory_order_acquire);
       recycle(head_block_);
       head_block_ = next;
@@ -1924,23 +2142,28 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     head_published_.store(head, std::memory_order_relaxed);  // relaxed: only size_approx() reads it
   }
 
-  // Precondition: probe() said ready. Empty optional: a ring slot whose producer's
-  // constructor threw.
-  std::optional<T> take() {
-    std::optional<T> v;
+  // After probe() said ready: true (and moved past it) if the head is a ring slot whose
+  // producer's constructor threw.
+  bool skip_abandoned() noexcept {
+    // relaxed: probe() acquired the state.
+    if (current_ != nullptr || ring_slot().state.load(std::memory_order_relaxed) != slot_abandoned) return false;
+    advance_ring();
+    return true;
+  }
+
+  // After probe() said ready and skip_abandoned() said no: the head item, moved once straight
+  // into the result; if that move throws the item stays queued (pop_result's take_from_slot).
+  pop_result<T> take() {
     if (current_ != nullptr) {
-      current_->take([&](T&& item) { v.emplace(std::move(item)); });  // if this throws, the item stays queued
-    } else {
-      slot& s = ring_slot();
-      if (s.state.load(std::memory_order_relaxed) == slot_abandoned) {  // relaxed: probe() acquired it
-        advance_ring();
-        return v;
-      }
-      // if this throws, the item stays queued
-      detail::move_out(s.value(), [&](T&& item) { v.emplace(std::move(item)); }, [this] { advance_ring(); });
+      return pop_result<T>(detail::take_from_slot, current_->head_item(), [this]() noexcept {
+        current_->pop_head();
+        count_taken(1);
+      });
     }
-    count_taken(1);
-    return v;
+    return pop_result<T>(detail::take_from_slot, ring_slot().value(), [this]() noexcept {
+      advance_ring();
+      count_taken(1);
+    });
   }
 
   template <class Sink>
@@ -1969,7 +2192,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     std::size_t n = 0;
     while (n < max) {
       slot& s = ring_slot();
-      const std::uint8_t st = s.state.load(std::memory_order_acquire);  // acquire: pairs with fill()
+      const std::uint8_t st = s.state.load(std::memory_order_acquire);  // [Q8] acquire: pairs with [Q6] in fill()
       if (st == slot_empty) break;
       if (st == slot_abandoned) {
         advance_ring();
@@ -1985,7 +2208,8 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   alignas(detail::cache_line) std::atomic<std::uint64_t> tail_index_{0};
   // Written by the producer that links a block; read by producers before their CAS.
   std::atomic<block*> tail_block_{nullptr};
-  // Emptied blocks for reuse (up to about 1 MiB): the consumer gives, producers take.
+  // Emptied blocks for reuse (up to about 1 MiB): the consumer gives, producers take,
+  // shrink_to_fit() empties it.
   detail::block_pool<block> pool_{pool_limit};
 
   // The lanes of producer handles, newest first; a lane is never removed before the
@@ -2003,7 +2227,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
 
   // A copy of the closed bit off the hot tail line, for waiters: set once by close().
   alignas(detail::cache_line) std::atomic<bool> closed_{false};
-  // Set by close() before its heavy fence; read by every lane push (banner).
+  // Set by close() before its heavy fence; read by every lane push (Design, above).
   std::atomic<bool> closing_{false};
   detail::parker consumer_wait_;
 };
@@ -2026,12 +2250,13 @@ class mpsc_queue<T>::producer {
   producer& operator=(const producer&) = delete;
   ~producer() { release(); }
 
-  // As mpsc_queue::push / emplace: false (item untouched) once the queue is closed. Items
-  // pushed through this handle are popped in the order pushed. The thread using this handle.
-  bool push(T&& v) { return emplace(std::move(v)); }
-  bool push(const T& v) { return emplace(v); }
+  // As mpsc_queue::push / emplace: ok, or closed (item untouched) once the queue is closed.
+  // Never blocks. Items pushed through this handle are popped in the order pushed. The
+  // thread using this handle.
+  push_result push(T&& v) { return emplace(std::move(v)); }
+  push_result push(const T& v) { return emplace(v); }
   template <class... Args>
-  bool emplace(Args&&... args) {
+  push_result emplace(Args&&... args) {
     return q_->lane_emplace(*lane_, std::forward<Args>(args)...);
   }
 
@@ -2069,7 +2294,7 @@ typename mpsc_queue<T>::producer mpsc_queue<T>::make_producer() {
 // condition (an item is ready, or closed and drained), and for channel endpoints the
 // receiving direction and the shared state that keeps it alive. For an adopting executor it also
 // needs the task queue (whose consumer is the owner), the earliest delayed-task deadline and
-// a bounded poll(). The sources befriend this one struct instead of exposing those to every
+// a bounded try_run(). The sources befriend this one struct instead of exposing those to every
 // user.
 //
 // Who may call what: watched_ready() is a consumer-side call (the thread that receives from
@@ -2079,7 +2304,7 @@ typename mpsc_queue<T>::producer mpsc_queue<T>::make_producer() {
 //
 // Memory ordering: watched_ready() is the queue's own parker condition (seq_cst loads, the
 // re-check half of the parker handshake); nothing else here touches shared state (the timer
-// heap is owner-only, and executor_poll() is the executor's own poll()).
+// heap is owner-only, and executor_poll() is the executor's own try_run()).
 
 
 
@@ -2120,11 +2345,17 @@ struct source_access {
   static steady_time executor_next_deadline(const Executor& ex) noexcept {
     return ex.timers_.next_deadline();
   }
-  // As ex.poll(), running at most max tasks (due delayed tasks first, then ready ones); once
+  // As ex.try_run(), running at most max tasks (due delayed tasks first, then ready ones); once
   // the queue is closed and drained, finishes the stop. Owner thread only (else wrong_thread).
   template <class Executor>
   static std::size_t executor_poll(Executor& ex, std::size_t max) {
-    return ex.drive(Executor::run_kind::poll, no_deadline, nullptr, max);
+    return ex.drive(max, no_deadline, false, nullptr);  // ex.try_run(), bounded
+  }
+  // Whether running it from the calling thread (its owner) would be refused: it runs its own
+  // thread, or the caller is inside one of its tasks (a run is already going on).
+  template <class Executor>
+  static bool executor_in_run(const Executor& ex) noexcept {
+    return ex.own_thread_ || ex.in_run_;
   }
   // Who owns it, for a poller's wrong_thread message (set once by the constructor).
   template <class Executor>
@@ -2172,37 +2403,33 @@ class channel_direction {
   // ok, full or closed; v untouched unless ok.
   template <class U>
   push_result try_push(U&& v) {
-    if (auto* q = std::get_if<0>(&q_)) return q->push(std::forward<U>(v)) ? status::ok : status::closed;
+    if (auto* q = std::get_if<0>(&q_)) return q->push(std::forward<U>(v));
     return std::get_if<1>(&q_)->try_push(std::forward<U>(v));
   }
 
   // ok, timeout or closed; v untouched unless ok. Blocks only when bounded and full.
   template <class U>
   push_result push_until(U&& v, steady_time deadline) {
-    if (auto* q = std::get_if<0>(&q_)) return q->push(std::forward<U>(v)) ? status::ok : status::closed;
-    auto& q = *std::get_if<1>(&q_);
-    if (deadline == no_deadline) return q.push(std::forward<U>(v)) ? status::ok : status::closed;
-    // The queue's own deadline loop does the waiting; a past deadline still tries once.
-    return q.push_for(std::forward<U>(v), deadline - std::chrono::steady_clock::now());
+    if (auto* q = std::get_if<0>(&q_)) return q->push(std::forward<U>(v));
+    // The queue's own deadline loop does the waiting (a steady deadline passes through
+    // unchanged; no_deadline waits until room or close; a past one still tries once).
+    return std::get_if<1>(&q_)->push_until(std::forward<U>(v), deadline);
   }
 
+  // Every pop_result below is returned as a prvalue straight from the queue (no move of T
+  // on the way: a throwing move leaves the message queued, see result.hpp).
   pop_result<T> try_pop() {
     return with_queue([](auto& q) { return q.try_pop(); });
   }
 
-  // ok, timeout or closed (closed only once drained).
+  // ok, timeout or closed (closed only once every message was received).
   pop_result<T> pop_until(steady_time deadline) {
-    return with_queue([deadline](auto& q) -> pop_result<T> {
-      if (deadline == no_deadline) {
-        if (auto v = q.pop()) return pop_result<T>(std::in_place, std::move(*v));
-        return status::closed;
-      }
-      return q.pop_for(deadline - std::chrono::steady_clock::now());
-    });
+    return with_queue([deadline](auto& q) { return q.pop_until(deadline); });
   }
 
-  void close() noexcept {
-    with_queue([](auto& q) { q.close(); });
+  // True for the call that closed it.
+  bool close() noexcept {
+    return with_queue([](auto& q) { return q.close(); });
   }
   bool is_closed() const noexcept {
     if (auto* q = std::get_if<0>(&q_)) return q->is_closed();
@@ -2239,41 +2466,34 @@ class channel_direction {
 }  // namespace tether::detail
 
 // ---- tether/channel.hpp -----------------------------------------------------
-// tether/channel.hpp - in-process pair channels: two connected endpoints, each sends and
-// receives.
+// tether/channel.hpp - in-process channels: two connected endpoints, each sends and receives.
 //
-//   auto [left, right] = tether::make_pair<request, reply>();  // unbounded
-//   auto [a, b] = tether::make_pair<message>(64);              // bounded: backpressure
+//   auto [left, right] = tether::make_channel<request, reply>();  // unbounded
+//   auto [a, b] = tether::make_channel<message>(64);              // bounded: backpressure
 //
-// make_pair<A, B>() returns {endpoint<A, B>, endpoint<B, A>}: the first sends A and
+// make_channel<A, B>() returns {endpoint<A, B>, endpoint<B, A>}: the first sends A and
 // receives B, the second the reverse. Each direction is one single-consumer queue
-// (mpsc_queue, or bounded_mpsc_queue when a capacity is given), so a message travels with
-// one claim and one publish and nothing is locked.
+// (mpsc_queue, or bounded_mpsc_queue when a capacity is given): nothing is locked.
 //
-// Who may call what (per endpoint):
-//   send / try_send / send_for / send_until / close / is_closed / capacity
-//                                  - any thread, concurrently (several senders are fine);
-//   recv / try_recv / recv_for / recv_until
-//                                  - one thread at a time (debug builds throw
-//                                    std::logic_error when two threads receive at once);
-//   move, move-assign, destroy     - not concurrently with any other call on that endpoint.
-// Endpoints are movable, not copyable; a moved-from endpoint may only be destroyed or
-// assigned to.
+// Who may call what (per endpoint): send* / try_send / close / is_closed / capacity - any
+// thread, concurrently; recv* / try_recv - one thread at a time (a translation unit built
+// without NDEBUG throws std::logic_error when two threads receive at once); move and
+// destroy - not concurrently with any other call on that endpoint.
 //
-// Closing: close() on either endpoint, or destroying it, closes both directions. Each side
-// still receives everything that was sent to it before the close, then sees closed; every
-// later send hands its message back (status closed). Blocked senders and receivers on both
-// sides wake up. Messages an endpoint never received are destroyed with the last owner of
-// the pair (both endpoints, and any poller watching one): receive until closed first if
-// they matter.
+// Outcomes: sends return push_result - ok, full (try_send, bounded), timeout (send_for /
+// send_until, bounded) or closed, and on every outcome but ok the message is untouched.
+// Receives return pop_result<Recv> - the message, or empty / timeout / closed; a throwing
+// move of a message leaves it queued. close() on either endpoint, or destroying it, closes
+// both directions: each side still receives what was sent to it before, then sees closed;
+// blocked senders and receivers wake. Messages never received are destroyed with the last
+// owner of the pair (both endpoints, and any poller watching one).
 //
-// Memory ordering: a send happens-before the receive that returns its message (the queues'
-// release publish / acquire take); a close happens-before a receive or send that reports
-// closed.
+// Memory ordering: a send happens-before the receive that returns its message; a close
+// happens-before a receive or send that reports closed.
 //
-// After ZeroMQ's inproc PAIR sockets and crossbeam-channel's disconnect rules: a send to a
-// closed pair hands the message back, a receive drains what was sent before closed.
+// After ZeroMQ's inproc PAIR sockets and crossbeam-channel's disconnect rules.
 
+#include <functional>
 
 
 namespace tether {
@@ -2295,9 +2515,9 @@ template <class Send, class Recv>
 class endpoint;
 
 template <class A, class B = A>
-std::pair<endpoint<A, B>, endpoint<B, A>> make_pair();
+std::pair<endpoint<A, B>, endpoint<B, A>> make_channel();
 template <class A, class B = A>
-std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t capacity);
+std::pair<endpoint<A, B>, endpoint<B, A>> make_channel(std::size_t capacity);
 
 // One end of a pair: sends Send to the peer, receives Recv from it.
 template <class Send, class Recv>
@@ -2313,7 +2533,7 @@ class endpoint {
   // Closes the pair this endpoint held (if any), then takes other's.
   endpoint& operator=(endpoint&& other) noexcept {
     if (this != &other) {
-      close();
+      (void)close();
       state_ = std::move(other.state_);
       tx_ = std::exchange(other.tx_, nullptr);
       rx_ = std::exchange(other.rx_, nullptr);
@@ -2325,7 +2545,7 @@ class endpoint {
 
   // Closes the pair (see close()). Messages sent to this endpoint and never received are
   // destroyed with the last owner of the pair.
-  ~endpoint() { close(); }
+  ~endpoint() { (void)close(); }
 
   // ---- sending (any thread) --------------------------------------------------------------
 
@@ -2340,7 +2560,8 @@ class endpoint {
   push_result try_send(const Send& v) { return tx_->try_push(v); }
 
   // As send(), giving up at the deadline: ok, timeout or closed; on timeout or closed v is
-  // untouched. Only a bounded pair can time out. Thread-safe.
+  // untouched. Only a bounded pair can time out. Zero or negative tries once; a huge timeout
+  // (duration::max()) waits like send(). Thread-safe.
   template <class Rep, class Period>
   push_result send_for(Send&& v, const std::chrono::duration<Rep, Period>& timeout) {
     return tx_->push_until(std::move(v), detail::deadline_after(timeout));
@@ -2361,13 +2582,17 @@ class endpoint {
   // ---- receiving (one thread at a time) --------------------------------------------------
 
   // Takes the oldest message the peer sent, blocking (spin briefly, then park) until there is
-  // one: ok, or closed once the pair is closed and everything sent before was received.
+  // one: ok, or closed once the pair is closed and everything sent before was received. If
+  // the message's move throws, the exception propagates and the message stays queued, the
+  // next to receive (it is moved exactly once, straight into the result).
   pop_result<Recv> recv() { return rx_->pop_until(detail::no_deadline); }
 
-  // Never blocks: ok, empty or closed (closed only when drained).
+  // Never blocks: ok, empty or closed (closed only once everything sent was received). As
+  // recv() if the move throws.
   pop_result<Recv> try_recv() { return rx_->try_pop(); }
 
-  // As recv(), giving up at the deadline: ok, timeout or closed.
+  // As recv(), giving up at the deadline: ok, timeout or closed. A zero or negative timeout
+  // (a deadline already past) tries once; a huge one (duration::max()) waits like recv().
   template <class Rep, class Period>
   pop_result<Recv> recv_for(const std::chrono::duration<Rep, Period>& timeout) {
     return rx_->pop_until(detail::deadline_after(timeout));
@@ -2379,11 +2604,17 @@ class endpoint {
 
   // ---- both sides ------------------------------------------------------------------------
 
-  // Closes both directions: see the banner. Idempotent; never blocks. Thread-safe.
-  void close() noexcept {
-    if (tx_ == nullptr) return;  // moved from
-    tx_->close();
-    rx_->close();
+  // Closes both directions: see the banner. Returns true for the one call (on either
+  // endpoint) that closed the pair, false if it was already closed or this endpoint was moved
+  // from. Never blocks. Thread-safe.
+  bool close() noexcept {
+    if (tx_ == nullptr) return false;  // moved from
+    // Both endpoints close the same two directions in the same order (by address): whoever
+    // closes the first one closed the pair. Every call has closed both when it returns.
+    const bool tx_first = std::less<const void*>{}(tx_, rx_);
+    const bool closed_now = tx_first ? tx_->close() : rx_->close();
+    (void)(tx_first ? rx_->close() : tx_->close());
+    return closed_now;
   }
 
   // True once either endpoint closed the pair. Thread-safe.
@@ -2397,9 +2628,9 @@ class endpoint {
 
  private:
   template <class A, class B>
-  friend std::pair<endpoint<A, B>, endpoint<B, A>> make_pair();
+  friend std::pair<endpoint<A, B>, endpoint<B, A>> make_channel();
   template <class A, class B>
-  friend std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t);
+  friend std::pair<endpoint<A, B>, endpoint<B, A>> make_channel(std::size_t);
   friend struct detail::source_access;
 
   endpoint(std::shared_ptr<void> state, detail::channel_direction<Send>& tx, detail::channel_direction<Recv>& rx) noexcept
@@ -2415,17 +2646,17 @@ class endpoint {
 // Two connected endpoints, unbounded in both directions: the first sends A and receives B,
 // the second sends B and receives A. Sends never block.
 template <class A, class B>
-std::pair<endpoint<A, B>, endpoint<B, A>> make_pair() {
+std::pair<endpoint<A, B>, endpoint<B, A>> make_channel() {
   auto state = std::make_shared<detail::pair_state<A, B>>();
   auto& s = *state;
   return {endpoint<A, B>(state, s.a_to_b, s.b_to_a), endpoint<B, A>(state, s.b_to_a, s.a_to_b)};
 }
 
-// As make_pair(), bounded: each direction holds at least `capacity` messages (rounded up to
+// As make_channel(), bounded: each direction holds at least `capacity` messages (rounded up to
 // a power of two; capacity() says how many), and send() blocks while the peer's inbox is
 // full. Throws std::invalid_argument for 0.
 template <class A, class B>
-std::pair<endpoint<A, B>, endpoint<B, A>> make_pair(std::size_t capacity) {
+std::pair<endpoint<A, B>, endpoint<B, A>> make_channel(std::size_t capacity) {
   auto state = std::make_shared<detail::pair_state<A, B>>(capacity);
   auto& s = *state;
   return {endpoint<A, B>(state, s.a_to_b, s.b_to_a), endpoint<B, A>(state, s.b_to_a, s.a_to_b)};
@@ -2818,13 +3049,12 @@ class executor_stopped : public std::runtime_error {
 // Who may call what: complete()/set_*() - the one completer (the owner thread, or whoever
 // destroys the unrun task); wait()/take() - the caller that owns the slot.
 //
-// Memory ordering: [S1] the release store of `done` publishes the result to the caller's
-// acquire/seq_cst loads in wait(); [S2] the release store of `released` orders the
+// Memory ordering: [CS1] the release store of `done` publishes the result to the caller's
+// acquire/seq_cst loads in wait(); [CS2] the release store of `released` orders the
 // completer's last touch of the slot before the caller's acquire load, after which the
 // caller may destroy it.
 
 #include <exception>
-#include <functional>
 
 
 namespace tether::detail {
@@ -2865,7 +3095,7 @@ class call_slot {
     park(parker_, [this] { return state_.load(std::memory_order_seq_cst) != pending; }, no_deadline, spin);
     backoff b;
     // After `released`, nothing else touches the slot.
-    while (state_.load(std::memory_order_acquire) != released) b.snooze();  // acquire: pairs with [S2]
+    while (state_.load(std::memory_order_acquire) != released) b.snooze();  // acquire: pairs with [CS2]
   }
 
   // Caller, after wait(): the result, or rethrows the exception.
@@ -2886,9 +3116,9 @@ class call_slot {
   static constexpr std::uint32_t released = 2;
 
   void complete() noexcept {
-    state_.store(done, std::memory_order_release);  // [S1] release: publishes value_ / error_
+    state_.store(done, std::memory_order_release);  // [CS1] release: publishes value_ / error_
     parker_.notify_one();
-    state_.store(released, std::memory_order_release);  // [S2] release: the completer's last touch
+    state_.store(released, std::memory_order_release);  // [CS2] release: the completer's last touch
   }
 
   using storage = std::conditional_t<std::is_void_v<R>, char,
@@ -3110,15 +3340,16 @@ struct executor_options {
 struct executor_stats {
   std::uint64_t tasks_posted = 0;     // approx: run + cancelled + queued + delayed pending
   std::uint64_t tasks_run = 0;
-  std::uint64_t tasks_cancelled = 0;  // destroyed unrun by stop(cancel), or delayed and dropped
+  std::uint64_t tasks_cancelled = 0;  // destroyed unrun by stop(cancel), or delayed and stopped / failed
   std::size_t queue_depth = 0;        // approx
   std::size_t timers_pending = 0;     // delayed tasks waiting for their deadline
   std::chrono::nanoseconds wait_time{0};  // owner parked, waiting for work
   std::chrono::nanoseconds run_time{0};   // owner running tasks
 };
 
-// What became of a delayed task (timer_handle::status()).
-enum class timer_status : std::uint8_t { pending, running, ran, cancelled, stopped };
+// What became of a delayed task (timer_handle::status()). failed: the owner could not
+// register it (out of memory growing its timer heap); it never runs.
+enum class timer_status : std::uint8_t { pending, running, ran, cancelled, stopped, failed };
 
 }  // namespace tether
 
@@ -3130,28 +3361,33 @@ enum class timer_status : std::uint8_t { pending, running, ran, cancelled, stopp
 // inserts the state here. So the heap is owner-only (no lock), a delayed post costs one
 // queue push, and the owner parks until the earliest deadline (no polling tick).
 //
-// Cancellation is lazy: cancel() flips the state to cancelled, and the owner throws the entry
-// away (destroying its callable on the owner thread) when its deadline comes up.
+// Cancellation is lazy: timer_handle::cancel() flips the state to cancelled, and the owner
+// throws the entry away (destroying its callable on the owner thread) when its deadline comes
+// up, or earlier in a sweep: push() sweeps the cancelled entries out whenever the heap has
+// doubled since its last sweep (or its low-water mark), so a stream of post_after + cancel
+// keeps memory proportional to the live timers, at an amortized O(1) per push.
 //
-// Who may call what: timer_heap - the owner thread only. timer_state::phase - any thread
-// (try_cancel), the owner (try_start / finish / drop).
+// Who may call what: timer_heap - the owner thread only. timer_state::try_transition - any
+// thread (cancel) and the owner (start, stop, fail); timer_state::phase - read by any thread.
 //
 // Memory ordering: phase transitions are compare-exchanges from `pending`; exactly one of
-// cancel (any thread) and start / drop (owner) wins. They publish no data (the callable is
-// owner-only), so acq_rel is only for readers of status() that then look at their own state.
+// cancel (any thread) and start / stop / fail (owner) wins. They publish no data (the
+// callable is owner-only), so acq_rel is only for readers of status() that then look at
+// their own state.
 
 
 
 namespace tether::detail {
 
-enum class timer_phase : std::uint8_t { pending, running, ran, cancelled, stopped };
+// Mirrors tether::timer_status (executor_options.hpp), value for value.
+enum class timer_phase : std::uint8_t { pending, running, ran, cancelled, stopped, failed };
 
 struct timer_state {
   timer_state(steady_time at, task f) : when(at), fn(std::move(f)) {}
 
   bool try_transition(timer_phase to) noexcept {
     timer_phase expected = timer_phase::pending;
-    return phase.compare_exchange_strong(expected, to, std::memory_order_acq_rel);  // acq_rel: pairs with status()'s acquire
+    return phase.compare_exchange_strong(expected, to, std::memory_order_acq_rel);  // [ET1] acq_rel: pairs with [ET2] in timer_handle::status()
   }
 
   // Written by cancel() (any thread) and by the owner; read by any thread.
@@ -3163,7 +3399,9 @@ struct timer_state {
 
 class timer_heap {
  public:
+  // Inserts t; may throw std::bad_alloc (the vector grows), leaving the heap unchanged.
   void push(std::shared_ptr<timer_state> t) {
+    if (heap_.size() >= sweep_at_) sweep_cancelled();
     t->seq = next_seq_++;
     heap_.push_back(std::move(t));
     std::push_heap(heap_.begin(), heap_.end(), later);
@@ -3180,6 +3418,7 @@ class timer_heap {
     std::pop_heap(heap_.begin(), heap_.end(), later);
     std::shared_ptr<timer_state> t = std::move(heap_.back());
     heap_.pop_back();
+    sweep_at_ = std::min(sweep_at_, std::max(min_sweep, 2 * heap_.size()));  // the low-water mark
     return t;
   }
 
@@ -3187,16 +3426,33 @@ class timer_heap {
   std::vector<std::shared_ptr<timer_state>> take_all() {
     std::sort_heap(heap_.begin(), heap_.end(), later);  // ascending by `later`: latest first
     std::reverse(heap_.begin(), heap_.end());
+    sweep_at_ = min_sweep;
     return std::exchange(heap_, {});
   }
 
  private:
+  static constexpr std::size_t min_sweep = 64;
+
   static bool later(const std::shared_ptr<timer_state>& a, const std::shared_ptr<timer_state>& b) noexcept {
     return a->when != b->when ? a->when > b->when : a->seq > b->seq;
   }
 
+  // Drops the cancelled entries (their callables are destroyed here, on the owner) and
+  // rebuilds the heap. Allocates nothing.
+  void sweep_cancelled() noexcept {
+    const auto dead = [](std::shared_ptr<timer_state>& t) {
+      if (t->phase.load(std::memory_order_acquire) != timer_phase::cancelled) return false;  // [ET3] acquire: pairs with [ET1]
+      t->fn.reset();
+      return true;
+    };
+    heap_.erase(std::remove_if(heap_.begin(), heap_.end(), dead), heap_.end());
+    std::make_heap(heap_.begin(), heap_.end(), later);
+    sweep_at_ = std::max(min_sweep, 2 * heap_.size());
+  }
+
   std::vector<std::shared_ptr<timer_state>> heap_;
   std::uint64_t next_seq_ = 0;
+  std::size_t sweep_at_ = min_sweep;  // push() sweeps when the heap reaches this size
 };
 
 }  // namespace tether::detail
@@ -3310,16 +3566,17 @@ class wake_fd {
 // executor derives from executor_core privately; nothing here is public API.
 //
 // Who may call what: the owner-side functions (loop, idle_until, run_*, finish_stop,
-// quiet_wake_fd) - the owner thread only; after_push / wake_owner / arm_wake_fd - any
-// producer, after a successful push.
+// quiet_wake_fd, settle_deferred_destroys) - the owner thread only; after_push / wake_owner /
+// arm_wake_fd - any producer, after a successful push; defer_destroy - any thread.
 //
 // Memory ordering: the queue's release publish of each task pairs with the owner's acquire
-// (mpsc_queue.hpp). [A1]/[A2]: an idle owner raises asleep_ and then checks the queue; a
+// (mpsc_queue.hpp). [EA1]/[EA2]: an idle owner raises asleep_ and then checks the queue; a
 // producer pushes (a seq_cst claim) and then checks asleep_ - all seq_cst, so one of them
-// sees the other (the parker's fence covers the owner's final re-check). [W1]/[W2]: the
+// sees the other (the parker's fence covers the owner's final re-check). [EW1]/[EW2]: the
 // wake-fd flag is flipped with acq_rel exchanges on both sides, so the owner's clearing
 // exchange synchronizes with every producer whose set came before it (their tasks are
 // visible to the owner's re-scan) and every later producer sees the clear and signals again.
+// The deferred-destroy stack (defer_destroy) is seq_cst throughout, like asleep_.
 // Statistics are relaxed counters written only by the owner.
 
 #include <cstdio>
@@ -3339,10 +3596,27 @@ constexpr int park_spin_checks() {
   return n;
 }
 
+// A destruction that needs no allocation to hand over: the node lives in the object to be
+// destroyed (confined<T> keeps one beside its T), and destroy(node) frees both.
+struct deferred_destroy {
+  deferred_destroy* next = nullptr;
+  void (*destroy)(deferred_destroy*) noexcept = nullptr;
+};
+
+// Nodes whose executor had finished when they were handed over: leaked on purpose (nobody may
+// destroy them on the wrong thread), kept reachable here so that leak checkers and debuggers
+// find them. Pushed with a seq_cst compare-exchange; never popped.
+inline std::atomic<deferred_destroy*> leaked_destroys{nullptr};
+
+inline void keep_leaked(deferred_destroy* d) noexcept {
+  deferred_destroy* head = leaked_destroys.load(std::memory_order_seq_cst);
+  do d->next = head;
+  while (!leaked_destroys.compare_exchange_weak(head, d, std::memory_order_seq_cst));
+}
+
 class executor_core {
  protected:
   using clock = std::chrono::steady_clock;
-  enum class run_kind { forever, one, poll, until };
 
   executor_core(executor_options&& o, bool adopted)
       : own_thread_(!adopted),
@@ -3424,14 +3698,23 @@ class executor_core {
     const executor_core* ex;
   };
 
-  // post_at(): inserts the timer into the owner's heap; destroyed unrun -> stopped.
+  // post_at(): inserts the timer into the owner's heap; destroyed unrun -> stopped. If the
+  // heap cannot grow (out of memory) the task is not lost silently: its handle reads failed
+  // and its callable is destroyed here, on the owner.
   struct timer_registration {
     timer_registration(executor_core* e, std::shared_ptr<detail::timer_state> s) noexcept : ex(e), state(std::move(s)) {}
     timer_registration(timer_registration&& o) noexcept : ex(o.ex), state(std::move(o.state)) {}
     executor_core* ex;
     std::shared_ptr<detail::timer_state> state;
-    void operator()() {
-      ex->timers_.push(std::move(state));
+    void operator()() noexcept {
+      std::shared_ptr<detail::timer_state> s = std::move(state);
+      try {
+        ex->timers_.push(s);  // a copy: s stays ours if the push throws
+      } catch (...) {
+        if (s->try_transition(detail::timer_phase::failed)) add(ex->cancelled_, 1);
+        s->fn.reset();
+        return;
+      }
       ex->timers_pending_.store(ex->timers_.size(), std::memory_order_relaxed);  // relaxed: statistic
     }
     ~timer_registration() {
@@ -3455,7 +3738,7 @@ class executor_core {
   // one that lowers the flag makes the system call. True if that was this call and the
   // owner was (about to be) asleep in the kernel, not still spinning.
   bool wake_owner() noexcept {
-    // [A2] seq_cst: our push (a seq_cst claim) precedes this load; pairs with [A1].
+    // [EA2] seq_cst: our push (a seq_cst claim) precedes this load; pairs with [EA1].
     if (asleep_.load(std::memory_order_seq_cst) && asleep_.exchange(false, std::memory_order_seq_cst)) {
       woken_at_.store(clock::now().time_since_epoch().count(), std::memory_order_relaxed);  // relaxed: a hint
       return owner_wait_.notify_one();
@@ -3466,8 +3749,23 @@ class executor_core {
   // Only the producer that flips the flag false -> true writes the descriptor: one write per
   // batch, however many tasks are posted before the owner drains.
   void arm_wake_fd() noexcept {
-    // release publishes our task to the owner's [W2]; acquire sees its clear.
-    if (!wake_pending_.exchange(true, std::memory_order_acq_rel)) fd_->signal();  // [W1] acq_rel: pairs with [W2]
+    // release publishes our task to the owner's [EW2]; acquire sees its clear.
+    if (!wake_pending_.exchange(true, std::memory_order_acq_rel)) fd_->signal();  // [EW1] acq_rel: pairs with [EW2]
+  }
+
+  // A destruction handed to the owner without allocating (confined<T>'s fallback when its
+  // hand-over post cannot be queued): pushed on an intrusive stack that the owner settles
+  // whenever it finds the queue empty (settle_deferred_destroys) and once more, closing it,
+  // when it finishes. False once closed (the executor finished): nobody is left to run it.
+  // Never blocks. Thread-safe.
+  bool defer_destroy(detail::deferred_destroy* d) noexcept {
+    detail::deferred_destroy* head = deferred_.load(std::memory_order_seq_cst);
+    do {
+      if (head == &deferred_closed_) return false;
+      d->next = head;
+    } while (!deferred_.compare_exchange_weak(head, d, std::memory_order_seq_cst));  // publishes *d to the owner's exchange
+    after_push();
+    return true;
   }
 
   // ---- owner side ----------------------------------------------------------------------------
@@ -3477,26 +3775,25 @@ class executor_core {
     if (!name_.empty()) detail::set_this_thread_name(name_);
     run_hook(on_start_);
     in_run_ = true;
-    loop(run_kind::forever, detail::no_deadline, nullptr);
+    loop(SIZE_MAX, detail::no_deadline, true, nullptr);
     in_run_ = false;
   }
 
-  // `max` caps the tasks one call runs (run_kind::poll only; a poller's batch, select.hpp).
-  std::size_t drive(run_kind kind, detail::steady_time deadline, const std::stop_token* token,
-                    std::size_t max = SIZE_MAX) {
+  // The run family's entry on an adopting executor's owner: checks who calls, then loop().
+  std::size_t drive(std::size_t max, detail::steady_time deadline, bool block, const std::stop_token* token) {
     if (own_thread_)
       throw std::logic_error("tether: executor '" + std::string(name_or_unnamed()) +
-                             "' runs its own thread; run()/poll() are for executors constructed with adopt_current_thread");
+                             "' runs its own thread; run()/try_run() are for executors constructed with adopt_current_thread");
     check_owner_thread({});
     if (in_run_)
-      throw std::logic_error("tether: run()/poll() on executor '" + std::string(name_or_unnamed()) +
+      throw std::logic_error("tether: run()/try_run() on executor '" + std::string(name_or_unnamed()) +
                              "' from inside one of its own tasks");
     in_run_ = true;
     struct leave {
       bool& flag;
       ~leave() { flag = false; }
     } leave_run{in_run_};
-    if (token == nullptr) return loop(kind, deadline, nullptr, max);
+    if (token == nullptr) return loop(max, deadline, block, nullptr);
     // A stop request wakes a parked owner with an empty task (skipped when run).
     std::stop_callback wake(*token, [this]() noexcept {
       try {
@@ -3504,26 +3801,28 @@ class executor_core {
       } catch (...) {  // out of memory: the owner notices the token at its next wake-up
       }
     });
-    return loop(kind, deadline, token, max);
+    return loop(max, deadline, block, token);
   }
 
-  // The owner's loop: due timers, ready tasks, quiet the wake fd, then park until the next
-  // task, the next timer or the deadline.
+  // The one deadline loop behind every run* / try_run* call and the own thread: runs up to
+  // `want` user tasks; returns at `deadline` (checked between batches, so a busy executor
+  // still returns), when `token` is stopped, or - with block false (the try_ forms) - as soon
+  // as nothing is ready instead of parking.
   //
   // Outline:
-  //   1. finished or token stopped -> return;
+  //   1. finished, token stopped, or the deadline passed (after the first round) -> return;
   //   2. run due delayed tasks, then up to a batch of ready tasks;
   //   3. queue closed and drained -> finish the stop (timers, on_stop) and return;
-  //   4. nothing ready: quiet the wake fd (re-scan if a producer signalled); poll()
-  //      returns here;
+  //   4. nothing ready: settle the hand-overs of defer_destroy() (re-scan if it took new
+  //      ones); quiet the wake fd (re-scan if a producer signalled); the try_ forms return
+  //      here;
   //   5. park in idle_until(min(deadline, next timer)), then go round again.
-  std::size_t loop(run_kind kind, detail::steady_time deadline, const std::stop_token* token,
-                   std::size_t max = SIZE_MAX) {
-    const std::size_t want = kind == run_kind::one ? 1 : max;
+  std::size_t loop(std::size_t want, detail::steady_time deadline, bool block, const std::stop_token* token) {
     std::size_t n = 0;
-    for (;;) {
+    for (bool first = true;; first = false) {
       if (finished_.load(std::memory_order_relaxed)) return n;  // relaxed: only the owner writes it
       if (token != nullptr && token->stop_requested()) return n;
+      if (!first && deadline != detail::no_deadline && clock::now() >= deadline) return n;
       n += run_due_timers(want - n);
       if (n >= want) return n;
       const ready_step step = run_ready(want - n);
@@ -3534,8 +3833,12 @@ class executor_core {
       }
       if (n >= want) return n;
       if (step.more) continue;
+      if (settle_deferred_destroys()) continue;
       if (quiet_wake_fd()) continue;
-      if (kind == run_kind::poll) return n;
+      if (!block) {
+        if (timers_.next_deadline() <= clock::now()) continue;  // registered just now, and due
+        return n;
+      }
       const detail::steady_time until = std::min(deadline, timers_.next_deadline());
       if (until != detail::no_deadline && clock::now() >= until) {
         if (clock::now() >= deadline) return n;
@@ -3586,14 +3889,15 @@ class executor_core {
     // an owner that rewrote it on every idle period would pull it from them each time.
     if (woken_at_.load(std::memory_order_relaxed) != 0)  // relaxed: a heuristic's input
       woken_at_.store(0, std::memory_order_relaxed);      // relaxed: as above
-    if (raise_at == 0) asleep_.store(true, std::memory_order_seq_cst);  // [A1]
+    if (raise_at == 0) asleep_.store(true, std::memory_order_seq_cst);  // [EA1]
     const auto t0 = clock::now();
     const bool woken = detail::park(
         owner_wait_,
         [this, &checks, raise_at] {
-          if (++checks == raise_at) asleep_.store(true, std::memory_order_seq_cst);  // [A1] pairs with [A2]
+          if (++checks == raise_at) asleep_.store(true, std::memory_order_seq_cst);  // [EA1] pairs with [EA2]
           else if (checks > raise_at && !asleep_.load(std::memory_order_seq_cst)) return true;
-          return queue_.size_approx() != 0 || queue_.is_closed();
+          return queue_.size_approx() != 0 || queue_.is_closed() ||
+                 deferred_.load(std::memory_order_seq_cst) != nullptr;
         },
         until, spin);
     if (asleep_.load(std::memory_order_relaxed))        // relaxed: only saves producers a wake
@@ -3621,7 +3925,7 @@ class executor_core {
     const std::size_t limit = std::min(batch, max_user);
     std::size_t ran = 0;
     clock::time_point t0{};
-    const std::size_t taken = queue_.drain(
+    const std::size_t taken = queue_.try_pop_each(
         [&](detail::task&& t) {
           if (t0 == clock::time_point{}) t0 = clock::now();
           ran += run_item(t);  // t is destroyed by the queue right after, still inside the batch
@@ -3699,6 +4003,9 @@ class executor_core {
       t->fn.reset();
     }
     timers_pending_.store(0, std::memory_order_relaxed);  // relaxed: statistic
+    // Every task is done: destroy every hand-over and close the stack (later ones are refused).
+    destroy_all(std::exchange(deferred_taken_, nullptr));
+    destroy_all(deferred_.exchange(&deferred_closed_, std::memory_order_seq_cst));
     if (fd_) {
       fd_->arm(detail::no_deadline);
       wake_pending_.store(false, std::memory_order_release);  // release: nothing pairs; quiet for good
@@ -3706,6 +4013,29 @@ class executor_core {
     run_hook(on_stop_);
     finished_.store(true, std::memory_order_seq_cst);  // seq_cst: the parker handshake's store half
     state_wait_.notify_all();
+  }
+
+  // Called when the queue was just found empty. A hand-over may be destroyed only after
+  // every task its thread posted before it, so: destroy what an earlier call took (the queue
+  // has been found empty since that take, so those tasks have run), then take the newer
+  // ones; true if it took any (the caller re-scans the queue before the next settle).
+  bool settle_deferred_destroys() noexcept {
+    destroy_all(std::exchange(deferred_taken_, nullptr));
+    if (deferred_.load(std::memory_order_seq_cst) == nullptr) return false;
+    deferred_taken_ = deferred_.exchange(nullptr, std::memory_order_seq_cst);
+    return true;
+  }
+
+  // Runs the destructions of a list taken from deferred_, oldest first, outside around_task
+  // (like the destruction of a cancelled task).
+  static void destroy_all(detail::deferred_destroy* d) noexcept {
+    detail::deferred_destroy* fifo = nullptr;
+    while (d != nullptr) fifo = std::exchange(d, std::exchange(d->next, fifo));  // reverse: oldest first
+    while (fifo != nullptr) {
+      detail::deferred_destroy* next = fifo->next;
+      fifo->destroy(fifo);
+      fifo = next;
+    }
   }
 
   // Quiets the wake fd until the next delayed deadline (or the next signal); true if a
@@ -3720,12 +4050,12 @@ class executor_core {
     if (!fd_) return false;
     const detail::steady_time next = timers_.next_deadline();
     // A stale `false` is harmless: that producer's signal comes after this load.
-    if (!wake_pending_.load(std::memory_order_acquire) && next == armed_deadline_) return false;  // acquire: as [W2]
+    if (!wake_pending_.load(std::memory_order_acquire) && next == armed_deadline_) return false;  // [EW3] acquire: as [EW2], pairs with [EW1]
     fd_->arm(next);
     armed_deadline_ = next;
-    // Acquire pairs with every [W1] before it (their tasks are visible to our re-scan);
+    // Acquire pairs with every [EW1] before it (their tasks are visible to our re-scan);
     // release lets later producers see the clear, so they signal after our arm.
-    return wake_pending_.exchange(false, std::memory_order_acq_rel);  // [W2] acq_rel: pairs with [W1]
+    return wake_pending_.exchange(false, std::memory_order_acq_rel);  // [EW2] acq_rel: pairs with [EW1]
   }
 
   // Runs a user task through around_task; exceptions go to the error policy.
@@ -3858,7 +4188,7 @@ class executor_core {
   // it (or by the owner when it wakes up).
   std::atomic<bool> asleep_{false};
   // The owner parks here when idle. Symmetric fences: producers notify it only after they
-  // flipped asleep_ (a seq_cst exchange, [A2]), so the full fence costs them nothing extra,
+  // flipped asleep_ (a seq_cst exchange, [EA2]), so the full fence costs them nothing extra,
   // while the owner - which parks whenever it runs dry - is spared a membarrier per park.
   detail::parker owner_wait_{detail::fences::symmetric};
   // When the producer that lowered asleep_ did so (steady ticks; 0: none since the owner
@@ -3866,6 +4196,11 @@ class executor_core {
   std::atomic<clock::rep> woken_at_{0};
   // Callers blocked in call() right now (a spin-or-park hint): written by each caller.
   alignas(detail::cache_line) std::atomic<std::uint32_t> callers_{0};
+  // Destructions handed over by defer_destroy(): pushed by any thread, emptied by the owner;
+  // &deferred_closed_ once the owner finished.
+  std::atomic<detail::deferred_destroy*> deferred_{nullptr};
+  detail::deferred_destroy deferred_closed_{};  // a marker, never run
+  detail::deferred_destroy* deferred_taken_ = nullptr;  // owner only: taken, destroyed at the next settle
   // Set once by stop(cancel); read by the owner.
   std::atomic<bool> cancel_{false};
   // Set once by the owner when finished; read by joiners and is_finished().
@@ -3879,7 +4214,7 @@ class executor_core {
   alignas(detail::cache_line) detail::timer_heap timers_;
   detail::steady_time armed_deadline_ = detail::no_deadline;  // what fd_ is armed for
   bool spin_when_idle_ = true;  // the last idle period was short
-  bool in_run_ = false;   // inside run()/poll() (or the own thread's loop)
+  bool in_run_ = false;   // inside run()/try_run() (or the own thread's loop)
   bool in_task_ = false;  // inside a task (inline calls then skip around_task)
 
   // Statistics: written by the owner, read by stats().
@@ -3899,47 +4234,30 @@ class executor_core {
 // tether/executor.hpp - one owner thread runs the tasks; any thread hands them over.
 //
 //   tether::executor ex{{.name = "julia"}};            // starts and owns a thread
-//   ex.post([] { ... });                                // fire and forget
+//   ex.post([] { ... });                                // push_result: ok, or closed
 //   std::future<int> f = ex.submit([] { return 42; }); // result or exception, later
 //   int v = ex.call([] { return 42; });                 // blocks; inline on the owner
 //
 //   tether::executor main_ex{tether::adopt_current_thread, {.wake_fd = true}};
-//   loop.watch(main_ex.wake_fd(), [&] { main_ex.poll(); });  // or main_ex.run()
+//   loop.watch(main_ex.wake_fd(), [&] { main_ex.try_run(); });  // or main_ex.run()
 //
-// The owner is either a thread the executor starts, or the thread that constructs it with
-// adopt_current_thread and then drives it with run(), run_one(), run_until() or poll() - so a
-// main thread that already runs another loop (asyncio, libuv, a GUI) can be the owner. A
-// tether::poller (select.hpp) can watch an adopting executor, so that its owner waits in one
-// place on channels, queues and the executor's tasks and delayed tasks.
+// Who may call what: handing work over (post, dispatch, submit, call, post_at / post_after,
+// post_and_reply), stop, the join family, stats, is_* and wake_fd - any thread. The run
+// family (run, try_run, run_for, run_until; run_one, try_run_one, run_one_for,
+// run_one_until) - the owner of an adopting executor, outside its own tasks.
 //
-// Who may call what:
-//   post / dispatch / submit / call / post_at / post_after / post_and_reply / stop / join /
-//   stats / running_in_this_thread / is_stopped / is_finished / wake_fd - any thread.
-//   run / run_one / run_until / run_for / poll - the owner thread of an adopting executor,
-//     outside its own tasks (wrong_thread elsewhere; std::logic_error for an executor with its
-//     own thread, or from inside one of its tasks).
-//
-// Guarantees:
-//   - Tasks from one posting thread run in the order posted (FIFO per poster).
-//   - No lock anywhere: user code, hooks, callbacks and task destructors never run under one.
-//   - Nothing accepted is silently dropped: post() returns false once stopped (the callable is
-//     not moved from); submit() and call() throw executor_stopped; stop(cancel) destroys
-//     pending tasks and their futures / calls report executor_stopped (post()ed ones are
-//     counted in stats().tasks_cancelled); delayed tasks report through their timer_handle.
-//   - A blocking call() that would close a wait cycle (A's owner in B.call() while B's owner
-//     is in A.call(), or longer cycles) throws deadlock_error naming the executors.
-//   - Exceptions escaping a post()ed task (or a hook) go to executor_options::on_error; when
-//     none is set the process terminates, as for an exception escaping a std::thread.
-//
-// Stopping: stop(drain) (the default, and what the destructor does) refuses new work, runs
-// every task already accepted, runs delayed tasks that are due by then and drops (status
-// stopped) delayed tasks that are not, then runs on_stop. stop(cancel) refuses new work and
-// destroys everything pending instead of running it.
+// Guarantees: tasks from one posting thread run in the order posted; no lock is held around
+// user code, hooks or task destructors; nothing accepted is dropped silently - a refused post
+// returns closed with the callable not moved from, submit() / call() throw executor_stopped,
+// stop(cancel) reports each destroyed task (futures, calls, replies, stats), delayed tasks
+// report through their timer_handle; a call() that would close a wait cycle throws
+// deadlock_error; exceptions escaping post()ed tasks and hooks go to on_error (unset: the
+// process terminates).
 //
 // Memory ordering: every hand-over goes through the queue (a release publish, the owner's
-// acquire) and, for call(), the caller's stack slot (detail/wait/call_slot.hpp); the owner side
-// is described in detail/executor/executor_core.hpp. Deadlock edges are seq_cst
-// (detail/platform/thread_record.hpp).
+// acquire), so whatever a poster did before post() happens-before the task; a task
+// happens-before what its future, call() or reply observes. Details beside the code
+// (detail/executor/executor_core.hpp, detail/wait/call_slot.hpp).
 
 
 
@@ -3949,6 +4267,9 @@ namespace detail {
 struct source_access;  // a poller's view of the executor's queue and timers (detail/select/source_access.hpp)
 }  // namespace detail
 
+template <class T>
+class confined;
+
 // Handle to a delayed task; copies share one task. The default-constructed handle refers to
 // nothing (status() == cancelled).
 class timer_handle {
@@ -3956,14 +4277,15 @@ class timer_handle {
   timer_handle() = default;
 
   // true: the task will never run (it was pending); its callable is destroyed on the owner
-  // thread by its deadline. false: it already ran, is running, was cancelled or stopped.
-  // Thread-safe.
+  // thread by its deadline or sooner. false: it already ran, is running, was cancelled,
+  // stopped or failed. Thread-safe.
   bool cancel() noexcept { return state_ && state_->try_transition(detail::timer_phase::cancelled); }
 
-  // stopped: the executor stopped before the task's deadline (or refused it). Thread-safe.
+  // stopped: the executor stopped before the task's deadline (or refused it); failed: the
+  // owner could not register it (out of memory). Thread-safe.
   timer_status status() const noexcept {
     if (!state_) return timer_status::cancelled;
-    return static_cast<timer_status>(state_->phase.load(std::memory_order_acquire));  // acquire: pairs with the owner's transitions
+    return static_cast<timer_status>(state_->phase.load(std::memory_order_acquire));  // [ET2] acquire: pairs with [ET1]
   }
 
  private:
@@ -3972,11 +4294,55 @@ class timer_handle {
   std::shared_ptr<detail::timer_state> state_;
 };
 
+// What a post_and_reply() reply receives: the task's value, or the exception that ended it
+// (its own, or executor_stopped when stop(cancel) destroyed it unrun).
+template <class R>
+class task_result {
+ public:
+  explicit task_result(std::exception_ptr e) noexcept : error_(std::move(e)) {}
+  template <class... Args>
+  explicit task_result(std::in_place_t, Args&&... args) : value_(std::in_place, std::forward<Args>(args)...) {}
+
+  bool has_value() const noexcept { return !error_; }
+  explicit operator bool() const noexcept { return has_value(); }
+  // The value; rethrows the task's exception when there is none.
+  R& value() & {
+    if (error_) std::rethrow_exception(error_);
+    return *value_;
+  }
+  R&& value() && {
+    if (error_) std::rethrow_exception(error_);
+    return std::move(*value_);
+  }
+  const std::exception_ptr& error() const noexcept { return error_; }
+
+ private:
+  std::optional<R> value_;
+  std::exception_ptr error_;
+};
+
+template <>
+class task_result<void> {
+ public:
+  task_result() noexcept = default;
+  explicit task_result(std::exception_ptr e) noexcept : error_(std::move(e)) {}
+  bool has_value() const noexcept { return !error_; }
+  explicit operator bool() const noexcept { return has_value(); }
+  void value() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+  const std::exception_ptr& error() const noexcept { return error_; }
+
+ private:
+  std::exception_ptr error_;
+};
+
 class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
  public:
   // Starts the owner thread (named after options.name) and runs on_start there.
   executor() : executor(executor_options{}) {}
-  explicit executor(executor_options options) : detail::executor_core(std::move(options), false) {
+  explicit executor(executor_options options)
+      : detail::executor_core(std::move(options), false), gate_(std::make_shared<reply_gate>(this)) {
     owner_record_ = detail::acquire_record();
     owner_serial_ = owner_record_->serial.load(std::memory_order_seq_cst);
     try {
@@ -3987,24 +4353,26 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     }
   }
 
-  // Adopts the calling thread as the owner; runs on_start here. Drive it with run(),
-  // run_one(), run_until(), run_for() or poll() (e.g. when wake_fd() becomes readable).
+  // Adopts the calling thread as the owner; runs on_start here. Drive it with the run family
+  // (e.g. try_run() when wake_fd() becomes readable).
   explicit executor(adopt_current_thread_t, executor_options options = {})
-      : detail::executor_core(std::move(options), true) {
+      : detail::executor_core(std::move(options), true), gate_(std::make_shared<reply_gate>(this)) {
     owner_record_ = &detail::this_thread_record();
     owner_serial_ = detail::tls_serial;
     run_hook(on_start_);
   }
 
   // stop(drain), then: own thread - joins it; adopting executor on its owner thread - runs
-  // the remaining tasks here; elsewhere - waits until the owner has run them (in run/poll).
-  // Destroying an executor from one of its own tasks terminates the process.
+  // the remaining tasks here; elsewhere - waits until the owner has run them (in its run
+  // family). Replies still on their way here are refused from now on (their senders'
+  // on_error learns). Destroying an executor from one of its own tasks terminates the process.
   ~executor() {
     stop(stop_mode::drain);
     if (running_in_this_thread() && (own_thread_ || in_run_)) {
       std::fprintf(stderr, "tether: executor '%s' destroyed from one of its own tasks\n", name_or_unnamed());
       std::terminate();
     }
+    gate_->close();
     join();
   }
 
@@ -4013,23 +4381,23 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
 
   // ---- handing work over (any thread) ------------------------------------------------------
 
-  // Queues f to run on the owner. false once stopped; f is then not moved from.
-  // Never blocks. Thread-safe.
+  // Queues f to run on the owner: ok; closed once stopped (f is then not moved from). Never
+  // blocks. Thread-safe.
   template <class F>
-  bool post(F&& f) {
-    if (!queue_.emplace(std::forward<F>(f))) return false;
+  push_result post(F&& f) {
+    if (!queue_.emplace(std::forward<F>(f))) return status::closed;
     after_push();
-    return true;
+    return status::ok;
   }
 
-  // On the owner thread: runs f now (exceptions propagate to the caller). Elsewhere: post(f).
-  // false once stopped. Thread-safe.
+  // On the owner thread: runs f now (exceptions propagate to the caller), ok. Elsewhere:
+  // post(f). closed once stopped (f not moved from). Thread-safe.
   template <class F>
-  bool dispatch(F&& f) {
+  push_result dispatch(F&& f) {
     if (!running_in_this_thread()) return post(std::forward<F>(f));
-    if (is_stopped()) return false;
+    if (is_stopped()) return status::closed;
     run_inline<void>([&] { std::invoke(std::forward<F>(f)); });
-    return true;
+    return status::ok;
   }
 
   // Queues f; the future receives its result or exception, or executor_stopped if stop(cancel)
@@ -4048,10 +4416,9 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
 
   // Runs f on the owner and returns its result (rethrows its exception). On the owner thread
   // f runs inline. Elsewhere the caller blocks: f is used in place (not copied), the result
-  // comes back through a slot on the caller's stack, and the caller spins briefly first when
-  // it is the only caller with nothing queued ahead, else parks at once. Throws
-  // deadlock_error instead of blocking when the wait would close a cycle; executor_stopped
-  // once stopped or if stop(cancel) destroys the call unrun. Thread-safe.
+  // comes back through a slot on the caller's stack. Throws deadlock_error instead of
+  // blocking when the wait would close a cycle; executor_stopped once stopped or if
+  // stop(cancel) destroys the call unrun. Thread-safe.
   template <class F>
   std::invoke_result_t<F&&> call(F&& f) {
     using R = std::invoke_result_t<F&&>;
@@ -4081,34 +4448,32 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     return slot.take();
   }
 
-  // Runs task on this executor, then reply(result) (reply() for void) on reply_to - the
-  // continuation comes back to the caller's executor. An exception from task goes to this
-  // executor's on_error; one from reply to reply_to's; a reply that reply_to refuses (it
-  // stopped) is reported to this executor's on_error as executor_stopped. false once
-  // stopped. Thread-safe.
+  // Runs task here, then reply(task_result<R>) on reply_to - the continuation comes back to
+  // the caller's executor and learns every outcome: the value, the task's exception, or
+  // executor_stopped when stop(cancel) destroys the task unrun. Returns closed when this
+  // executor or reply_to is stopped (task and reply not moved from). reply_to must be alive
+  // at the call; it may be destroyed afterwards (a shared gate is checked, not a dangling
+  // reference): a reply that reply_to refuses - stopped or destroyed - is reported to this
+  // executor's on_error as executor_stopped. An exception from reply goes to reply_to's
+  // on_error; a reply destroyed unrun by reply_to's stop(cancel) counts in its
+  // stats().tasks_cancelled. Never blocks. Thread-safe.
   template <class F, class G>
-  bool post_and_reply(F&& task, executor& reply_to, G&& reply) {
-    return post([this, &reply_to, fn = std::forward<F>(task), rep = std::forward<G>(reply)]() mutable {
-      using R = std::invoke_result_t<std::decay_t<F>>;
-      bool accepted;
-      if constexpr (std::is_void_v<R>) {
-        std::invoke(std::move(fn));
-        accepted = reply_to.post(std::move(rep));
-      } else {
-        accepted = reply_to.post([r = std::move(rep), v = std::invoke(std::move(fn))]() mutable {
-          std::invoke(std::move(r), std::move(v));
-        });
-      }
-      if (!accepted)
-        throw executor_stopped(std::string("tether: post_and_reply() on executor '") + name_or_unnamed() +
-                               "': the reply executor '" + reply_to.name_or_unnamed() +
-                               "' stopped before the reply could be posted");
-    });
+  push_result post_and_reply(F&& task, executor& reply_to, G&& reply) {
+    using R = std::decay_t<std::invoke_result_t<std::decay_t<F>>>;
+    static_assert(std::is_invocable_v<std::decay_t<G>&&, task_result<R>&&>,
+                  "tether: post_and_reply(task, reply_to, reply): reply must accept a tether::task_result<R>");
+    if (reply_to.is_stopped()) return status::closed;
+    if (!queue_.emplace(std::in_place_type<reply_job<std::decay_t<F>, std::decay_t<G>, R>>, this,
+                        reply_to.gate_, std::forward<F>(task), std::forward<G>(reply)))
+      return status::closed;
+    after_push();
+    return status::ok;
   }
 
-  // Runs f on the owner at (or soon after) `when` / after `delay`. The owner parks until the
-  // earliest deadline. Delayed tasks with equal deadlines run in posting order. If the
-  // executor is stopped the handle reports timer_status::stopped at once. Thread-safe.
+  // Runs f on the owner at (or soon after) `when` / after `delay` (a huge delay saturates:
+  // never, until cancelled or stopped). The owner parks until the earliest deadline.
+  // Delayed tasks with equal deadlines run in posting order. If the executor is stopped the
+  // handle reports timer_status::stopped at once. Thread-safe.
   template <class Clock, class Duration, class F>
   timer_handle post_at(const std::chrono::time_point<Clock, Duration>& when, F&& f) {
     auto state = std::make_shared<detail::timer_state>(detail::to_steady(when), detail::task(std::forward<F>(f)));
@@ -4125,67 +4490,71 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     return post_at(detail::deadline_after(delay), std::forward<F>(f));
   }
 
-  // ---- driving an adopting executor (its owner thread) --------------------------------------
+  // ---- the run family: driving an adopting executor (its owner thread) ------------------------
+  //
+  // Each returns how many tasks ran (delayed ones included). run* blocks until the executor
+  // has finished (stopped and drained; on_stop has run); the _for / _until forms return at
+  // the deadline too (checked between batches, so a busy executor still returns; a huge
+  // timeout waits forever); try_* never blocks: it runs what is ready now (and what is posted
+  // meanwhile) and due delayed tasks. The *_one forms return after one task. Call try_run()
+  // when wake_fd() is readable. wrong_thread off the owner thread; std::logic_error for an
+  // executor with its own thread, or from inside one of its tasks.
 
-  // Runs tasks until stopped and drained (then on_stop has run). Returns tasks run.
-  std::size_t run() { return drive(run_kind::forever, detail::no_deadline, nullptr); }
-  // Blocks until one task ran (returns 1) or the executor finished (0).
-  std::size_t run_one() { return drive(run_kind::one, detail::no_deadline, nullptr); }
-  // Runs every task that is ready (and delayed ones that are due), including ones posted
-  // meanwhile; never blocks. Call it when wake_fd() is readable.
-  std::size_t poll() { return drive(run_kind::poll, detail::no_deadline, nullptr); }
-  // As run(), returning also when `token` is stopped.
-  std::size_t run_until(std::stop_token token) {
-    return drive(run_kind::until, detail::no_deadline, &token);
-  }
-  // As run(), returning also at the deadline.
-  template <class Clock, class Duration>
-  std::size_t run_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    return drive(run_kind::until, detail::to_steady(deadline), nullptr);
-  }
+  std::size_t run() { return drive(SIZE_MAX, detail::no_deadline, true, nullptr); }
+  std::size_t try_run() { return drive(SIZE_MAX, detail::no_deadline, false, nullptr); }
   template <class Rep, class Period>
   std::size_t run_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return drive(run_kind::until, detail::deadline_after(timeout), nullptr);
+    return drive(SIZE_MAX, detail::deadline_after(timeout), true, nullptr);
+  }
+  template <class Clock, class Duration>
+  std::size_t run_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return drive(SIZE_MAX, detail::to_steady(deadline), true, nullptr);
+  }
+  // As run(), returning also when `token` is stopped.
+  std::size_t run_until(std::stop_token token) { return drive(SIZE_MAX, detail::no_deadline, true, &token); }
+
+  std::size_t run_one() { return drive(1, detail::no_deadline, true, nullptr); }
+  std::size_t try_run_one() { return drive(1, detail::no_deadline, false, nullptr); }
+  template <class Rep, class Period>
+  std::size_t run_one_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return drive(1, detail::deadline_after(timeout), true, nullptr);
+  }
+  template <class Clock, class Duration>
+  std::size_t run_one_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return drive(1, detail::to_steady(deadline), true, nullptr);
   }
 
   // ---- lifecycle ------------------------------------------------------------------------------
 
-  // Refuses new work from now on; drain runs everything accepted, cancel destroys it (see
-  // the file comment). Returns true if this call stopped the executor. A cancel after a
-  // drain upgrades it. Never blocks. Thread-safe.
+  // Refuses new work from now on. stop(drain) (the default, and what the destructor does)
+  // runs every task already accepted, runs delayed tasks that are due by then and stops
+  // (status stopped) the others, then runs on_stop; stop(cancel) destroys everything pending
+  // instead of running it, each reporting (see the file comment). A cancel after a drain
+  // upgrades it. Returns true if this call stopped the executor. Never blocks. Thread-safe.
   bool stop(stop_mode mode = stop_mode::drain) noexcept {
     if (mode == stop_mode::cancel) cancel_.store(true, std::memory_order_seq_cst);  // before close: seen with it
     const bool first = queue_.close();
     wake_owner();
-    if (first && fd_) arm_wake_fd();  // a foreign loop must call poll() once more to finish
+    if (first && fd_) arm_wake_fd();  // a foreign loop must call try_run() once more to finish
     return first;
   }
 
-  // Waits until the executor has finished (every accepted task ran or was cancelled and
-  // on_stop ran); joins the own thread. Call stop() first (or have a task do it). On the
-  // owner thread of an adopting executor, outside its tasks, it runs the executor here until
-  // it finishes; from inside a task it throws deadlock_error. Thread-safe.
-  void join() {
-    if (running_in_this_thread()) {
-      if (own_thread_ || in_run_)
-        throw deadlock_error(std::string("tether: join() on executor '") + name_or_unnamed() +
-                                 "' from its own owner thread inside one of its tasks would wait for itself",
-                             {name_or_unnamed()});
-      if (!finished_.load(std::memory_order_seq_cst)) drive(run_kind::forever, detail::no_deadline, nullptr);
-      return;
-    }
-    if (own_thread_) {
-      bool expected = false;
-      if (join_claimed_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {  // acq_rel: one joiner claims the thread
-        if (thread_.joinable()) thread_.join();  // not joinable: the thread never started
-        joined_.store(true, std::memory_order_seq_cst);
-        state_wait_.notify_all();
-        return;
-      }
-      detail::park_until(state_wait_, [this] { return joined_.load(std::memory_order_seq_cst); }, detail::no_deadline);
-      return;
-    }
-    detail::park_until(state_wait_, [this] { return finished_.load(std::memory_order_seq_cst); }, detail::no_deadline);
+  // The join family waits until the executor has finished (every accepted task ran or was
+  // cancelled, and on_stop ran) and joins the own thread; stop() it first (or have a task do
+  // it). join() waits for good; try_join() never blocks (beyond joining a thread that has
+  // finished); join_for / join_until give up at the deadline (a huge timeout waits forever).
+  // The bool ones return true once finished. On the owner thread of an adopting executor,
+  // outside its tasks, they run the executor here (try_join: what is ready); from inside one
+  // of its tasks they throw deadlock_error. Thread-safe.
+  void join() { (void)join_until_steady(detail::no_deadline, true); }
+  bool try_join() { return join_until_steady(detail::no_deadline, false); }
+  template <class Rep, class Period>
+  bool join_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return join_until_steady(detail::deadline_after(timeout), true);
+  }
+  template <class Clock, class Duration>
+  bool join_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return join_until_steady(detail::to_steady(deadline), true);
   }
 
   // stop() was called: no more work is accepted. Thread-safe.
@@ -4206,9 +4575,9 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   const std::string& name() const noexcept { return name_; }
 
   // The descriptor a foreign loop watches: readable while tasks are pending, when a delayed
-  // task falls due (Linux; elsewhere poll() by the next deadline yourself), and once after
-  // stop() so that poll() can finish the stop; poll() quiets it. Throws std::logic_error
-  // unless constructed with executor_options::wake_fd. Thread-safe.
+  // task falls due (Linux; elsewhere call try_run() by the next deadline yourself), and once
+  // after stop() so that try_run() can finish the stop; try_run() quiets it. Throws
+  // std::logic_error unless constructed with executor_options::wake_fd. Thread-safe.
   int wake_fd() const {
     if (!fd_) throw std::logic_error("tether: executor '" + std::string(name_or_unnamed()) +
                                      "' has no wake fd; construct it with executor_options{.wake_fd = true}");
@@ -4231,11 +4600,114 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     s.run_time = std::chrono::nanoseconds(run_ns_.load(std::memory_order_relaxed));  // relaxed: statistic
     return s;
   }
+
  private:
   friend struct detail::source_access;  // tether::poller watches adopting executors (select.hpp)
+  template <class T>
+  friend class confined;  // hands its T's destruction over with defer_destroy()
 
   // The jobs hold the core (a private base: the conversion must happen here).
   detail::executor_core* core() noexcept { return this; }
+
+  // Lets a reply reach an executor that may be destroyed meanwhile ("rundown protection"):
+  // a poster enters (state + 2) and posts only if the executor is not closing; close() marks
+  // it (bit 0) and waits until the posters inside have left. Shared by the executor and every
+  // reply on its way to it.
+  struct reply_gate {
+    explicit reply_gate(executor* e) noexcept : ex(e) {}
+    template <class F>
+    push_result post(F&& f) {
+      struct inside {
+        std::atomic<std::uint32_t>& s;
+        ~inside() {
+          if (s.fetch_sub(2, std::memory_order_seq_cst) == 3) s.notify_all();  // the last one out of a closing gate
+        }
+      };
+      const std::uint32_t before = state.fetch_add(2, std::memory_order_seq_cst);
+      inside guard{state};
+      if (before & 1) return status::closed;
+      return ex->post(std::forward<F>(f));
+    }
+    void close() noexcept {
+      state.fetch_or(1, std::memory_order_seq_cst);
+      for (std::uint32_t s = state.load(std::memory_order_seq_cst); s != 1; s = state.load(std::memory_order_seq_cst))
+        state.wait(s, std::memory_order_seq_cst);  // posters inside: a post() each, which never blocks
+    }
+    executor* const ex;
+    std::atomic<std::uint32_t> state{0};  // bit 0: closing; above it: posters inside, times 2
+  };
+
+  // post_and_reply(): runs the task, then posts the reply with its outcome through the reply
+  // executor's gate; destroyed unrun (stop(cancel)) it still posts the reply, with
+  // executor_stopped. A refused reply is reported to this executor's on_error.
+  template <class F, class G, class R>
+  struct reply_job {
+    template <class F2, class G2>
+    reply_job(executor* from, std::shared_ptr<reply_gate> to, F2&& f, G2&& g)
+        : fn(std::forward<F2>(f)), rep(std::forward<G2>(g)), gate(std::move(to)), ex(from) {}
+    reply_job(reply_job&& o) noexcept(std::is_nothrow_move_constructible_v<F> && std::is_nothrow_move_constructible_v<G>)
+        : fn(std::move(o.fn)), rep(std::move(o.rep)), gate(std::move(o.gate)), ex(o.ex), pending(std::exchange(o.pending, false)) {}
+    void operator()() {
+      pending = false;
+      deliver(outcome());
+    }
+    ~reply_job() {
+      if (!pending) return;
+      try {
+        deliver(task_result<R>(std::make_exception_ptr(executor_stopped(ex->dropped("post_and_reply()")))));
+      } catch (...) {
+        ex->report_current_exception();  // on the owner, which destroys cancelled tasks
+      }
+    }
+    task_result<R> outcome() {
+      try {
+        if constexpr (std::is_void_v<R>) {
+          std::invoke(std::move(fn));
+          return task_result<R>();
+        } else {
+          return task_result<R>(std::in_place, std::invoke(std::move(fn)));
+        }
+      } catch (...) {
+        return task_result<R>(std::current_exception());
+      }
+    }
+    void deliver(task_result<R>&& r) {
+      if (!gate->post([g = std::move(rep), r = std::move(r)]() mutable { std::invoke(std::move(g), std::move(r)); }))
+        throw executor_stopped(std::string("tether: post_and_reply() on executor '") + ex->name_or_unnamed() +
+                               "': the reply executor was stopped or destroyed before the reply could be posted");
+    }
+    F fn;
+    G rep;
+    std::shared_ptr<reply_gate> gate;
+    executor* ex;
+    bool pending = true;
+  };
+
+  // The join family's one deadline loop; block false: try_join().
+  bool join_until_steady(detail::steady_time deadline, bool block) {
+    if (running_in_this_thread()) {
+      if (own_thread_ || in_run_)
+        throw deadlock_error(std::string("tether: join() on executor '") + name_or_unnamed() +
+                                 "' from its own owner thread inside one of its tasks would wait for itself",
+                             {name_or_unnamed()});
+      if (!finished_.load(std::memory_order_seq_cst)) drive(SIZE_MAX, deadline, block, nullptr);
+      return finished_.load(std::memory_order_seq_cst);
+    }
+    if (!block) deadline = clock::now();  // park_until checks once, then times out
+    const auto finished = [this] { return finished_.load(std::memory_order_seq_cst); };
+    if (!own_thread_) return detail::park_until(state_wait_, finished, deadline);
+    if (!detail::park_until(state_wait_, finished, deadline)) return false;
+    bool expected = false;
+    if (join_claimed_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {  // acq_rel: one joiner claims the thread
+      if (thread_.joinable()) thread_.join();  // finished: the thread is on its way out
+      joined_.store(true, std::memory_order_seq_cst);
+      state_wait_.notify_all();
+      return true;
+    }
+    return detail::park_until(state_wait_, [this] { return joined_.load(std::memory_order_seq_cst); }, deadline);
+  }
+
+  std::shared_ptr<reply_gate> gate_;  // set once by the constructor
 };
 
 }  // namespace tether
@@ -4258,10 +4730,15 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
 // the owner thread only (wrong_thread elsewhere). The destructor - any thread.
 //
 // Lifetime: the constructor blocks until T is constructed on the owner (its exception, if
-// any, propagates). The destructor does not block: it hands T to the owner, which destroys
-// it after every task posted before (inline when destroyed on the owner). Destroy confined
-// objects before their executor stops; if it no longer accepts work, T is destroyed on the
-// destroying thread, as no owner is left to do it.
+// any, propagates). The destructor does not block and cannot fail: on the owner thread it
+// destroys T at once; elsewhere it hands T to the owner, which destroys it after every task
+// posted before. The hand-over needs no allocation when the queue cannot take it (out of
+// memory, or the executor is stopped but still draining): a node kept beside T since
+// construction goes on an intrusive list the owner empties before it finishes. Once the
+// executor has finished, nobody may destroy T on the right thread, so T is leaked on purpose
+// (as Chromium's SequenceBound does), never destroyed on the wrong thread: a line on stderr
+// names the type and the executor, and the object stays reachable for leak checkers. So
+// destroy confined objects before their executor finishes.
 //
 // Memory ordering: whatever executor hand-offs give: T's construction happens-before every
 // task that uses it (call() returns after it), and those tasks happen-before its
@@ -4276,13 +4753,33 @@ class TETHER_CAPABILITY("confined object") confined {
  public:
   template <class... Args>
   explicit confined(executor& owner, Args&&... args) : ex_(owner) {
-    value_ = ex_.call([&] { return std::make_unique<T>(std::forward<Args>(args)...); });
+    node_ = ex_.call([&] { return std::make_unique<node>(std::forward<Args>(args)...); });
   }
 
   ~confined() {
-    if (!value_) return;
-    auto destroy = [v = std::move(value_)]() mutable noexcept { v.reset(); };
-    if (!ex_.dispatch(std::move(destroy))) destroy();  // not moved from when refused
+    if (!node_) return;
+    node* n = node_.release();
+    if (ex_.running_in_this_thread()) {
+      node::destroy_node(n);
+      return;
+    }
+    destroy_job job{n};
+    try {
+      (void)ex_.post(std::move(job));  // accepted: job is moved from (its node null)
+    } catch (...) {  // out of memory: the allocation-free hand-over below
+    }
+    if (job.n == nullptr) return;
+    job.n = nullptr;
+    if (ex_.defer_destroy(n)) return;
+    detail::keep_leaked(n);  // reachable, for leak checkers
+    try {
+      std::fprintf(stderr,
+                   "tether: confined<%s> destroyed after its executor '%s' finished; the object is leaked, "
+                   "not destroyed on the wrong thread (destroy confined objects before their executor stops)\n",
+                   detail::type_name<T>().c_str(), ex_.name().empty() ? "(unnamed)" : ex_.name().c_str());
+    } catch (...) {  // out of memory for the type's name
+      std::fputs("tether: a confined object outlived its executor and is leaked\n", stderr);
+    }
   }
 
   confined(const confined&) = delete;
@@ -4292,7 +4789,7 @@ class TETHER_CAPABILITY("confined object") confined {
   // owner thread. Blocks elsewhere; deadlock_error / executor_stopped as executor::call.
   template <class F>
   std::invoke_result_t<F&&, T&> with(F&& f) {
-    T* v = value_.get();
+    T* v = &node_->value;
     return ex_.call([&]() -> std::invoke_result_t<F&&, T&> { return std::invoke(std::forward<F>(f), *v); });
   }
 
@@ -4300,22 +4797,22 @@ class TETHER_CAPABILITY("confined object") confined {
   // refused or cancelled). Never blocks. Throws executor_stopped once stopped.
   template <class F>
   auto async_with(F&& f) {
-    return ex_.submit([v = value_.get(), fn = std::forward<F>(f)]() mutable -> decltype(auto) {
+    return ex_.submit([v = &node_->value, fn = std::forward<F>(f)]() mutable -> decltype(auto) {
       return std::invoke(std::move(fn), *v);
     });
   }
 
-  // Queues f(T&), fire and forget (exceptions go to the executor's on_error). false once
-  // stopped.
+  // Queues f(T&), fire and forget (exceptions go to the executor's on_error): ok, or closed
+  // once stopped (f not moved from).
   template <class F>
-  bool post_with(F&& f) {
-    return ex_.post([v = value_.get(), fn = std::forward<F>(f)]() mutable { std::invoke(std::move(fn), *v); });
+  push_result post_with(F&& f) {
+    return ex_.post([v = &node_->value, fn = std::forward<F>(f)]() mutable { std::invoke(std::move(fn), *v); });
   }
 
   // T itself, on the owner thread; throws wrong_thread naming both threads elsewhere.
   T& local() {
     check_owner();
-    return *value_;
+    return node_->value;
   }
 
   // Throws wrong_thread unless on the owner thread; asserts the capability for clang's
@@ -4327,8 +4824,30 @@ class TETHER_CAPABILITY("confined object") confined {
   executor& get_executor() const noexcept { return ex_; }
 
  private:
+  // T and the hand-over node its destruction needs, allocated together on the owner.
+  struct node : detail::deferred_destroy {
+    template <class... Args>
+    explicit node(Args&&... args) : value(std::forward<Args>(args)...) {
+      destroy = &destroy_node;
+    }
+    static void destroy_node(detail::deferred_destroy* d) noexcept { delete static_cast<node*>(d); }
+    T value;
+  };
+
+  // The queued destruction: run, or destroyed unrun by stop(cancel) (on the owner), it
+  // destroys T.
+  struct destroy_job {
+    explicit destroy_job(node* p) noexcept : n(p) {}
+    destroy_job(destroy_job&& o) noexcept : n(std::exchange(o.n, nullptr)) {}
+    void operator()() noexcept { node::destroy_node(std::exchange(n, nullptr)); }
+    ~destroy_job() {
+      if (n != nullptr) node::destroy_node(n);
+    }
+    node* n;
+  };
+
   executor& ex_;
-  std::unique_ptr<T> value_;  // written at construction and destruction only
+  std::unique_ptr<node> node_;  // written at construction and destruction only
 };
 
 }  // namespace tether
@@ -4433,6 +4952,248 @@ auto install_context(context_t<Tag>* value) {
 
 }  // namespace tether
 
+// ---- tether/fd_source.hpp ---------------------------------------------------
+// tether/fd_source.hpp - a file descriptor as a poller source: wait on sockets, pipes and
+// foreign event fds in the same place as on tether's queues, channels and executors.
+//
+//   tether::fd_source shell{zmq_fd_of(shell_socket)};        // readable interest
+//   tether::poller p;
+//   p.on(shell, [&](tether::fd_events) { drain(shell_socket); })
+//    .on(router.replies(), [&](reply r) { send(shell_socket, r); });
+//   while (running) p.run_one();                              // zero CPU while idle
+//
+// A poller that watches at least one fd_source waits in ppoll(2) instead of its futex: on the
+// watched descriptors and on a wake descriptor of its own, which a push to any other watched
+// source signals (once per sleep, not once per push). Ready events are level-triggered as
+// poll(2) reports them: a descriptor that stays readable is reported again at the next wait.
+// The handler (or try_pop()) receives the events that are pending: readable, writable,
+// error, hangup as poll(2) saw them, and notified for a notify() call.
+//
+// Edge-triggered descriptors (ZeroMQ's ZMQ_FD, which says "look at ZMQ_EVENTS" rather than
+// "a message is waiting"): after any send or receive on such a socket, read its pending
+// events (ZMQ_EVENTS) and, if work is left, call notify(): the poller then serves the source
+// at its next turn even though the descriptor itself stays quiet (the lost wake-up of
+// ipykernel #1554 is exactly a missing re-check here).
+//
+// Who may call what: notify(), fd(), interest() - any thread. try_pop() / ready() - the thread
+// that waits on the poller (or, unwatched, the one thread that polls it). Construct and
+// destroy: no poller may watch it (remove() it first; a poller never closes the descriptor,
+// and after remove() returns it never touches either the descriptor or this object).
+// Neither copyable nor movable (a poller refers to it).
+//
+// Memory ordering: [F1] notify()'s and the waiter's fetch_or (release) publish the events and
+// what the notifying thread did before; [F2] try_pop()'s exchange (acquire) takes them. The
+// wake-up itself is the parker's handshake (detail/wait/parker.hpp): the events are stored
+// before the parker is notified, and a poller re-checks ready() after attaching.
+//
+// After epoll's ready list and libuv's uv_poll_t (one loop waits on descriptors and on an
+// async wake-up handle), with ZeroMQ's documented ZMQ_FD / ZMQ_EVENTS protocol.
+
+
+
+namespace tether {
+
+// What a descriptor is watched for, and what the poller found. A bit set.
+enum class fd_events : std::uint8_t {
+  none = 0,
+  readable = 1,   // POLLIN
+  writable = 2,   // POLLOUT
+  error = 4,      // POLLERR or POLLNVAL (a closed descriptor: remove the source)
+  hangup = 8,     // POLLHUP (the peer closed; reading returns the rest, then end of file)
+  notified = 16,  // fd_source::notify() was called
+};
+constexpr fd_events operator|(fd_events a, fd_events b) noexcept {
+  return static_cast<fd_events>(static_cast<std::uint8_t>(a) | static_cast<std::uint8_t>(b));
+}
+constexpr fd_events operator&(fd_events a, fd_events b) noexcept {
+  return static_cast<fd_events>(static_cast<std::uint8_t>(a) & static_cast<std::uint8_t>(b));
+}
+constexpr fd_events& operator|=(fd_events& a, fd_events b) noexcept { return a = a | b; }
+// True when e holds any of the events in which.
+constexpr bool has(fd_events e, fd_events which) noexcept { return (e & which) != fd_events::none; }
+
+class fd_source;
+
+namespace detail {
+struct fd_access;
+}  // namespace detail
+
+class fd_source {
+ public:
+  // Watches fd for interest (readable, writable or both; error and hangup are always
+  // reported). The descriptor stays the caller's: it is never read, written or closed here.
+  explicit fd_source(int fd, fd_events interest = fd_events::readable) noexcept : fd_(fd), interest_(interest) {}
+  fd_source(const fd_source&) = delete;
+  fd_source& operator=(const fd_source&) = delete;
+
+  int fd() const noexcept { return fd_; }
+  fd_events interest() const noexcept { return interest_; }
+
+  // Marks the source ready as if its descriptor had reported an event: the waiting thread
+  // calls its handler at its next turn, with fd_events::notified among the events. Several
+  // calls before that turn are one. Never blocks. Thread-safe, also from handlers.
+  void notify() noexcept { deliver(static_cast<std::uint8_t>(fd_events::notified)); }
+
+  // The events pending since the last call (ok), or empty. Never closed: a descriptor has no
+  // end here (hangup and error are events; remove the source for good). Waiting thread only.
+  pop_result<fd_events> try_pop() noexcept {
+    // [F2] acquire: pairs with [F1]; what the notifier did before is visible to the caller.
+    const std::uint8_t e = pending_.exchange(0, std::memory_order_acquire);
+    if (e == 0) return status::empty;
+    return pop_result<fd_events>(std::in_place, static_cast<fd_events>(e));
+  }
+
+  // Whether events are pending (try_pop() would return ok). seq_cst: the re-check half of
+  // the parker handshake. Waiting thread only.
+  bool ready() const noexcept { return pending_.load(std::memory_order_seq_cst) != 0; }
+
+ private:
+  friend struct detail::fd_access;
+
+  // Adds events and wakes whoever watches: notify(), or the poller's waiter after ppoll().
+  void deliver(std::uint8_t events) noexcept {
+    // [F1] release: pairs with [F2]. seq_cst: ordered before the notify's handshake.
+    pending_.fetch_or(events, std::memory_order_seq_cst);
+    parker_.notify_all();
+  }
+
+  const int fd_;
+  const fd_events interest_;
+  // Events reported and not yet taken: written by notify() (any thread) and the poller's
+  // waiter; taken by try_pop() (the waiter).
+  std::atomic<std::uint8_t> pending_{0};
+  // Where a poller hangs its listener (one poller at a time), as on a queue's consumer parker.
+  detail::parker parker_;
+};
+
+namespace detail {
+
+// What the poller's core (detail/select/poller_core.hpp) needs from an fd_source.
+struct fd_access {
+  static parker& watched_parker(fd_source& s) noexcept { return s.parker_; }
+  static void deliver(fd_source& s, fd_events e) noexcept { s.deliver(static_cast<std::uint8_t>(e)); }
+};
+
+// A poller source (see detail/select/sources.hpp): itself, named by its address, woken through
+// its parker, ready while events are pending.
+inline fd_source& rx_of(fd_source& s) noexcept { return s; }
+inline const void* identity_of(const fd_source& s) noexcept { return &s; }
+inline parker& rx_parker(fd_source& s) noexcept { return fd_access::watched_parker(s); }
+inline bool rx_ready(fd_source& s) noexcept { return s.ready(); }
+
+}  // namespace detail
+
+}  // namespace tether
+
+// ---- tether/receiver.hpp ----------------------------------------------------
+// tether/receiver.hpp - a receive-only view of an mpsc_queue's consumer side.
+//
+//   tether::mpsc_queue<reply> q;
+//   tether::receiver<reply> replies(q);       // hand this out: it can pop, not push or close
+//   if (auto r = replies.pop_for(10ms)) use(*r);
+//
+// receiver<T> holds a pointer to an mpsc_queue<T>: it is cheap to copy, and every copy is the
+// same view. It offers the queue's pop family (try_pop, pop, pop_for, pop_until,
+// try_pop_bulk, pop_bulk, pop_bulk_for, pop_bulk_until, try_pop_each) with exactly the
+// queue's outcomes (see mpsc_queue.hpp), plus is_closed and size_approx - no push, no close.
+// A poller or select accepts it like the queue itself.
+//
+// Who may call what: the pop family - the queue's one consumer thread at a time (all copies
+// of a receiver and the queue itself share that one consumer); is_closed / size_approx - any
+// thread. The queue must outlive every receiver viewing it.
+//
+// Memory ordering: the queue's (a push happens-before the pop that returns its item).
+//
+// Library hook: detail::receiver_queue(r) returns the viewed queue, for the parts of tether
+// that watch or wrap a receiver (select, router); not for users.
+
+
+
+namespace tether {
+
+template <class T>
+class receiver;
+
+namespace detail {
+template <class T>
+mpsc_queue<T>& receiver_queue(const receiver<T>& r) noexcept;
+}  // namespace detail
+
+template <class T>
+class receiver {
+ public:
+  using value_type = T;
+
+  // A view of q's consumer side. q must outlive the receiver (and its copies).
+  explicit receiver(mpsc_queue<T>& q) noexcept : q_(&q) {}
+
+  // ---- consumer (the queue's one consumer thread at a time) ------------------------------
+
+  // As mpsc_queue::try_pop: ok, empty or closed; never blocks.
+  pop_result<T> try_pop() { return q_->try_pop(); }
+  // As mpsc_queue::pop: ok, or closed once closed and every item taken.
+  pop_result<T> pop() { return q_->pop(); }
+  // As mpsc_queue::pop_for / pop_until: ok, timeout or closed.
+  template <class Rep, class Period>
+  pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return q_->pop_for(timeout);
+  }
+  template <class Clock, class Duration>
+  pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return q_->pop_until(deadline);
+  }
+
+  // As mpsc_queue::try_pop_bulk / pop_bulk / pop_bulk_for / pop_bulk_until: how many items
+  // were moved to out.
+  template <class OutputIt>
+  std::size_t try_pop_bulk(OutputIt out, std::size_t max) {
+    return q_->try_pop_bulk(std::move(out), max);
+  }
+  template <class OutputIt>
+  std::size_t pop_bulk(OutputIt out, std::size_t max) {
+    return q_->pop_bulk(std::move(out), max);
+  }
+  template <class OutputIt, class Rep, class Period>
+  std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout) {
+    return q_->pop_bulk_for(std::move(out), max, timeout);
+  }
+  template <class OutputIt, class Clock, class Duration>
+  std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline) {
+    return q_->pop_bulk_until(std::move(out), max, deadline);
+  }
+
+  // As mpsc_queue::try_pop_each: calls f(T&&) for up to max ready items; how many.
+  template <class F>
+  std::size_t try_pop_each(F&& f, std::size_t max = SIZE_MAX) {
+    return q_->try_pop_each(std::forward<F>(f), max);
+  }
+
+  // ---- any thread ------------------------------------------------------------------------
+
+  // True once the queue was closed (items may still be waiting). Thread-safe.
+  bool is_closed() const noexcept { return q_->is_closed(); }
+  // Items pushed and not yet popped; stale as soon as it returns. Thread-safe.
+  std::size_t size_approx() const noexcept { return q_->size_approx(); }
+
+  // Two receivers are equal when they view the same queue.
+  friend bool operator==(const receiver& a, const receiver& b) noexcept { return a.q_ == b.q_; }
+
+ private:
+  friend mpsc_queue<T>& detail::receiver_queue<T>(const receiver<T>& r) noexcept;
+
+  mpsc_queue<T>* q_;
+};
+
+namespace detail {
+// The queue a receiver views (see the banner: for select and router).
+template <class T>
+mpsc_queue<T>& receiver_queue(const receiver<T>& r) noexcept {
+  return *r.q_;
+}
+}  // namespace detail
+
+}  // namespace tether
+
 // ---- tether/router_messages.hpp ---------------------------------------------
 // tether/router_messages.hpp - the values a router's users send and receive: subshell ids,
 // envelopes and replies, control requests and their answers, and the errors they carry.
@@ -4461,6 +5222,24 @@ class subshell_id {
   constexpr bool is_parent() const noexcept { return value_ == 0; }
   // "parent" or "subshell-<id>" (also the child's executor and thread name).
   std::string to_string() const { return is_parent() ? std::string("parent") : "subshell-" + std::to_string(value_); }
+  // The id to_string() names: "parent", or "subshell-<n>" with n a decimal 1 .. 2^64-1
+  // (no sign, no leading zero); nullopt for anything else. So a protocol that names
+  // subshells with strings (JEP 91) can use to_string() as the name and this to route.
+  static constexpr std::optional<subshell_id> from_string(std::string_view s) noexcept {
+    if (s == "parent") return subshell_id{};
+    constexpr std::string_view prefix = "subshell-";
+    if (s.size() <= prefix.size() || s.substr(0, prefix.size()) != prefix) return std::nullopt;
+    s.remove_prefix(prefix.size());
+    if (s.front() == '0') return std::nullopt;
+    std::uint64_t v = 0;
+    for (const char c : s) {
+      if (c < '0' || c > '9') return std::nullopt;
+      const auto digit = static_cast<std::uint64_t>(c - '0');
+      if (v > (UINT64_MAX - digit) / 10) return std::nullopt;  // overflow
+      v = v * 10 + digit;
+    }
+    return subshell_id{v};
+  }
   friend constexpr bool operator==(const subshell_id&, const subshell_id&) noexcept = default;
   friend constexpr auto operator<=>(const subshell_id&, const subshell_id&) noexcept = default;
 
@@ -4484,20 +5263,24 @@ struct envelope {
   std::uint64_t tag = 0;
 };
 
-// Why a message (or a control request) got an error instead of a value.
+// Why a message (or a control request) got an error instead of a value; ok: it did not.
 enum class routing_errc : std::uint8_t {
-  unknown_subshell = 1,  // no subshell with that id was ever created     (payload handed back)
+  ok = 0,                // no error (routing_result::code() of a success)
+  unknown_subshell,  // no subshell with that id was ever created     (payload handed back)
   subshell_deleted,      // deleted before the message ran or arrived     (payload handed back)
   subshell_stopped,      // the parent's executor refused or cancelled it (payload handed back)
   handler_threw,         // the handler threw before replying (the message names the exception)
   no_reply,              // the handler returned without replying
-  router_stopped,        // shutdown(cancel) came first, or a request came during shutdown
+  router_stopped,        // stop(cancel) came first, or a request came once stopped
   invalid_request,       // control: cannot be served (deleting the parent)
   create_failed,         // control: the subshell's thread or its handler could not be made
+  delivery_failed,       // the router could not carry it through: an allocation failed, or the
+                         // payload's move threw (payload handed back where it still exists)
 };
 
 constexpr const char* to_string(routing_errc c) noexcept {
   switch (c) {
+    case routing_errc::ok: return "ok";
     case routing_errc::unknown_subshell: return "unknown_subshell";
     case routing_errc::subshell_deleted: return "subshell_deleted";
     case routing_errc::subshell_stopped: return "subshell_stopped";
@@ -4506,6 +5289,7 @@ constexpr const char* to_string(routing_errc c) noexcept {
     case routing_errc::router_stopped: return "router_stopped";
     case routing_errc::invalid_request: return "invalid_request";
     case routing_errc::create_failed: return "create_failed";
+    case routing_errc::delivery_failed: return "delivery_failed";
   }
   return "unknown";
 }
@@ -4525,10 +5309,15 @@ class routing_error {
   std::string message_;
 };
 
+namespace detail {
+template <class Payload, class Reply>
+class router_engine;
+}  // namespace detail
+
 // What leaves the router: one per accepted message, tagged with the subshell and the
 // envelope's tag, holding the handler's value or an error. Errors are rare, so they live on
-// the heap and a value reply stays small.
-template <class Reply, class Payload>
+// the heap and a value reply stays small. Template parameters in data-flow order.
+template <class Payload, class Reply>
 class routed_reply {
  public:
   routed_reply(subshell_id subshell, std::uint64_t tag, Reply&& value)
@@ -4536,7 +5325,13 @@ class routed_reply {
   routed_reply(subshell_id subshell, std::uint64_t tag, routing_error error, std::optional<Payload> returned = {})
       : subshell_(subshell),
         tag_(tag),
-        v_(std::in_place_index<1>, std::make_unique<failure>(failure{std::move(error), std::move(returned)})) {}
+        v_(std::in_place_index<1>, new failure{std::move(error), std::move(returned), false}) {}
+  // An error reply handing back the payload (moved once, into the reply).
+  routed_reply(subshell_id subshell, std::uint64_t tag, routing_error error, Payload&& returned)
+      : subshell_(subshell),
+        tag_(tag),
+        v_(std::in_place_index<1>,
+           new failure{std::move(error), std::optional<Payload>(std::in_place, std::move(returned)), false}) {}
 
   subshell_id subshell() const noexcept { return subshell_; }
   std::uint64_t tag() const noexcept { return tag_; }
@@ -4564,14 +5359,18 @@ class routed_reply {
   Reply* operator->() noexcept { return std::get_if<0>(&v_); }
   const Reply* operator->() const noexcept { return std::get_if<0>(&v_); }
 
-  // The error; throws std::logic_error for a value reply.
+  // The error; throws std::logic_error for a value reply. An error reply the router made
+  // with no memory left to describe it carries a fixed message (naming its code, not the
+  // subshell: read subshell() for that) and no payload.
   const routing_error& error() const {
     if (has_value()) throw std::logic_error("tether::routed_reply::error(): the reply holds a value");
     return (*std::get_if<1>(&v_))->error;
   }
+  // The error's code; routing_errc::ok for a value reply.
+  routing_errc code() const noexcept { return has_value() ? routing_errc::ok : (*std::get_if<1>(&v_))->error.code(); }
 
   // The payload handed back by a message that never reached a handler (unknown_subshell,
-  // subshell_deleted, subshell_stopped, router_stopped); nullptr otherwise.
+  // subshell_deleted, subshell_stopped, router_stopped, delivery_failed); nullptr otherwise.
   Payload* returned_payload() noexcept {
     if (has_value()) return nullptr;
     auto& f = *std::get_if<1>(&v_);
@@ -4579,10 +5378,46 @@ class routed_reply {
   }
 
  private:
+  friend class detail::router_engine<Payload, Reply>;
+
   struct failure {
     routing_error error;
     std::optional<Payload> payload;
+    bool preallocated;  // one of fallback()'s: never freed
   };
+  struct failure_delete {
+    void operator()(failure* f) const noexcept {
+      if (!f->preallocated) delete f;
+    }
+  };
+
+  // An error reply that allocates nothing: its failure is one made ahead of time, shared by
+  // every such reply with this code (router_engine calls warm_up() before it routes).
+  routed_reply(subshell_id subshell, std::uint64_t tag, routing_errc code) noexcept
+      : subshell_(subshell), tag_(tag), v_(std::in_place_index<1>, fallback(code)) {}
+
+  static constexpr std::size_t error_codes = static_cast<std::size_t>(routing_errc::delivery_failed) + 1;
+  // Made once, on first use (warm_up()), and kept for the life of the process.
+  static const std::array<failure*, error_codes>& fallbacks() {
+    static const std::array<failure*, error_codes> table = [] {
+      std::array<failure*, error_codes> t{};
+      for (std::size_t i = 1; i < error_codes; ++i) {
+        const auto c = static_cast<routing_errc>(i);
+        t[i] = new failure{routing_error(c, subshell_id{},
+                                         std::string("tether: router: ") + to_string(c) +
+                                             " (no memory was left to describe it further)"),
+                           std::nullopt, true};
+      }
+      return t;
+    }();
+    return table;
+  }
+  static failure* fallback(routing_errc code) noexcept {  // after warm_up()
+    const auto i = static_cast<std::size_t>(code);
+    return fallbacks()[i > 0 && i < error_codes ? i : error_codes - 1];
+  }
+  static void warm_up() { (void)fallbacks(); }
+
   void check() const {
     if (has_value()) return;
     const routing_error& e = (*std::get_if<1>(&v_))->error;
@@ -4592,11 +5427,87 @@ class routed_reply {
 
   subshell_id subshell_;
   std::uint64_t tag_;
-  std::variant<Reply, std::unique_ptr<failure>> v_;
+  std::variant<Reply, std::unique_ptr<failure, failure_delete>> v_;
+};
+
+// What a direct control call (create_subshell, delete_subshell, list_subshells, stats)
+// returns: its value, or the routing_error that refused it. Branch on code() (ok,
+// unknown_subshell, router_stopped ...) or on operator bool. routing_result<> has no value.
+template <class T = void>
+class [[nodiscard]] routing_result {
+  using stored = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+ public:
+  routing_result() requires std::is_void_v<T> : v_(std::in_place_index<0>) {}
+  routing_result(stored value) requires(!std::is_void_v<T>) : v_(std::in_place_index<0>, std::move(value)) {}
+  routing_result(routing_error error) : v_(std::in_place_index<1>, std::move(error)) {}
+
+  bool has_value() const noexcept { return v_.index() == 0; }
+  explicit operator bool() const noexcept { return has_value(); }
+  routing_errc code() const noexcept { return has_value() ? routing_errc::ok : std::get_if<1>(&v_)->code(); }
+
+  // The value; throws std::logic_error carrying the error's message when there is none.
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  U& value() & {
+    check();
+    return *std::get_if<0>(&v_);
+  }
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  const U& value() const& {
+    check();
+    return *std::get_if<0>(&v_);
+  }
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  U&& value() && {
+    check();
+    return std::move(*std::get_if<0>(&v_));
+  }
+  // Precondition: has_value().
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  U& operator*() noexcept {
+    return *std::get_if<0>(&v_);
+  }
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  const U& operator*() const noexcept {
+    return *std::get_if<0>(&v_);
+  }
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  U* operator->() noexcept {
+    return std::get_if<0>(&v_);
+  }
+  template <class U = T>
+    requires(!std::is_void_v<U>)
+  const U* operator->() const noexcept {
+    return std::get_if<0>(&v_);
+  }
+
+  // The error; throws std::logic_error for a success.
+  const routing_error& error() const {
+    if (has_value()) throw std::logic_error("tether::routing_result::error(): the call succeeded");
+    return *std::get_if<1>(&v_);
+  }
+
+ private:
+  void check() const {
+    if (has_value()) return;
+    const routing_error& e = *std::get_if<1>(&v_);
+    throw std::logic_error("tether::routing_result::value(): no value (" + std::string(to_string(e.code())) +
+                           "): " + e.message());
+  }
+
+  std::variant<stored, routing_error> v_;
 };
 
 // The control channel's verbs (JEP 91's create / delete / list, and per-subshell counters).
-enum class control_op : std::uint8_t { create_subshell, delete_subshell, list_subshells, subshell_stats };
+// interrupt: request stop on the std::stop_token of the message running on a subshell now
+// (reply_sender::stop_token()).
+enum class control_op : std::uint8_t { create_subshell, delete_subshell, list_subshells, subshell_stats, interrupt };
 
 struct control_request {
   control_op op = control_op::list_subshells;
@@ -4613,6 +5524,9 @@ struct control_request {
   static control_request list(std::uint64_t tag = 0) { return {control_op::list_subshells, {}, stop_mode::drain, tag}; }
   static control_request stats(std::uint64_t tag = 0) {
     return {control_op::subshell_stats, {}, stop_mode::drain, tag};
+  }
+  static control_request interrupt(subshell_id id, std::uint64_t tag = 0) {
+    return {control_op::interrupt, id, stop_mode::drain, tag};
   }
 };
 
@@ -4640,128 +5554,6 @@ struct router_options {
   std::string name = "router";  // the router thread's name, in every error message
 };
 
-// Thrown by the direct control calls once the router is stopped (shutdown() was called).
-class router_stopped : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-}  // namespace tether
-
-// ---- tether/detail/router/subshell.hpp --------------------------------------
-// tether/detail/router/subshell.hpp - one subshell as the router sees it, and the handler
-// and factory it runs, with the user's callables type-erased.
-//
-// router.hpp holds what users touch (router, reply_sender); this holds what the router keeps
-// for each subshell: its executor, its handler, the counters stats() reports and the cancel
-// code its queued tasks answer with. Also the virtual handler and factory through which the
-// router calls the user's callables without knowing their types, and the static slots where
-// the reaper waits for the parent's last answers. Nothing here is public API.
-//
-// router and reply_sender are only declared here: router.hpp defines both before it
-// instantiates anything below.
-//
-// Who may call what: each router_subshell field as its comment says; router_child_thread_of -
-// set on a child subshell's own thread, read by join() on the calling thread.
-// Memory ordering: [A1]/[A2] and [C1]/[C2] on answered and cancel_code are router.hpp's (see
-// its banner).
-
-
-
-namespace tether {
-
-template <class Payload, class Reply>
-class router;
-template <class Reply, class Payload>
-class reply_sender;
-
-namespace detail {
-
-// The router whose child subshell the calling thread runs, if any (join() refuses there).
-inline constinit thread_local const void* router_child_thread_of = nullptr;
-
-template <class Payload, class Reply>
-struct router_handler {
-  virtual ~router_handler() = default;
-  virtual void handle(Payload&& p, reply_sender<Reply, Payload>& reply) = 0;
-};
-
-template <class Payload, class Reply>
-struct router_factory {
-  virtual ~router_factory() = default;
-  virtual std::unique_ptr<router_handler<Payload, Reply>> make(subshell_id id) = 0;
-};
-
-// One subshell as the router sees it.
-template <class Payload, class Reply>
-struct router_subshell {
-  router_subshell(router<Payload, Reply>* r, subshell_id i, routing_errc unrun) noexcept
-      : owner(r), id(i), unrun_code(unrun) {}
-
-  router<Payload, Reply>* const owner;
-  const subshell_id id;
-  const routing_errc unrun_code;  // for a task destroyed unrun with no cancel code set
-  executor* ex = nullptr;          // the parent's executor, or own_ex
-  std::unique_ptr<executor> own_ex;  // children only
-  // Made, used and destroyed on the subshell's thread (the parent's: see router.hpp's banner).
-  std::unique_ptr<router_handler<Payload, Reply>> handler;
-
-  // Router thread only: messages routed here, and those routed in the current inbox batch and
-  // not yet handed to the executor (one task per subshell per batch; see router::serve_inbox()).
-  std::uint64_t accepted_local = 0;
-  std::vector<std::pair<std::uint64_t, Payload>> staged;
-  // A copy of accepted_local for stats and the reaper: written by the router thread.
-  std::atomic<std::uint64_t> accepted{0};
-  // Raised by whichever thread finishes a message (the subshell's, or the router's when its
-  // executor refuses the task); read by stats and the reaper. Off the router's line.
-  alignas(detail::cache_line) std::atomic<std::uint64_t> answered{0};
-  std::atomic<std::uint64_t> failed{0};  // written as answered; read by stats
-  std::atomic<bool> busy{false};         // written by the subshell thread; read by stats
-  // 0, or the routing_errc with which queued tasks answer instead of running: set by the
-  // router thread (delete or shutdown with cancel), read by the subshell's tasks.
-  std::atomic<std::uint8_t> cancel_code{0};
-};
-
-// Where the reaper waits for the parent's last answers (answered == accepted). Static: the
-// parent's thread notifies after its last count, when the router may already be gone.
-struct alignas(cache_line) router_settle_slot {
-  parker settled;
-};
-inline router_settle_slot router_settle_slots[16];
-
-inline parker& router_settle_parker(const void* subshell) noexcept {
-  return router_settle_slots[(reinterpret_cast<std::uintptr_t>(subshell) / cache_line) % 16].settled;
-}
-
-template <class Payload, class Reply, class H>
-struct router_handler_impl final : router_handler<Payload, Reply> {
-  explicit router_handler_impl(H&& h) : fn(std::move(h)) {}
-  void handle(Payload&& p, reply_sender<Reply, Payload>& reply) override {
-    if constexpr (std::is_invocable_v<H&, Payload&&, reply_sender<Reply, Payload>&>) {
-      std::invoke(fn, std::move(p), reply);
-    } else {
-      reply.send(Reply(std::invoke(fn, std::move(p))));
-    }
-  }
-  H fn;
-};
-
-// A handler of either form (see router.hpp's banner).
-template <class H, class Payload, class Reply>
-inline constexpr bool router_handler_v = std::is_invocable_v<H&, Payload&&, reply_sender<Reply, Payload>&> ||
-                                         std::is_invocable_r_v<Reply, H&, Payload&&>;
-
-template <class Payload, class Reply, class F>
-struct router_factory_impl final : router_factory<Payload, Reply> {
-  explicit router_factory_impl(F&& f) : fn(std::move(f)) {}
-  std::unique_ptr<router_handler<Payload, Reply>> make(subshell_id id) override {
-    using H = std::decay_t<std::invoke_result_t<F&, subshell_id>>;
-    return std::make_unique<router_handler_impl<Payload, Reply, H>>(std::invoke(fn, id));
-  }
-  F fn;
-};
-
-}  // namespace detail
-
 }  // namespace tether
 
 // ---- tether/detail/select/ready_list.hpp ------------------------------------
@@ -4787,7 +5579,7 @@ namespace tether::detail {
 class ready_list;
 
 // One watched source, as its poller and the source's notifiers see it. The poller that owns
-// the node fills in the rest (see select.hpp).
+// the node fills in the rest (see poller_core.hpp).
 struct poll_node : parker_listener {
   // Set by a notifier that finds it false (it then pushes the node) and by add(); cleared by
   // the poller when it takes the node off the list. True exactly while the node is on the
@@ -4829,7 +5621,7 @@ class ready_list {
 // notifier that flips `signalled` from false pushes the node.
 inline void notify_poller(parker_listener& l) noexcept {
   auto& n = static_cast<poll_node&>(l);
-  // [N1] acq_rel, pairs with [W1] (select.hpp). Release: our publish (sequenced before this
+  // [N1] acq_rel, pairs with [W1] (poller_core.hpp). Release: our publish (sequenced before this
   // notify) reaches the poller's probe when [W1] reads our true. Acquire: when we read the
   // poller's false, its last use of n.next_ready happened before push() rewrites it.
   if (!n.signalled.exchange(true, std::memory_order_acq_rel)) n.list->push(n);
@@ -4837,103 +5629,37 @@ inline void notify_poller(parker_listener& l) noexcept {
 
 }  // namespace tether::detail
 
-// ---- tether/select.hpp ------------------------------------------------------
-// tether/select.hpp - wait on many receivers at once: tether::poller and tether::select.
+// ---- tether/detail/select/sources.hpp ---------------------------------------
+// tether/detail/select/sources.hpp - what a poller needs from each kind of source it watches.
 //
-//   tether::poller p;
-//   p.on(commands, [&](command c) { handle(c); })
-//    .on(replies, [&](reply r) { forward(r); }, [&] { /* replies closed and drained */ });
-//   while (running) p.run_one_for(100ms);          // handlers run with no lock held
+// A poller (select.hpp) treats every source alike through four questions, answered here by
+// overloads per kind: which object receives (rx_of), which address names it (identity_of:
+// the same for an endpoint and whatever it is moved into, and for a receiver and the queue
+// it views), what keeps it alive while watched (keep_alive_of: a channel pair's state), and
+// the parker its consumer sleeps on with that parker's condition (rx_parker, rx_ready).
+// Adopting executors add the earliest delayed-task deadline (rx_deadline), which only their
+// owner may read. Nothing here is public API.
 //
-//   switch (tether::select(a, b)) { case 0: ...; case 1: ...; }   // one-shot: which is ready
-//
-//   tether::executor main_ex{tether::adopt_current_thread};   // this thread owns it
-//   p.on(main_ex);                                   // one loop: messages, tasks, timers
-//   while (!main_ex.is_finished()) p.run_one();
-//
-// A source is a channel endpoint (its receiving side), a tether::mpsc_queue or a
-// tether::bounded_mpsc_queue. It is ready when a message is waiting or when it is closed and
-// drained (so the receiver sees closed; remove it then, or it stays ready). A source can also
-// be a tether::executor constructed with adopt_current_thread: ready when a posted task is
-// waiting, when a delayed task (post_at / post_after) is due, or once it is stopped and
-// drained; its owner thread is then the one that waits on the poller, and runs the tasks
-// (ex.poll(), or run_one*() for on(ex)).
-//
-// Who may call what:
-//   add / on / remove / contains / size                 - any thread, also while another
-//                                                          thread waits, and from handlers;
-//   try_wait / wait* / try_run_one / run_one*            - one thread at a time (debug builds
-//     throw std::logic_error otherwise). While a source is in a poller, that thread is the
-//     only one that receives from it. While an executor is in a poller, that thread must be
-//     the executor's owner (wrong_thread otherwise, in every build: it reads the owner-only
-//     timer heap).
-//   destroy                                              - no call may be running.
-// A source must outlive its registration: after remove() returns the poller never touches it
-// again (an executor too: remove it before destroying it, or let on() remove it once it has
-// finished). A channel endpoint may be destroyed while watched (the poller keeps the pair alive;
-// the endpoint's destructor closes it, so the source turns ready with closed).
-//
-// Design: zero CPU while idle - one park for the waiting thread, no polling, no thread per
-// source. Each watched source's consumer parker carries a listener (detail/wait/parker.hpp). A
-// push to the source publishes, then notifies its parker; the parker calls the listener,
-// which flips the source's `signalled` flag and, if that was false, pushes the source onto
-// the poller's ready list and wakes the waiting thread (detail/select/ready_list.hpp). A burst of
-// pushes therefore costs one ready-list push, and the waiter looks only at sources that were
-// signalled, never at all 1,000. The waiter keeps its candidates in a FIFO: it takes one off
-// the front, probes it, returns it and puts it at the back if ready (it may hold more), or
-// drops it. Only when none is ready does it park on the ready list.
-//
-// Executors: the listener hangs on the consumer parker of the executor's task queue (every
-// post, submit, call, post_at / post_after and stop pushes to or closes that queue, which
-// notifies it). A delayed task
-// falling due notifies nobody, so watched executors are "timed" entries: the waiter parks
-// until min(its caller's deadline, the earliest next delayed-task deadline of the watched
-// executors) - read from the owner-only timer heap, which is why the waiter must be the
-// owner - and when it wakes at that deadline it puts the executor among the candidates and
-// reports it, not a timeout. No polling tick: an idle loop with a timer an hour away sleeps
-// an hour. run_one*() on an on(ex) executor runs up to 64 tasks (a bounded ex.poll()), so a
-// busy executor takes its turn like any other source.
-//
-// Fairness: round-robin. Sources that stay ready are served in turn, and a source that turns
-// ready joins the back of the line: with k ready sources each is served at least once every
-// k calls, however busy the others are.
-//
-// Memory ordering: the waiter clears `signalled` with an acq_rel exchange [W1] before it
-// probes; the notifier's acq_rel exchange [N1] follows its publish. Either [N1]
-// comes first, so [W1] reads it and the probe sees the publish, or [W1] comes first, so [N1]
-// reads false and pushes the source again: a message is never missed. A new listener is
-// covered by the parker handshake: the waiter takes heavy_fence() after attaching and before
-// the source's first probe, pairing with the light fence before the notifier's listener
-// load. Registration state (entry lists and flags) is under one mutex, taken by add/remove
-// and by the waiter while it probes; never while a handler runs or the waiter parks, and
-// never by a notifier. Executors add no atomics: their timer heap is read by the waiter,
-// which is their owner (the heap's only user), and their queue is probed like any other.
-//
-// Removal: remove() detaches the listener (waiting out notifiers inside it, a few
-// instructions each), then waits only for a message the waiter may be taking from that
-// source at that very moment - never for a handler (nor for an executor's tasks: they run on
-// its owner, which removing from a task must not wait for). Tasks still queued in a removed
-// executor stay there for its next poll() / run().
-//
-// After Go's select (one-shot form, randomised start) and crossbeam-channel's Select
-// (register, park once, one wake-up), with epoll's ready list for the persistent form and
-// libuv's loop (park until the earliest timer) for executors' delayed tasks.
+// Who may call what: rx_ready / rx_deadline - the thread that receives from the source (for
+// an executor: its owner, else wrong_thread); the others only read what never changes after
+// construction.
+// Memory ordering: rx_ready is the queue's own parker condition (seq_cst loads); nothing
+// else here touches shared state.
 
 
 
-namespace tether {
+namespace tether::detail {
 
-namespace detail {
-
-// ---- what a poller needs from each kind of source ----------------------------------------
-
-// The receiving object: the queue itself, or the endpoint's receiving direction.
+// The receiving object: the queue itself (also for a receiver), or the endpoint's receiving
+// direction.
 template <class T>
 mpsc_queue<T>& rx_of(mpsc_queue<T>& q) noexcept { return q; }
 template <class T>
 bounded_mpsc_queue<T>& rx_of(bounded_mpsc_queue<T>& q) noexcept { return q; }
 template <class S, class R>
 channel_direction<R>& rx_of(const endpoint<S, R>& e) noexcept { return source_access::rx_direction(e); }
+template <class T>
+mpsc_queue<T>& rx_of(const receiver<T>& r) noexcept { return receiver_queue(r); }
 
 template <class T>
 const void* identity_of(const mpsc_queue<T>& q) noexcept { return &q; }
@@ -4941,6 +5667,8 @@ template <class T>
 const void* identity_of(const bounded_mpsc_queue<T>& q) noexcept { return &q; }
 template <class S, class R>
 const void* identity_of(const endpoint<S, R>& e) noexcept { return &source_access::rx_direction(e); }
+template <class T>  // the queue it views: a receiver and its queue are one source
+const void* identity_of(const receiver<T>& r) noexcept { return &receiver_queue(r); }
 
 template <class Source>
 std::shared_ptr<void> keep_alive_of(const Source&) noexcept { return nullptr; }
@@ -4959,8 +5687,8 @@ bool rx_ready(channel_direction<T>& l) { return l.watched_ready(); }
 
 // An adopting executor: its task queue (a push notifies the queue's consumer parker, a close
 // too) and its delayed tasks (no notify when one falls due: the waiter parks until the
-// earliest, see poller::poll()). Its owner is the queue's consumer and the only thread that
-// may read the timer heap, so only the owner may wait on a poller that watches it.
+// earliest, see poller_core::next_ready()). Its owner is the queue's consumer and the only
+// thread that may read the timer heap, so only the owner may wait on a poller that watches it.
 inline executor& rx_of(executor& ex) noexcept { return ex; }
 inline const void* identity_of(const executor& ex) noexcept { return &ex; }
 inline parker& rx_parker(executor& ex) noexcept {
@@ -4992,43 +5720,64 @@ inline bool rx_ready(executor& ex) {
 // executor takes its turn like any other source, it does not starve them.
 inline constexpr std::size_t executor_batch = 64;
 
-}  // namespace detail
+}  // namespace tether::detail
 
-// Something a poller can watch: a channel endpoint, an mpsc_queue, a bounded_mpsc_queue or
-// an executor constructed with adopt_current_thread (its tasks and delayed tasks).
-template <class Source>
-concept watchable = requires(Source& s) {
-  detail::rx_of(s);
-  detail::identity_of(s);
-};
+// ---- tether/detail/select/poller_core.hpp -----------------------------------
+// tether/detail/select/poller_core.hpp - the engine behind tether::poller: the registered
+// entries, the candidate FIFO and the one deadline loop every wait*() and run_one*() uses.
+//
+// select.hpp holds the contract (what add/remove/wait promise); this holds how. Nothing here
+// is public API.
+//
+// How a source becomes ready: each watched source's consumer parker carries a listener (an
+// entry, detail/wait/parker.hpp). A push to the source publishes, then notifies its parker;
+// the parker calls the listener, which flips the entry's `signalled` flag and, if that was
+// false, pushes the entry onto the ready list and wakes the waiting thread (ready_list.hpp).
+// A burst of pushes therefore costs one ready-list push, and the waiter looks only at entries
+// that were signalled, never at every registered one. The waiter keeps its candidates in a
+// FIFO: it takes one off the front, probes it, returns it and puts it at the back if ready
+// (it may hold more), or drops it. Only when none is ready does it park on the ready list.
+// Fairness follows: sources that stay ready are served in turn, and one that turns ready
+// joins the back of the line.
+//
+// Executors: the listener hangs on the consumer parker of the executor's task queue. A
+// delayed task falling due notifies nobody, so watched executors are "timed" entries: the
+// waiter parks until min(its caller's deadline, the earliest delayed-task deadline of the
+// watched executors) - read from the owner-only timer heap, which is why the waiter must be
+// the owner - and when it wakes at that deadline it puts the executor among the candidates
+// and reports it, not a timeout. No polling tick.
+//
+// Lifetime of an entry: created by add(), owned by the core. remove() takes it out of the
+// registry under the mutex, detaches its listener (waiting out notifiers inside it) and
+// waits for a message the waiter may be moving out of the source at that moment (the
+// `receiving` window), never for a handler. It is freed, under the mutex, once nothing holds
+// it: not on the ready list (`signalled`) and no run_one*() running its handler
+// (`dispatching`). The waiter reads an entry only under the mutex, except while it
+// dispatches that entry's handler (pinned by `dispatching`), so a removed entry is never
+// touched after it is freed.
+//
+// Who may call what: add / remove / contains / size - any thread; next_ready - one waiting
+// thread at a time (consumer_check in debug builds); destructor - no call running.
+//
+// Memory ordering: [W1]/[N1] - the waiter clears `signalled` with an acq_rel exchange [W1]
+// before it probes; the notifier's acq_rel exchange [N1] (ready_list.hpp) follows its
+// publish. Either [N1] comes first, so [W1] reads it and the probe sees the publish, or [W1]
+// comes first, so [N1] reads false and pushes the entry again: a message is never missed. A
+// new listener is covered by the parker handshake: the waiter takes heavy_fence() after
+// attaching and before the source's first probe, pairing with the light fence before the
+// notifier's listener load. Registration state (entry lists and flags) is under one mutex,
+// taken by add/remove and by the waiter while it probes; never while a handler runs or the
+// waiter parks, and never by a notifier.
 
-// Names a watched source: equal for the same queue or executor, or for an endpoint and
-// whatever it is moved into. Valid while the source is registered; may be reused after.
-class source_id {
- public:
-  constexpr source_id() noexcept = default;
 
-  template <watchable Source>
-  static source_id of(const Source& s) noexcept {
-    return source_id(detail::identity_of(s));
-  }
-  template <watchable Source>
-  bool is(const Source& s) const noexcept {
-    return *this == of(s);
-  }
-  const void* address() const noexcept { return p_; }
-  friend bool operator==(source_id, source_id) noexcept = default;
+#include <poll.h>
+#include <time.h>
 
- private:
-  friend class poller;
-  explicit source_id(const void* p) noexcept : p_(p) {}
-  const void* p_ = nullptr;
-};
 
-namespace detail {
+namespace tether::detail {
 
 // A registered source. The poller owns it; notifiers reach it through the source's parker
-// until detach() (see remove()).
+// until detach() (see poller_core::remove()).
 struct poll_entry : poll_node {
   poll_entry() { on_notify = &notify_poller; }
   poll_entry(const poll_entry&) = delete;
@@ -5054,7 +5803,8 @@ struct poll_entry : poll_node {
   const void* id = nullptr;               // fixed at creation
   bool timed = false;                     // has a next_deadline(); fixed at creation
   parker* source_parker = nullptr;        // fixed at creation
-  parker* receive_done = nullptr;         // the poller's; fixed at creation
+  parker* receive_done = nullptr;         // the core's; fixed at creation
+  fd_source* fd = nullptr;                // an fd_source's entry (its descriptor is polled); fixed at creation
   std::shared_ptr<void> keep_alive;       // a channel pair's state, so it outlives the entry
   // True while the waiting thread takes a message from the source outside the mutex: set
   // under the mutex, cleared by end_receive(); remove() waits for false.
@@ -5064,12 +5814,15 @@ struct poll_entry : poll_node {
   bool pending = false;  // in the candidate FIFO
   bool removed = false;  // out of the registry, waiting to be freed
   bool fresh = true;     // not probed since its listener was attached
-  int dispatching = 0;   // run_one calls running its handler
+  int dispatching = 0;   // run_one calls running its handler (they hold the entry)
 };
 
 template <class Rx>
 struct watch_entry : poll_entry {
-  explicit watch_entry(Rx& r) : rx(&r) { source_parker = &rx_parker(r); }
+  explicit watch_entry(Rx& r) : rx(&r) {
+    source_parker = &rx_parker(r);
+    if constexpr (std::is_same_v<Rx, fd_source>) fd = &r;
+  }
   bool ready() override { return rx_ready(*rx); }
   Rx* rx;
 };
@@ -5123,9 +5876,9 @@ struct executor_handler_entry final : executor_entry {
   bool has_handler() const noexcept override { return true; }
 
   status dispatch() override {
-    // Nothing is taken outside the mutex here - the owner's poll() takes the tasks - so the
+    // Nothing is taken outside the mutex here - the owner's run takes the tasks - so the
     // window ends at once: a task that calls remove() on its own executor must not wait for
-    // the very poll() that runs it.
+    // the very run that runs it.
     end_receive();
     source_access::executor_poll(*ex, executor_batch);  // due delayed tasks, ready tasks, the stop
     return ex->is_finished() ? status::closed : status::ok;
@@ -5134,6 +5887,15 @@ struct executor_handler_entry final : executor_entry {
 
   OnClosed on_closed;
 };
+
+// Only an executor whose owner is a thread that drives it can be waited on by that thread.
+inline void check_adopting(const executor& ex, const char* what) {
+  if (source_access::executor_runs_own_thread(ex))
+    throw std::logic_error(std::string("tether::poller::") + what + ": executor '" +
+                           (ex.name().empty() ? "(unnamed)" : ex.name()) +
+                           "' runs its own thread, which waits for its tasks itself; a poller can only watch an "
+                           "executor constructed with adopt_current_thread (whose owner then waits on the poller)");
+}
 
 // The waiting thread's candidates, oldest first. Room is made in add() (under the mutex,
 // before anything is attached), so the waiter's push_back never allocates or throws.
@@ -5171,7 +5933,484 @@ class entry_fifo {
   std::size_t count_ = 0;
 };
 
-}  // namespace detail
+// poll(2)'s bits for an fd_source's interest, and fd_events for what poll(2) reported.
+inline short poll_mask(fd_events interest) noexcept {
+  short m = 0;
+  if (has(interest, fd_events::readable)) m |= POLLIN;
+  if (has(interest, fd_events::writable)) m |= POLLOUT;
+  return m;
+}
+inline fd_events events_of(short revents) noexcept {
+  fd_events e = fd_events::none;
+  if ((revents & POLLIN) != 0) e |= fd_events::readable;
+  if ((revents & POLLOUT) != 0) e |= fd_events::writable;
+  if ((revents & (POLLERR | POLLNVAL)) != 0) e |= fd_events::error;
+  if ((revents & POLLHUP) != 0) e |= fd_events::hangup;
+  return e;
+}
+
+// How a poller that watches descriptors is woken from ppoll(): a listener on the ready
+// list's parker - every push to the ready list notifies that parker - signals a wake
+// descriptor the waiter polls beside the watched ones. Once per sleep: only the notifier
+// that finds `armed` set (and clears it) writes.
+struct fd_wake final : parker_listener {
+  fd_wake() { on_notify = &signal_if_armed; }
+  static void signal_if_armed(parker_listener& l) noexcept {
+    auto& w = static_cast<fd_wake&>(l);
+    // [FW2] seq_cst: the notifier's half of [FW1]; the ready list's push came first.
+    if (w.armed.exchange(false, std::memory_order_seq_cst)) w.fd.signal();
+  }
+  void poke() noexcept { signal_if_armed(*this); }
+  wake_fd fd;
+  // Set by the waiter just before it sleeps in ppoll(); cleared by the waiter when it wakes
+  // and by the one notifier that signals.
+  std::atomic<bool> armed{false};
+};
+
+// After this many turns that found a ready source without looking at the descriptors, the
+// waiter polls them once without blocking: busy queues cannot starve a descriptor.
+inline constexpr int fd_fairness_turns = 16;
+
+class poller_core {
+ public:
+  poller_core() = default;
+  poller_core(const poller_core&) = delete;
+  poller_core& operator=(const poller_core&) = delete;
+
+  // Detaches every source. No call may be running.
+  ~poller_core() {
+    std::lock_guard lock(mutex_);
+    if (wake_) ready_.wake.detach(*wake_);
+    for (poll_entry* e : entries_) e->source_parker->detach(*e);
+    for (poll_node* n = ready_.take_all(); n != nullptr;) {
+      auto* e = static_cast<poll_entry*>(n);
+      n = n->next_ready;
+      if (e->removed) delete e;  // removed while signalled: freed here instead of by a scan
+    }
+    for (poll_entry* e : entries_) delete e;
+  }
+
+  // Registers e under id. Throws std::logic_error if the source already has a listener (one
+  // poller per source), having changed nothing.
+  void add(std::unique_ptr<poll_entry> e, const void* id, std::shared_ptr<void> keep_alive) {
+    e->id = id;
+    e->keep_alive = std::move(keep_alive);
+    e->list = &ready_;
+    e->receive_done = &receive_done_;
+    // Signalled before attach: the first notifier must not push it (add() does, below).
+    e->signalled.store(true, std::memory_order_relaxed);  // relaxed: attach()'s seq_cst CAS publishes it
+    std::lock_guard lock(mutex_);
+    entries_.reserve(entries_.size() + 1);  // all allocation before attach: nothing to undo
+    pending_.reserve(entries_.size() + 1);
+    if (e->timed) timed_.reserve(timed_.size() + 1);
+    if (e->fd != nullptr) {
+      fds_.reserve(fds_.size() + 1);
+      if (!wake_) {  // the first descriptor: from now on the waiter sleeps in ppoll()
+        auto w = std::make_unique<fd_wake>();
+        (void)ready_.wake.attach(*w);  // nothing else listens on the core's own parker
+        wake_ = std::move(w);
+      }
+    }
+    if (!e->source_parker->attach(*e))
+      throw std::logic_error(
+          "tether::poller::add: this source is already watched by a poller; a source can be "
+          "watched by one poller at a time (remove it from the other one first)");
+    entries_.push_back(e.get());
+    if (e->timed) timed_.push_back(e.get());
+    if (e->fd != nullptr) fds_.push_back(e.get());
+    // The source may hold messages already: the waiter probes it once (after heavy_fence()).
+    ready_.push(*e.release());
+  }
+
+  // Unregisters id; false if it was not registered. On return nothing here touches the
+  // source again (see the banner).
+  bool remove(const void* id) {
+    std::lock_guard lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if ((*it)->id != id) continue;
+      poll_entry* e = *it;
+      entries_.erase(it);
+      remove_locked(e);
+      return true;
+    }
+    return false;
+  }
+
+  bool contains(const void* id) const {
+    std::lock_guard lock(mutex_);
+    for (const poll_entry* e : entries_)
+      if (e->id == id) return true;
+    return false;
+  }
+
+  std::size_t size() const {
+    std::lock_guard lock(mutex_);
+    return entries_.size();
+  }
+
+  // The one deadline loop behind every wait*() and run_one*(): the id of a ready source; ok,
+  // or empty (!block) or timeout. dispatch: also run the handler of an entry that has one.
+  //
+  // Outline:
+  //   1. under the mutex: collect signalled entries and timed ones that are due, probe
+  //      candidates round-robin; found one: copy its id (the entry may be removed and freed
+  //      once the mutex is released) and, to run its handler, pin it (`dispatching`); none
+  //      ready: note the earliest timed deadline;
+  //   2. found one: return its id, after (run_one, with a handler) receiving and calling the
+  //      handler outside the lock;
+  //   3. none: park on the ready list (spin briefly first) until the caller's deadline or
+  //      the earliest timed one, whichever comes first; woken, or past a timed deadline
+  //      (that source is due: not a timeout), go to 1.
+  //
+  // With descriptors watched (fd_source), step 3 sleeps in ppoll() on them and on the wake
+  // descriptor instead (see poll_fds()), and a non-blocking call looks at them once before
+  // it reports empty; every fd_fairness_turns found sources, they are looked at anyway.
+  pop_result<const void*> next_ready(steady_time deadline, bool block, bool dispatch) {
+    consumer_scope scope(check_);
+    bool looked = false;  // !block: the descriptors were polled once already
+    for (;;) {
+      if (fd_turns_ >= fd_fairness_turns) poll_fds(no_deadline, false);
+      poll_entry* pinned = nullptr;  // only set while the entry is held by `dispatching`
+      const void* id = nullptr;
+      steady_time due = no_deadline;  // the earliest timed deadline
+      bool with_fds = false;
+      {
+        std::lock_guard lock(mutex_);
+        with_fds = !fds_.empty();
+        if (poll_entry* found = next_candidate_locked(); found != nullptr) {
+          if (with_fds) ++fd_turns_;
+          id = found->id;
+          if (dispatch && found->has_handler()) {
+            pinned = found;
+            ++found->dispatching;
+            found->receiving.store(true, std::memory_order_relaxed);  // relaxed: read under the mutex or after end_receive()
+          }
+        } else if (block) {
+          due = earliest_deadline_locked();
+        }
+      }
+      if (id != nullptr) {
+        if (pinned != nullptr) dispatch_one(*pinned);
+        return pop_result<const void*>(std::in_place, id);
+      }
+      if (with_fds) {
+        if (!block) {
+          if (looked) return status::empty;
+          looked = true;
+          poll_fds(no_deadline, false);
+          continue;
+        }
+        const steady_time until = std::min(deadline, due);
+        poll_fds(until, true);
+        if (!ready_.has_work() && std::chrono::steady_clock::now() >= until) {
+          if (due <= deadline) continue;  // a timed source is due: step 1 reports it
+          return status::timeout;
+        }
+        continue;
+      }
+      if (!block) return status::empty;
+      if (!park_until(ready_.wake, [this] { return ready_.has_work(); }, std::min(deadline, due))) {
+        if (due <= deadline) continue;  // a timed source is due: step 1 reports it
+        return status::timeout;
+      }
+    }
+  }
+
+ private:
+  // Precondition: e is out of entries_. Detaches it and frees it unless still held.
+  void remove_locked(poll_entry* e) {
+    e->source_parker->detach(*e);  // no notifier is inside e's listener after this
+    e->removed = true;
+    if (e->timed) std::erase(timed_, e);
+    if (e->fd != nullptr) {
+      std::erase(fds_, e);
+      wake_->poke();  // a waiter in ppoll() stops watching the descriptor (it never reports it)
+    }
+    if (e->pending) {
+      pending_.erase(e);
+      e->pending = false;
+    }
+    // The waiter may be taking a message from the source outside the mutex right now.
+    park_until(receive_done_, [e] { return !e->receiving.load(std::memory_order_seq_cst); }, no_deadline);
+    retire_locked(e);
+  }
+
+  // Frees a removed entry once neither the ready list nor a running handler holds it.
+  void retire_locked(poll_entry* e) noexcept {
+    // relaxed: after detach() only this core writes it, under the mutex.
+    if (e->dispatching == 0 && !e->signalled.load(std::memory_order_relaxed)) delete e;
+  }
+
+  // Moves the signalled entries to the back of the candidate FIFO, oldest signal first.
+  void collect_locked() {
+    poll_node* newest = ready_.take_all();
+    poll_node* list = nullptr;
+    while (newest != nullptr) {  // reverse: the list is a stack
+      poll_node* next = newest->next_ready;
+      newest->next_ready = list;
+      list = newest;
+      newest = next;
+    }
+    bool fence = false;
+    while (list != nullptr) {
+      auto* e = static_cast<poll_entry*>(list);
+      list = list->next_ready;  // read before clearing signalled: a notifier may push e again
+      if (e->removed) {
+        e->signalled.store(false, std::memory_order_relaxed);  // relaxed: no notifier after detach()
+        retire_locked(e);
+        continue;
+      }
+      // [W1] acq_rel, pairs with [N1] in notify_poller(). Acquire: the publish that signalled
+      // e is visible to e->ready() below. Release: a notifier that reads our false (and so
+      // pushes e again) sees that we are done with e->next_ready.
+      e->signalled.exchange(false, std::memory_order_acq_rel);
+      if (e->fresh) {
+        e->fresh = false;
+        fence = true;
+      }
+      if (!e->pending) {
+        e->pending = true;
+        pending_.push_back(e);
+      }
+    }
+    // The waiter's half of the attach handshake (see the banner), once per batch.
+    if (fence) heavy_fence();
+  }
+
+  // Adds the timed entries whose deadline has come to the candidates: nothing notifies when
+  // a delayed task falls due. Asks every timed entry (pending or not), so that a poller
+  // watching an executor throws wrong_thread on any thread but its owner, every time.
+  void collect_due_locked() {
+    steady_time now{};  // read once, and only if some entry has a deadline
+    for (poll_entry* e : timed_) {
+      const steady_time due = e->next_deadline();
+      if (e->pending || due == no_deadline) continue;
+      if (now == steady_time{}) now = std::chrono::steady_clock::now();
+      if (due <= now) {
+        e->pending = true;
+        pending_.push_back(e);  // room reserved in add()
+      }
+    }
+  }
+
+  // The earliest deadline of the timed entries (no_deadline: none): the waiter parks no
+  // longer than that.
+  steady_time earliest_deadline_locked() {
+    steady_time earliest = no_deadline;
+    for (poll_entry* e : timed_) earliest = std::min(earliest, e->next_deadline());
+    return earliest;
+  }
+
+  // The next ready candidate, kept at the back of the FIFO (it may hold more); drops the
+  // candidates that are not ready. nullptr when none is.
+  poll_entry* next_candidate_locked() {
+    collect_locked();
+    collect_due_locked();
+    for (std::size_t n = pending_.size(); n != 0; --n) {
+      poll_entry* e = pending_.front();
+      pending_.pop_front();
+      pending_.push_back(e);
+      if (e->ready()) return e;
+      pending_.pop_back();
+      e->pending = false;
+    }
+    return nullptr;
+  }
+
+  // The waiter: polls the watched descriptors (blocking: until `until`, or until the wake
+  // descriptor fires; else not at all) and hands what poll(2) reported to each fd_source,
+  // which pushes its entry on the ready list for step 1 of next_ready().
+  //
+  // Outline:
+  //   1. under the mutex: copy each fd entry's descriptor and interest, and pin the entry
+  //      (`dispatching`: it is not freed while this call may still name it);
+  //   2. blocking: arm the wake-up [FW1], heavy_fence(), re-check the ready list: a push
+  //      before the fence is seen here (no sleep), one after it finds `armed` and signals;
+  //   3. ppoll() (a signal, EINTR, counts as a wake-up: the caller loops);
+  //   4. disarm; reset the wake descriptor if it fired;
+  //   5. under the mutex: deliver the reported events to entries not removed meanwhile,
+  //      unpin, free the entries removed meanwhile. A removed entry's descriptor may have been
+  //      in the ppoll() that just returned; it is never reported.
+  void poll_fds(steady_time until, bool block) {
+    fd_turns_ = 0;
+    {
+      std::lock_guard lock(mutex_);
+      poll_set_.reserve(fds_.size() + 1);  // may throw: before anything is pinned
+      pinned_.reserve(fds_.size());
+      poll_set_.clear();
+      pinned_.clear();
+      for (poll_entry* e : fds_) {
+        poll_set_.push_back(pollfd{e->fd->fd(), poll_mask(e->fd->interest()), 0});
+        pinned_.push_back(e);
+        ++e->dispatching;
+      }
+      poll_set_.push_back(pollfd{wake_->fd.fd(), POLLIN, 0});
+    }
+    timespec zero{0, 0}, left{0, 0};
+    const timespec* timeout = &zero;
+    if (block) {
+      if (until != no_deadline) {
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(until - std::chrono::steady_clock::now()).count();
+        if (ns > 0) {
+          left.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+          left.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+        }
+        timeout = &left;
+      } else {
+        timeout = nullptr;
+      }
+      // [FW1] seq_cst, then the heavy fence: pairs with the notifier's push, light fence and
+      // [FW2] (the parker's handshake, with `armed` as the waiter's announcement).
+      wake_->armed.store(true, std::memory_order_seq_cst);
+      heavy_fence();
+      if (ready_.has_work()) timeout = &zero;
+    }
+    const int n = sleep_in_poll(timeout);
+    if (block) wake_->armed.store(false, std::memory_order_seq_cst);
+    if (n > 0 && poll_set_.back().revents != 0) wake_->fd.arm(no_deadline);  // forget the signal
+    std::lock_guard lock(mutex_);
+    for (std::size_t i = 0; i < pinned_.size(); ++i) {
+      poll_entry* e = pinned_[i];
+      if (n > 0 && !e->removed && poll_set_[i].revents != 0) fd_access::deliver(*e->fd, events_of(poll_set_[i].revents));
+      if (--e->dispatching == 0 && e->removed) retire_locked(e);
+    }
+    pinned_.clear();
+  }
+
+  // ppoll() on Linux (nanosecond timeouts); poll() rounded up to milliseconds elsewhere.
+  int sleep_in_poll(const timespec* timeout) noexcept {
+#if defined(__linux__)
+    return ::ppoll(poll_set_.data(), static_cast<nfds_t>(poll_set_.size()), timeout, nullptr);
+#else
+    int ms = -1;
+    if (timeout != nullptr) {
+      const long long total = static_cast<long long>(timeout->tv_sec) * 1000 + (timeout->tv_nsec + 999'999) / 1'000'000;
+      ms = total > 2'000'000'000LL ? 2'000'000'000 : static_cast<int>(total);
+    }
+    return ::poll(poll_set_.data(), static_cast<nfds_t>(poll_set_.size()), ms);
+#endif
+  }
+
+  // Runs the handler of a pinned entry; closed and drained: unregisters it, then on_closed.
+  // Unpins it at the end (freeing it if it was removed meanwhile).
+  void dispatch_one(poll_entry& e) {
+    struct unpin {
+      poller_core& core;
+      poll_entry& e;
+      ~unpin() {
+        std::lock_guard lock(core.mutex_);
+        if (--e.dispatching == 0 && e.removed) core.retire_locked(&e);
+      }
+    } guard{*this, e};
+    if (e.dispatch() != status::closed) return;
+    {
+      std::lock_guard lock(mutex_);
+      if (!e.removed) {
+        std::erase(entries_, &e);
+        remove_locked(&e);
+      }
+    }
+    e.call_on_closed();
+  }
+
+  mutable std::mutex mutex_;
+  std::vector<poll_entry*> entries_;  // registered; guarded by mutex_
+  std::vector<poll_entry*> timed_;    // the registered entries that are timed; guarded by mutex_
+  entry_fifo pending_;                // the waiter's candidates; guarded by mutex_
+  std::vector<poll_entry*> fds_;      // the registered fd_source entries; guarded by mutex_
+  std::unique_ptr<fd_wake> wake_;     // made with the first fd entry (under mutex_), then fixed
+  // The waiter's: the ppoll() set and the entries it names (filled under mutex_), and the
+  // turns since it last looked at the descriptors.
+  std::vector<pollfd> poll_set_;
+  std::vector<poll_entry*> pinned_;
+  int fd_turns_ = 0;
+  ready_list ready_;                  // signalled entries, and the waiter's parker
+  parker receive_done_;               // remove() waits here for end_receive()
+  consumer_check check_;              // one waiting thread at a time (debug builds)
+};
+
+}  // namespace tether::detail
+
+// ---- tether/select.hpp ------------------------------------------------------
+// tether/select.hpp - wait on many receivers at once: tether::poller and tether::select.
+//
+//   tether::poller p;
+//   p.on(commands, [&](command c) { handle(c); })
+//    .on(replies, [&](reply r) { forward(r); }, [&] { /* replies closed and drained */ });
+//   while (running) p.run_one_for(100ms);          // handlers run with no lock held
+//
+//   switch (tether::select(a, b)) { case 0: ...; case 1: ...; }   // one-shot: which is ready
+//
+//   tether::executor main_ex{tether::adopt_current_thread};   // this thread owns it
+//   p.on(main_ex);                                   // one loop: messages, tasks, timers
+//   while (!main_ex.is_finished()) p.run_one();
+//
+// A source is a channel endpoint (its receiving side), a tether::mpsc_queue, a
+// tether::bounded_mpsc_queue, or a tether::receiver (watched as the queue it views). It is
+// ready when a message is waiting or when it is closed and drained (so the receiver sees
+// closed; remove it then, or it stays ready). A source can also be a tether::executor
+// constructed with adopt_current_thread: ready when a posted task is waiting, when a delayed
+// task is due, or once it is stopped and drained; its owner thread is then the one that
+// waits on the poller and runs the tasks (run_one*() for on(ex)).
+//
+// Who may call what:
+//   add / on / remove / contains / size    - any thread, also while another thread waits,
+//                                            and from handlers;
+//   try_wait / wait* / try_run_one / run_one* - one thread at a time (debug builds throw
+//     std::logic_error otherwise); while a source is in a poller, that thread is the only one
+//     that receives from it; with an executor in the poller, it must be the executor's owner
+//     (wrong_thread otherwise, in every build);
+//   destroy                                - no call may be running.
+// A source must outlive its registration: after remove() returns the poller never touches
+// it again. A channel endpoint may be destroyed while watched (the poller keeps the pair
+// alive; the endpoint's destructor closes it, so the source turns ready with closed).
+//
+// Guarantees: zero CPU while idle (one park, no polling, no thread per source; a delayed
+// task wakes the waiter when due); a burst of messages costs one wake-up; round-robin: with k
+// ready sources each is served at least once every k calls; a message is never missed.
+//
+// Memory ordering: a source's publish happens before the probe that reports it ([W1]/[N1],
+// detail/select/poller_core.hpp, where the algorithm is described).
+//
+// After Go's select (one-shot form, randomised start) and crossbeam-channel's Select
+// (register, park once, one wake-up), with epoll's ready list for the persistent form and
+// libuv's loop (park until the earliest timer) for executors' delayed tasks.
+
+
+
+namespace tether {
+
+// Something a poller can watch: a channel endpoint, an mpsc_queue, a bounded_mpsc_queue, a
+// receiver or an executor constructed with adopt_current_thread.
+template <class Source>
+concept watchable = requires(Source& s) {
+  detail::rx_of(s);
+  detail::identity_of(s);
+};
+
+// Names a watched source: equal for the same queue or executor, for a receiver and the queue
+// it views, and for an endpoint and whatever it is moved into. Valid while the source is
+// registered; may be reused after.
+class source_id {
+ public:
+  constexpr source_id() noexcept = default;
+
+  template <watchable Source>
+  static source_id of(const Source& s) noexcept {
+    return source_id(detail::identity_of(s));
+  }
+  template <watchable Source>
+  bool is(const Source& s) const noexcept {
+    return *this == of(s);
+  }
+  const void* address() const noexcept { return p_; }
+  friend bool operator==(source_id, source_id) noexcept = default;
+
+ private:
+  friend class poller;
+  explicit source_id(const void* p) noexcept : p_(p) {}
+  const void* p_ = nullptr;
+};
 
 class poller {
  public:
@@ -5180,16 +6419,7 @@ class poller {
   poller& operator=(const poller&) = delete;
 
   // Detaches every source. No call on this poller may be running.
-  ~poller() {
-    std::lock_guard lock(mutex_);
-    for (detail::poll_entry* e : entries_) e->source_parker->detach(*e);
-    for (detail::poll_node* n = ready_.take_all(); n != nullptr;) {
-      auto* e = static_cast<detail::poll_entry*>(n);
-      n = n->next_ready;
-      if (e->removed) delete e;  // removed while signalled: freed here instead of by a scan
-    }
-    for (detail::poll_entry* e : entries_) delete e;
-  }
+  ~poller() = default;
 
   // ---- registration (any thread) ---------------------------------------------------------
 
@@ -5202,30 +6432,36 @@ class poller {
     return *this;
   }
 
+  // A receiver (often a temporary, e.g. router::replies()) is watched as the queue it views.
+  template <class T>
+  poller& add(const receiver<T>& r) {
+    return add(detail::receiver_queue(r));
+  }
+
   // Watches an executor constructed with adopt_current_thread: wait*() reports it when a
   // task is ready, when a delayed task (post_at / post_after) is due - the waiter parks until
-  // the earliest one, no polling - and once it is stopped and drained; call ex.poll() then
+  // the earliest one, no polling - and once it is stopped and drained; call ex.try_run() then
   // (once finished it stays ready: remove it). Only the executor's owner thread may wait on
   // this poller from now on (wait*() elsewhere throws wrong_thread). Throws std::logic_error
   // for an executor that runs its own thread, or one already watched. Returns *this.
   // Thread-safe.
   poller& add(executor& ex) {
-    check_adopting(ex, "add");
+    detail::check_adopting(ex, "add");
     register_entry(std::make_unique<detail::executor_entry>(ex), ex);
     return *this;
   }
 
   // As add(ex), with run_one*() driving it: it runs up to a batch (64) of the tasks that are
-  // ready and delayed tasks that are due - ex.poll(), bounded so that a busy executor takes
+  // ready and delayed tasks that are due - ex.try_run(), bounded so that a busy executor takes
   // its turn with the other sources - with no lock held, and returns its id (also when that
   // ran nothing, e.g. only registered a delayed task). Once stopped and drained (every
   // accepted task ran or was cancelled, on_stop ran) run_one*() removes it and calls
-  // on_closed(). Exceptions from tasks go to the executor's on_error as in ex.poll().
+  // on_closed(). Exceptions from tasks go to the executor's on_error as in ex.try_run().
   // Thread-safe.
   template <class OnClosed = detail::ignore_closed>
   poller& on(executor& ex, OnClosed on_closed = {}) {
     static_assert(std::is_invocable_v<OnClosed&>, "tether::poller::on: on_closed must be callable with no argument");
-    check_adopting(ex, "on");
+    detail::check_adopting(ex, "on");
     register_entry(std::make_unique<detail::executor_handler_entry<OnClosed>>(ex, std::move(on_closed)), ex);
     return *this;
   }
@@ -5248,6 +6484,11 @@ class poller {
     return *this;
   }
 
+  template <class T, class OnValue, class OnClosed = detail::ignore_closed>
+  poller& on(const receiver<T>& r, OnValue on_value, OnClosed on_closed = {}) {
+    return on(detail::receiver_queue(r), std::move(on_value), std::move(on_closed));
+  }
+
   // Stops watching; false if it was not watched. When it returns the poller no longer
   // touches the source: it waits out a message being taken from it at that moment (a move
   // of one message), never a handler. Messages still queued stay in the source, for
@@ -5255,267 +6496,67 @@ class poller {
   // running for a message taken just before: the handler object (and what it refers to)
   // must stay valid until that call returns; it is destroyed by whichever finishes last.
   // Thread-safe, also from a handler (its own source included).
-  bool remove(source_id id) {
-    std::lock_guard lock(mutex_);
-    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-      if ((*it)->id != id.address()) continue;
-      detail::poll_entry* e = *it;
-      entries_.erase(it);
-      remove_locked(e);
-      return true;
-    }
-    return false;
-  }
+  bool remove(source_id id) { return core_.remove(id.address()); }
   template <watchable Source>
   bool remove(const Source& src) {
     return remove(source_id::of(src));
   }
 
-  bool contains(source_id id) const {
-    std::lock_guard lock(mutex_);
-    for (const detail::poll_entry* e : entries_)
-      if (e->id == id.address()) return true;
-    return false;
-  }
+  bool contains(source_id id) const { return core_.contains(id.address()); }
   template <watchable Source>
   bool contains(const Source& src) const {
     return contains(source_id::of(src));
   }
 
-  std::size_t size() const {
-    std::lock_guard lock(mutex_);
-    return entries_.size();
-  }
+  std::size_t size() const { return core_.size(); }
 
   // ---- waiting (one thread at a time) ----------------------------------------------------
 
   // A ready source, if any; never blocks: ok or empty.
-  pop_result<source_id> try_wait() { return poll(detail::no_deadline, false, false); }
+  pop_result<source_id> try_wait() { return next_ready(detail::no_deadline, false, false); }
 
   // Blocks (spin briefly, then park) until a source is ready; returns it. With no sources it
   // waits for one to be added.
-  source_id wait() { return *poll(detail::no_deadline, true, false); }
+  source_id wait() { return *next_ready(detail::no_deadline, true, false); }
 
   // As wait(), giving up at the deadline: ok or timeout.
   template <class Rep, class Period>
   pop_result<source_id> wait_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return poll(detail::deadline_after(timeout), true, false);
+    return next_ready(detail::deadline_after(timeout), true, false);
   }
   template <class Clock, class Duration>
   pop_result<source_id> wait_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    return poll(detail::to_steady(deadline), true, false);
+    return next_ready(detail::to_steady(deadline), true, false);
   }
 
   // As the wait*() family; when the ready source was registered with on(), also receives
   // one message from it and calls its handler (or, closed and drained, removes it and calls
   // on_closed) before returning its id. Exceptions from handlers propagate; the message
   // counts as delivered.
-  pop_result<source_id> try_run_one() { return poll(detail::no_deadline, false, true); }
-  source_id run_one() { return *poll(detail::no_deadline, true, true); }
+  pop_result<source_id> try_run_one() { return next_ready(detail::no_deadline, false, true); }
+  source_id run_one() { return *next_ready(detail::no_deadline, true, true); }
   template <class Rep, class Period>
   pop_result<source_id> run_one_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return poll(detail::deadline_after(timeout), true, true);
+    return next_ready(detail::deadline_after(timeout), true, true);
   }
   template <class Clock, class Duration>
   pop_result<source_id> run_one_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    return poll(detail::to_steady(deadline), true, true);
+    return next_ready(detail::to_steady(deadline), true, true);
   }
 
  private:
   template <class Source>
   void register_entry(std::unique_ptr<detail::poll_entry> e, const Source& src) {
-    e->id = detail::identity_of(src);
-    e->keep_alive = detail::keep_alive_of(src);
-    e->list = &ready_;
-    e->receive_done = &receive_done_;
-    // Signalled before attach: the first notifier must not push it (add() does, below).
-    e->signalled.store(true, std::memory_order_relaxed);  // relaxed: attach()'s seq_cst CAS publishes it
-    std::lock_guard lock(mutex_);
-    entries_.reserve(entries_.size() + 1);  // all allocation before attach: nothing to undo
-    pending_.reserve(entries_.size() + 1);
-    if (e->timed) timed_.reserve(timed_.size() + 1);
-    if (!e->source_parker->attach(*e))
-      throw std::logic_error(
-          "tether::poller::add: this source is already watched by a poller; a source can be "
-          "watched by one poller at a time (remove it from the other one first)");
-    entries_.push_back(e.get());
-    if (e->timed) timed_.push_back(e.get());
-    // The source may hold messages already: the waiter probes it once (after heavy_fence()).
-    ready_.push(*e.release());
+    core_.add(std::move(e), detail::identity_of(src), detail::keep_alive_of(src));
   }
 
-  // Precondition: e is out of entries_. Detaches it and frees it unless still referenced.
-  void remove_locked(detail::poll_entry* e) {
-    e->source_parker->detach(*e);  // no notifier is inside e's listener after this
-    e->removed = true;
-    if (e->timed) std::erase(timed_, e);
-    if (e->pending) {
-      pending_.erase(e);
-      e->pending = false;
-    }
-    // The waiter may be taking a message from the source outside the mutex right now.
-    detail::park_until(receive_done_, [e] { return !e->receiving.load(std::memory_order_seq_cst); },
-                       detail::no_deadline);
-    retire_locked(e);
+  pop_result<source_id> next_ready(detail::steady_time deadline, bool block, bool dispatch) {
+    pop_result<const void*> r = core_.next_ready(deadline, block, dispatch);
+    if (!r) return r.status();
+    return pop_result<source_id>(std::in_place, source_id(*r));
   }
 
-  // Frees a removed entry once neither the ready list nor a running handler holds it.
-  void retire_locked(detail::poll_entry* e) noexcept {
-    // relaxed: after detach() only this poller writes it, under the mutex.
-    if (e->dispatching == 0 && !e->signalled.load(std::memory_order_relaxed)) delete e;
-  }
-
-  // Moves the signalled entries to the back of the candidate FIFO, oldest signal first.
-  void collect_locked() {
-    detail::poll_node* newest = ready_.take_all();
-    detail::poll_node* list = nullptr;
-    while (newest != nullptr) {  // reverse: the list is a stack
-      detail::poll_node* next = newest->next_ready;
-      newest->next_ready = list;
-      list = newest;
-      newest = next;
-    }
-    bool fence = false;
-    while (list != nullptr) {
-      auto* e = static_cast<detail::poll_entry*>(list);
-      list = list->next_ready;  // read before clearing signalled: a notifier may push e again
-      if (e->removed) {
-        e->signalled.store(false, std::memory_order_relaxed);  // relaxed: no notifier after detach()
-        retire_locked(e);
-        continue;
-      }
-      // [W1] acq_rel, pairs with [N1] in notify_poller(). Acquire: the publish that signalled
-      // e is visible to e->ready() below. Release: a notifier that reads our false (and so
-      // pushes e again) sees that we are done with e->next_ready.
-      e->signalled.exchange(false, std::memory_order_acq_rel);
-      if (e->fresh) {
-        e->fresh = false;
-        fence = true;
-      }
-      if (!e->pending) {
-        e->pending = true;
-        pending_.push_back(e);
-      }
-    }
-    // The waiter's half of the attach handshake (see the banner), once per batch.
-    if (fence) detail::heavy_fence();
-  }
-
-  // Adds the timed entries whose deadline has come to the candidates: nothing notifies when
-  // a delayed task falls due. Asks every timed entry (pending or not), so that a poller
-  // watching an executor throws wrong_thread on any thread but its owner, every time.
-  void collect_due_locked() {
-    detail::steady_time now{};  // read once, and only if some entry has a deadline
-    for (detail::poll_entry* e : timed_) {
-      const detail::steady_time due = e->next_deadline();
-      if (e->pending || due == detail::no_deadline) continue;
-      if (now == detail::steady_time{}) now = std::chrono::steady_clock::now();
-      if (due <= now) {
-        e->pending = true;
-        pending_.push_back(e);  // room reserved in add()
-      }
-    }
-  }
-
-  // The earliest deadline of the timed entries (no_deadline: none): the waiter parks no
-  // longer than that.
-  detail::steady_time earliest_deadline_locked() {
-    detail::steady_time earliest = detail::no_deadline;
-    for (detail::poll_entry* e : timed_) earliest = std::min(earliest, e->next_deadline());
-    return earliest;
-  }
-
-  // The next ready candidate, kept at the back of the FIFO (it may hold more); drops the
-  // candidates that are not ready. nullptr when none is.
-  detail::poll_entry* next_ready_locked() {
-    collect_locked();
-    collect_due_locked();
-    for (std::size_t n = pending_.size(); n != 0; --n) {
-      detail::poll_entry* e = pending_.front();
-      pending_.pop_front();
-      pending_.push_back(e);
-      if (e->ready()) return e;
-      pending_.pop_back();
-      e->pending = false;
-    }
-    return nullptr;
-  }
-
-  // The one deadline loop behind every wait*() and run_one*().
-  //
-  // Outline:
-  //   1. under the mutex: collect signalled sources and timed ones that are due, probe
-  //      candidates round-robin; none ready: note the earliest timed deadline;
-  //   2. found one: return it, or (run_one, with handlers) receive and call outside the lock;
-  //   3. none: park on the ready list (spin briefly first) until the caller's deadline or
-  //      the earliest timed one, whichever comes first; woken, or past a timed deadline
-  //      (that source is due: not a timeout), go to 1.
-  pop_result<source_id> poll(detail::steady_time deadline, bool block, bool dispatch) {
-    detail::consumer_check::scope scope(check_);
-    for (;;) {
-      detail::poll_entry* found = nullptr;
-      bool run_handler = false;
-      detail::steady_time due = detail::no_deadline;  // the earliest timed deadline
-      {
-        std::lock_guard lock(mutex_);
-        found = next_ready_locked();
-        if (found != nullptr && dispatch && found->has_handler()) {
-          run_handler = true;
-          ++found->dispatching;
-          found->receiving.store(true, std::memory_order_relaxed);  // relaxed: read under the mutex or after end_receive()
-        } else if (found == nullptr && block) {
-          due = earliest_deadline_locked();
-        }
-      }
-      if (found != nullptr) {
-        const source_id id(found->id);
-        if (run_handler) dispatch_one(*found);
-        return pop_result<source_id>(std::in_place, id);
-      }
-      if (!block) return status::empty;
-      if (!detail::park_until(ready_.wake, [this] { return ready_.has_work(); }, std::min(deadline, due))) {
-        if (due <= deadline) continue;  // a timed source is due: step 1 reports it
-        return status::timeout;
-      }
-    }
-  }
-
-  // Only an executor whose owner is a thread that drives it can be waited on by that thread.
-  static void check_adopting(const executor& ex, const char* what) {
-    if (detail::source_access::executor_runs_own_thread(ex))
-      throw std::logic_error(std::string("tether::poller::") + what + ": executor '" +
-                             (ex.name().empty() ? "(unnamed)" : ex.name()) +
-                             "' runs its own thread, which waits for its tasks itself; a poller can only watch an "
-                             "executor constructed with adopt_current_thread (whose owner then waits on the poller)");
-  }
-
-  void dispatch_one(detail::poll_entry& e) {
-    struct finish {
-      poller& p;
-      detail::poll_entry& e;
-      ~finish() {
-        std::lock_guard lock(p.mutex_);
-        if (--e.dispatching == 0 && e.removed) p.retire_locked(&e);
-      }
-    } guard{*this, e};
-    if (e.dispatch() != status::closed) return;
-    {
-      std::lock_guard lock(mutex_);
-      if (!e.removed) {
-        std::erase(entries_, &e);
-        remove_locked(&e);
-      }
-    }
-    e.call_on_closed();
-  }
-
-  mutable std::mutex mutex_;
-  std::vector<detail::poll_entry*> entries_;  // registered; guarded by mutex_
-  std::vector<detail::poll_entry*> timed_;    // the registered entries that are timed; guarded by mutex_
-  detail::entry_fifo pending_;                // the waiter's candidates; guarded by mutex_
-  detail::ready_list ready_;                  // signalled entries, and the waiter's parker
-  detail::parker receive_done_;               // remove() waits here for end_receive()
-  detail::consumer_check check_;              // one waiting thread at a time (debug builds)
+  detail::poller_core core_;
 };
 
 // ---- one-shot select --------------------------------------------------------------------
@@ -5551,277 +6592,346 @@ pop_result<std::size_t> select_until(steady_time deadline, bool block, Sources&.
 }  // namespace detail
 
 // Blocks until one of the sources is ready (a message waiting, or closed and drained) and
-// returns its position in the argument list; when several are, the first from a start that
+// returns its position in the argument list (a receiver may be passed as a temporary); when several are, the first from a start that
 // moves on with every call. Receive from it yourself. Attaches to the sources only when none
 // is ready at once; a source already in a poller cannot take part (std::logic_error).
 // For a loop over the same sources, a poller is cheaper. The calling thread must be the only
 // one receiving from these sources (and the owner of an executor among them: it is ready when
-// a task is, or a delayed task is due; run ex.poll() then).
-template <watchable... Sources>
-std::size_t select(Sources&... sources) {
+// a task is, or a delayed task is due; run ex.try_run() then).
+template <class... Sources>
+  requires(watchable<std::remove_reference_t<Sources>> && ...)
+std::size_t select(Sources&&... sources) {
   return *detail::select_until(detail::no_deadline, true, sources...);
 }
 
 // As select(), never blocking: ok (the position) or empty.
-template <watchable... Sources>
-pop_result<std::size_t> try_select(Sources&... sources) {
+template <class... Sources>
+  requires(watchable<std::remove_reference_t<Sources>> && ...)
+pop_result<std::size_t> try_select(Sources&&... sources) {
   return detail::select_until(detail::no_deadline, false, sources...);
 }
 
 // As select(), giving up at the deadline: ok (the position) or timeout.
-template <class Rep, class Period, watchable... Sources>
-pop_result<std::size_t> select_for(const std::chrono::duration<Rep, Period>& timeout, Sources&... sources) {
+template <class Rep, class Period, class... Sources>
+  requires(watchable<std::remove_reference_t<Sources>> && ...)
+pop_result<std::size_t> select_for(const std::chrono::duration<Rep, Period>& timeout, Sources&&... sources) {
   return detail::select_until(detail::deadline_after(timeout), true, sources...);
 }
-template <class Clock, class Duration, watchable... Sources>
-pop_result<std::size_t> select_until(const std::chrono::time_point<Clock, Duration>& deadline, Sources&... sources) {
+template <class Clock, class Duration, class... Sources>
+  requires(watchable<std::remove_reference_t<Sources>> && ...)
+pop_result<std::size_t> select_until(const std::chrono::time_point<Clock, Duration>& deadline, Sources&&... sources) {
   return detail::select_until(detail::to_steady(deadline), true, sources...);
 }
 
 }  // namespace tether
 
-// ---- tether/router.hpp ------------------------------------------------------
-// tether/router.hpp - a subshell router: messages routed by subshell id, one thread per
-// subshell, every accepted message answered exactly once.
+// ---- tether/detail/router/subshell.hpp --------------------------------------
+// tether/detail/router/subshell.hpp - one subshell as the router sees it, and the handler
+// and factory it runs, with the user's callables type-erased.
 //
-//   tether::executor main_ex{tether::adopt_current_thread};
-//   tether::router<request, result> r{main_ex, [](tether::subshell_id id) {
-//     return [state = session{id}](request&& q) mutable { return state.run(q); };  // a handler
-//   }};
-//   tether::subshell_id child = r.create_subshell();  // its own thread and its own handler
-//   r.send({tether::parent_subshell, long_request});   // runs on main_ex (main_ex.run())
-//   r.send({child, quick_request, 7});                  // runs now, on the child's thread
-//   auto reply = r.replies().pop();                     // {subshell, tag 7, result or error}
+// router.hpp holds what users touch (router, reply_sender) and engine.hpp the router's
+// engine; this holds what the engine keeps for each subshell: its executor, its handler, the counters stats() reports and the cancel
+// code its queued tasks answer with. Also the virtual handler and factory through which the
+// router calls the user's callables without knowing their types, and the static slots where
+// the reaper waits for the parent's last answers. Nothing here is public API.
 //
-// The parent subshell runs on an executor the caller owns (often the adopted main thread).
-// Each child subshell, created at run time, runs on its own thread with its own executor,
-// named "subshell-<id>", and its own handler, made by the factory on that thread. One router
-// thread waits (a poller: zero CPU while idle) on two inboxes: envelopes for the shell, and
-// control requests (create, delete, list, stats). It reads only an envelope's id and hands
-// the payload, untouched, to that subshell's executor as a task; the messages one inbox batch
-// holds for a subshell travel as one task (one queue push, at most one wake-up). It never
-// runs a handler, so control is served while every subshell is busy, and a long task in one
-// subshell delays no other. Handlers reply from their own thread into one outbox,
-// replies(), each reply tagged with its subshell's id and the envelope's tag.
+// reply_sender and router_engine are only declared here: router.hpp defines both before it
+// instantiates anything below.
 //
-// Handlers, one per subshell, made by factory(subshell_id) - for the parent on the thread that
-// constructs the router, for a child on the child's own thread (so calls may overlap: the
-// factory must be safe to call concurrently). Either form:
-//   Reply handler(Payload&&)                                      - the value is the reply;
-//   void handler(Payload&&, tether::reply_sender<Reply, Payload>&) - send() once; it may reply
-//                                                                   early and keep working.
-//
-// Who may call what:
-//   send / send_control / create_subshell / delete_subshell / list_subshells / stats /
-//   shutdown / is_stopped / is_finished / name          - any thread, also from handlers.
-//   replies() / control_replies()                        - their pop side: one consumer
-//     thread at a time (a poller may watch them); never push to or close them.
-//   join / join_for / join_until / destructor            - any thread but a child subshell's
-//     own (deadlock_error). On the parent's owner thread they run the parent executor until
-//     the router has finished (the timed forms: poll() once), as an executor's own
-//     destructor would run its pending tasks.
-//
-// Guarantees:
-//   - FIFO per subshell: each subshell runs its messages in the order the router received
-//     them, and its replies leave in the order it produced them.
-//   - Exactly one reply per accepted message (send() returned ok): the handler's value, or a
-//     routing_error naming the subshell. A message that never reached a handler hands its
-//     payload back in the reply (crossbeam-style: nothing is silently dropped).
-//   - No lock around user code; the routing table belongs to the router thread alone. Every
-//     thread parks when idle: no polling loop anywhere.
-//   - Deleting a subshell never blocks routing: the router stops its executor (drain: run
-//     what it accepted; cancel: answer it with subshell_deleted) and a reaper thread joins it.
-//   - shutdown(drain | cancel) follows the same rule for every subshell; replies() reports
-//     closed only after the last reply is in it.
-//
-// Memory ordering: a message crosses two single-consumer queues (inbox -> the subshell's
-// executor) and its reply a third (the outbox); each hop is the queue's release publish and
-// acquire take, so what the sender wrote is visible to the handler and what the handler wrote
-// to the reply's receiver. [A1]/[A2] each subshell's `answered` count is raised (release)
-// after the message's reply is pushed and its handler has returned; the reaper's acquire
-// loads of it happen before it closes the outbox, so a receiver that sees replies() closed
-// has every reply. [C1]/[C2] a cancel code is stored (release) before the executor stop that
-// it explains and loaded (acquire) by the task it turns into an error reply.
-//
-// After ipykernel's subshells (JEP 91: a shell-channel thread routing by subshell_id, a
-// subshell manager for control requests), with a parking router in place of a polling one.
+// Who may call what: each router_subshell field as its comment says; router_child_thread_of -
+// set on a child subshell's own thread, read by join() on the calling thread.
+// Memory ordering: [RA1]/[RA2] and [RC1]/[RC2] on answered and cancel_code are engine.hpp's
+// (see its banner).
 
-#include <unordered_map>
 
 
 namespace tether {
 
-// Handed to a handler of the form void(Payload&&, reply_sender&): send() answers the message
-// (once; later calls return false). If the handler returns without sending, the message is
-// answered with routing_errc::no_reply. Neither copyable nor movable: the reply belongs to
-// the call. Subshell thread only (the thread running the handler).
-template <class Reply, class Payload>
-class reply_sender {
+template <class Payload, class Reply>
+class reply_sender;
+
+namespace detail {
+
+template <class Payload, class Reply>
+class router_engine;
+
+// A payload as the router carries it: moving it never throws. A Payload whose own move may
+// throw lives on the heap (allocated by send(), on the sender's thread, where a failure is
+// the sender's), so the router thread only ever moves a pointer; any other is held inline.
+template <class Payload>
+class payload_box {
  public:
-  reply_sender(const reply_sender&) = delete;
-  reply_sender& operator=(const reply_sender&) = delete;
+  static constexpr bool boxed = !std::is_nothrow_move_constructible_v<Payload>;
 
-  // Sends the reply; true the first time, false (r untouched) once the message has one.
-  bool send(Reply&& r) {
-    if (sent_) return false;
-    owner_->push_value(*sub_, tag_, std::move(r));
-    sent_ = true;
-    return true;
-  }
-  bool send(const Reply& r) requires std::copy_constructible<Reply> {
-    if (sent_) return false;
-    return send(Reply(r));
-  }
+  template <class P>
+  explicit payload_box(std::in_place_t, P&& p) : v_(make(std::forward<P>(p))) {}
+  payload_box(payload_box&&) noexcept = default;
+  payload_box& operator=(payload_box&&) noexcept = default;
 
-  bool replied() const noexcept { return sent_; }
-  subshell_id subshell() const noexcept { return sub_->id; }
-  std::uint64_t tag() const noexcept { return tag_; }
+  Payload& get() noexcept {
+    if constexpr (boxed) {
+      return *v_;
+    } else {
+      return v_;
+    }
+  }
 
  private:
-  friend class router<Payload, Reply>;
-  reply_sender(router<Payload, Reply>* owner, detail::router_subshell<Payload, Reply>* sub, std::uint64_t tag) noexcept
-      : owner_(owner), sub_(sub), tag_(tag) {}
+  using storage = std::conditional_t<boxed, std::unique_ptr<Payload>, Payload>;
+  template <class P>
+  static storage make(P&& p) {
+    if constexpr (boxed) {
+      return std::make_unique<Payload>(std::forward<P>(p));
+    } else {
+      return Payload(std::forward<P>(p));
+    }
+  }
+  storage v_;
+};
 
-  router<Payload, Reply>* owner_;
-  detail::router_subshell<Payload, Reply>* sub_;
-  std::uint64_t tag_;
-  bool sent_ = false;
+// The router whose child subshell the calling thread runs, if any (join() refuses there).
+inline constinit thread_local const void* router_child_thread_of = nullptr;
+
+template <class Payload, class Reply>
+struct router_handler {
+  virtual ~router_handler() = default;
+  virtual void handle(Payload&& p, reply_sender<Payload, Reply>& reply) = 0;
 };
 
 template <class Payload, class Reply>
-class router {
-  static_assert(std::is_move_constructible_v<Payload> && std::is_nothrow_destructible_v<Payload>,
-                "tether::router<Payload, Reply>: Payload must be move-constructible with a non-throwing destructor");
-  static_assert(std::is_move_constructible_v<Reply> && std::is_nothrow_destructible_v<Reply>,
-                "tether::router<Payload, Reply>: Reply must be move-constructible with a non-throwing destructor");
+struct router_factory {
+  virtual ~router_factory() = default;
+  virtual std::unique_ptr<router_handler<Payload, Reply>> make(subshell_id id) = 0;
+};
 
-  using subshell = detail::router_subshell<Payload, Reply>;
+// One subshell as the router sees it.
+template <class Payload, class Reply>
+struct router_subshell {
+  router_subshell(router_engine<Payload, Reply>* r, subshell_id i, routing_errc unrun) noexcept
+      : owner(r), id(i), unrun_code(unrun) {}
+
+  router_engine<Payload, Reply>* const owner;
+  const subshell_id id;
+  const routing_errc unrun_code;  // for a task destroyed unrun with no cancel code set
+  executor* ex = nullptr;          // the parent's executor, or own_ex
+  std::unique_ptr<executor> own_ex;  // children only
+  // Made, used and destroyed on the subshell's thread (the parent's: see router.hpp's banner).
+  std::unique_ptr<router_handler<Payload, Reply>> handler;
+
+  // Router thread only: messages routed here, and those routed in the current inbox batch and
+  // not yet handed to the executor (one task per subshell per batch; see serve_inbox()).
+  std::uint64_t accepted_local = 0;
+  std::vector<std::pair<std::uint64_t, payload_box<Payload>>> staged;
+  // A copy of accepted_local for stats and the reaper: written by the router thread.
+  std::atomic<std::uint64_t> accepted{0};
+  // Raised by whichever thread finishes a message (the subshell's, or the router's when its
+  // executor refuses the task); read by stats and the reaper. Off the router's line.
+  alignas(detail::cache_line) std::atomic<std::uint64_t> answered{0};
+  std::atomic<std::uint64_t> failed{0};  // written as answered; read by stats
+  std::atomic<bool> busy{false};         // written by the subshell thread; read by stats
+  // 0, or the routing_errc with which queued tasks answer instead of running: set by the
+  // router thread (delete or shutdown with cancel), read by the subshell's tasks.
+  std::atomic<std::uint8_t> cancel_code{0};
+
+  // ---- interruption: the stop state of the message running now ----
+  // Written by the subshell thread around each handler call (begin_message / end_message) and
+  // by whoever asks first for the running message's token (stop_token(), the subshell thread)
+  // or interrupts it (interrupt(), the router thread) - made on demand, so a message nobody
+  // asks about or interrupts allocates nothing. Guarded by stop_mutex, which is never held
+  // while a stop callback runs (request_stop() is called after unlocking).
+  std::mutex stop_mutex;
+  bool running = false;
+  std::stop_source stop{std::nostopstate};
+
+  void begin_message() noexcept {
+    std::lock_guard lock(stop_mutex);
+    running = true;
+  }
+  void end_message() noexcept {
+    std::stop_source done{std::nostopstate};
+    {
+      std::lock_guard lock(stop_mutex);
+      running = false;
+      done.swap(stop);
+    }
+  }
+  // The running message's token (a token that never stops outside a handler). May throw
+  // std::bad_alloc (the first call for a message allocates its stop state).
+  std::stop_token stop_token() {
+    std::lock_guard lock(stop_mutex);
+    if (!running) return {};
+    if (!stop.stop_possible()) stop = std::stop_source();
+    return stop.get_token();
+  }
+  // Requests stop for the running message; false when none runs. Its stop callbacks run here,
+  // on the calling thread, after the lock is released. May throw std::bad_alloc.
+  bool interrupt() {
+    std::stop_source target{std::nostopstate};
+    {
+      std::lock_guard lock(stop_mutex);
+      if (!running) return false;
+      if (!stop.stop_possible()) stop = std::stop_source();
+      target = stop;
+    }
+    target.request_stop();
+    return true;
+  }
+};
+
+// Where the reaper waits for the parent's last answers (answered == accepted). Static: the
+// parent's thread notifies after its last count, when the router may already be gone.
+struct alignas(cache_line) router_settle_slot {
+  parker settled;
+};
+inline router_settle_slot router_settle_slots[16];
+
+inline parker& router_settle_parker(const void* subshell) noexcept {
+  return router_settle_slots[(reinterpret_cast<std::uintptr_t>(subshell) / cache_line) % 16].settled;
+}
+
+template <class Payload, class Reply, class H>
+struct router_handler_impl final : router_handler<Payload, Reply> {
+  explicit router_handler_impl(H&& h) : fn(std::move(h)) {}
+  void handle(Payload&& p, reply_sender<Payload, Reply>& reply) override {
+    if constexpr (std::is_invocable_v<H&, Payload&&, reply_sender<Payload, Reply>&>) {
+      std::invoke(fn, std::move(p), reply);
+    } else if constexpr (std::is_invocable_r_v<Reply, H&, Payload&&, std::stop_token>) {
+      reply.send(Reply(std::invoke(fn, std::move(p), reply.stop_token())));
+    } else {
+      reply.send(Reply(std::invoke(fn, std::move(p))));
+    }
+  }
+  H fn;
+};
+
+// A handler of either form (see router.hpp's banner).
+template <class H, class Payload, class Reply>
+inline constexpr bool router_handler_v = std::is_invocable_v<H&, Payload&&, reply_sender<Payload, Reply>&> ||
+                                         std::is_invocable_r_v<Reply, H&, Payload&&, std::stop_token> ||
+                                         std::is_invocable_r_v<Reply, H&, Payload&&>;
+
+template <class Payload, class Reply, class F>
+struct router_factory_impl final : router_factory<Payload, Reply> {
+  explicit router_factory_impl(F&& f) : fn(std::move(f)) {}
+  std::unique_ptr<router_handler<Payload, Reply>> make(subshell_id id) override {
+    using H = std::decay_t<std::invoke_result_t<F&, subshell_id>>;
+    return std::make_unique<router_handler_impl<Payload, Reply, H>>(std::invoke(fn, id));
+  }
+  F fn;
+};
+
+}  // namespace detail
+
+}  // namespace tether
+
+// ---- tether/detail/router/engine.hpp ----------------------------------------
+// tether/detail/router/engine.hpp - the engine behind tether::router: the inboxes and
+// outboxes, the subshell table, routing, control serving, the reaper and the parent drive.
+//
+// router.hpp holds the contract; this holds how. Nothing here is public API.
+//
+// Threads: the router thread waits (a poller) on two inboxes - envelopes and direct control
+// calls on the shell inbox, control requests on the control inbox - and owns the subshell
+// table. It reads only an envelope's id; the messages one inbox batch holds for a subshell
+// travel as one task (one queue push, at most one wake-up). A child subshell runs on its own
+// executor's thread; the parent on the caller's executor. The reaper thread joins deleted
+// subshells and, at the end, closes the outboxes.
+//
+// Exactly one reply per accepted message: each message is carried by a task (delivery)
+// that, run, calls the handler and, destroyed unrun, answers with an error and the payload.
+// Every step that could fail to allocate is followed by an answer that cannot be lost: an
+// error reply that cannot be described for want of memory uses a preallocated one
+// (routed_reply's fallback), and a reply push that cannot allocate a queue block is retried
+// (the reply is late, never lost). The router thread catches what it calls (allocation, a
+// thread start, a post) and answers the message or request concerned, then goes on serving.
+// A Payload whose move may throw travels boxed (payload_box), so the router thread never
+// moves one.
+//
+// Who may call what: as router.hpp says for the public calls; each member says who touches it.
+//
+// Memory ordering: a message crosses two single-consumer queues (inbox -> the subshell's
+// executor) and its reply a third (the outbox); each hop is the queue's release publish and
+// acquire take. [RA1]/[RA2] each subshell's `answered` count is raised (release) after the
+// message's reply is pushed and its handler has returned; the reaper's acquire loads of it
+// happen before it closes the outbox, so a receiver that sees replies() closed has every
+// reply. [RC1]/[RC2] a cancel code is stored (release) before the executor stop that it
+// explains and loaded (acquire) by the task it turns into an error reply.
+
+#include <unordered_map>
+
+
+namespace tether::detail {
+
+// Runs f until it does not throw std::bad_alloc, sleeping a little between tries: for the
+// steps whose failure would lose an answer (an outbox push, a control reply). Memory comes
+// back as the receiver takes replies; until then the answer is late, not lost.
+template <class F>
+void retry_on_bad_alloc(F&& f) noexcept {
+  for (;;) {
+    try {
+      f();
+      return;
+    } catch (...) {  // only bad_alloc can come out of the steps given here
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+template <class Payload, class Reply>
+class router_engine {
+  using subshell = router_subshell<Payload, Reply>;
+  using box = payload_box<Payload>;
 
  public:
-  using envelope_type = envelope<Payload>;
-  using reply_type = routed_reply<Reply, Payload>;
-  using sender_type = reply_sender<Reply, Payload>;
+  using reply_type = routed_reply<Payload, Reply>;
+  using sender_type = reply_sender<Payload, Reply>;
 
-  // Makes the parent's handler here (factory(parent_subshell)), then starts the router thread
-  // and the reaper. parent must outlive the router and must run the tasks the router gives it
-  // (for an adopting executor: run(), run_until() or poll()). Factory: callable with a
-  // subshell_id, returning a handler of either form (see the banner).
-  template <class Factory>
-  router(executor& parent, Factory factory, router_options options = {})
-      : name_(std::move(options.name)),
+  // Registers the inboxes with the router thread's poller and makes the parent's handler
+  // here (exceptions propagate: nothing is started yet), then starts the router thread.
+  router_engine(executor& parent, std::unique_ptr<router_factory<Payload, Reply>> factory, std::string name)
+      : name_(std::move(name)),
+        factory_(std::move(factory)),
         parent_(this, parent_subshell, routing_errc::subshell_stopped),
         reaper_(executor_options{.name = name_ + "-reaper", .on_error = [](std::exception_ptr) {}}) {
-    static_assert(std::is_invocable_v<Factory&, subshell_id>,
-                  "tether::router: the factory must be callable with a tether::subshell_id");
-    static_assert(detail::router_handler_v<std::decay_t<std::invoke_result_t<Factory&, subshell_id>>, Payload, Reply>,
-                  "tether::router: the factory must return a handler callable as Reply(Payload&&) or "
-                  "void(Payload&&, tether::reply_sender<Reply, Payload>&)");
-    factory_ = std::make_unique<detail::router_factory_impl<Payload, Reply, Factory>>(std::move(factory));
+    reply_type::warm_up();  // the preallocated error replies exist before any message
+    poller_.add(inbox_).add(control_in_);
     parent_.ex = &parent;
     parent_.handler = factory_->make(parent_subshell);
     thread_ = std::thread([this] { thread_main(); });
   }
 
-  router(const router&) = delete;
-  router& operator=(const router&) = delete;
+  router_engine(const router_engine&) = delete;
+  router_engine& operator=(const router_engine&) = delete;
 
-  // shutdown(drain), then join(): every accepted message is answered and every thread joined
-  // before it returns. Terminates the process (naming the cause) where join() would throw.
-  ~router() {
-    shutdown(stop_mode::drain);
-    try {
-      join();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "tether: router '%s' destroyed where it cannot finish: %s\n", name_.c_str(), e.what());
-      std::terminate();
-    }
-  }
+  // ---- the public calls (router.hpp delegates) -------------------------------------------------
 
-  // ---- the shell channel ---------------------------------------------------------------------
-
-  // Hands e to the router; never blocks. ok: accepted - exactly one reply will come; closed
-  // (after shutdown): refused, e untouched. Thread-safe.
-  push_result send(envelope_type&& e) {
-    return inbox_.emplace(e.subshell, std::move(e.payload), e.tag) ? status::ok : status::closed;
-  }
-  // As send({id, payload, tag}); on closed the payload is not moved from.
   template <class P>
-    requires std::constructible_from<Payload, P&&>
-  push_result send(subshell_id id, P&& payload, std::uint64_t tag = 0) {
+  push_result send(subshell_id id, P&& payload, std::uint64_t tag) {
     return inbox_.emplace(id, std::forward<P>(payload), tag) ? status::ok : status::closed;
   }
 
-  // The outbox: one reply per accepted message, in the order each subshell produced them.
-  // Closed once the router has finished (see join()) and every reply is in. Receive only (one
-  // consumer thread at a time; pop, pop_for, pop_bulk, a poller ...).
-  mpsc_queue<reply_type>& replies() noexcept { return outbox_; }
-
-  // ---- control: as messages ------------------------------------------------------------------
-
-  // Hands a control request to the router; never blocks. ok or closed (req untouched). The
-  // reply comes on control_replies(), with the request's tag: create - once the subshell's
-  // handler is made (its id in reply.subshell); delete - once the subshell has finished
-  // (every message it accepted is answered) and its thread is joined; list / stats - at once.
-  // Replies to different requests may come out of request order: match them by tag. The
-  // control channel is separate from the shell inbox (as in JEP 91): a request may overtake
-  // messages still waiting there. The direct calls below are ordered with them instead.
-  push_result send_control(control_request&& req) {
-    return control_in_.emplace(std::move(req), nullptr, false) ? status::ok : status::closed;
-  }
-  push_result send_control(const control_request& req) {
-    return control_in_.emplace(req, nullptr, false) ? status::ok : status::closed;
+  template <class Request>
+  push_result send_control(Request&& req) {
+    return control_in_.emplace(std::forward<Request>(req), nullptr, false) ? status::ok : status::closed;
   }
 
-  // Receive only, as replies(). Closed once the router has finished.
-  mpsc_queue<control_reply>& control_replies() noexcept { return control_out_; }
+  mpsc_queue<reply_type>& outbox() noexcept { return outbox_; }
+  mpsc_queue<control_reply>& control_outbox() noexcept { return control_out_; }
 
-  // ---- control: as calls ---------------------------------------------------------------------
-  // Each travels through the shell inbox, so it takes effect after every message whose send()
-  // happened before it (a delete with drain runs what this thread sent before it), and waits
-  // for the router thread, which runs no user code: it answers as soon as the messages ahead
-  // of it are routed, even while every subshell is busy. Throw router_stopped once
-  // shutdown() was called. Thread-safe.
-
-  // Creates a child subshell: starts its thread and makes its handler there; returns its id
-  // once the handler exists. Rethrows the factory's exception (the subshell is removed then);
-  // std::system_error if the thread could not start.
-  subshell_id create_subshell() { return call(control_request::create()).subshell; }
-
-  // Deletes a child subshell: from now on messages for it are answered subshell_deleted.
-  // drain: its queued messages still run; cancel: they are answered subshell_deleted (a
-  // running handler finishes). Returns as soon as it stops accepting - never waits for its
-  // handler, so a subshell may delete itself. false: no such subshell, or the parent.
-  bool delete_subshell(subshell_id id, stop_mode policy = stop_mode::drain) {
-    return call(control_request::remove(id, policy), false).ok();
+  // A control request through the shell inbox, answered by the router thread. Never throws
+  // for an outcome: a refusal is the reply's error (router_stopped once stopped).
+  control_reply call(control_request req) {
+    detail::call_slot<control_reply> slot;
+    const control_request copy = req;
+    command c(std::move(req), &slot, false);
+    if (!inbox_.emplace(&c))
+      return error_reply(copy.op, copy.tag, copy.subshell, routing_errc::router_stopped,
+                         "the router is stopped and no longer accepts control requests");
+    slot.wait(true);  // spin briefly first: the router thread answers promptly
+    return slot.take();
   }
 
-  // The children's ids, ascending (the parent is implicit, as in JEP 91).
-  std::vector<subshell_id> list_subshells() {
-    control_reply r = call(control_request::list());
-    std::vector<subshell_id> ids;
-    ids.reserve(r.subshells.size());
-    for (const subshell_stats& s : r.subshells) ids.push_back(s.id);
-    return ids;
-  }
-
-  // Counters of the parent, then of every child (ascending id).
-  std::vector<subshell_stats> stats() { return call(control_request::stats()).subshells; }
-  std::optional<subshell_stats> stats(subshell_id id) {
-    for (subshell_stats& s : stats())
-      if (s.id == id) return std::move(s);
-    return std::nullopt;
-  }
-
-  // ---- lifecycle -------------------------------------------------------------------------------
-
-  // Stops accepting: later sends and control requests are refused (handed back). drain: every
-  // accepted message still runs; cancel: those not yet running are answered router_stopped
-  // (the parent's answer when the parent runs them). Control requests already queued are
-  // answered router_stopped. Then each child subshell is stopped the same way and joined by
-  // the reaper; once the parent has answered too, replies() and control_replies() close. A
-  // cancel after a drain upgrades it. Returns true if this call stopped the router. Never
-  // blocks. Thread-safe.
-  bool shutdown(stop_mode mode = stop_mode::drain) noexcept {
+  bool stop(stop_mode mode) noexcept {
     if (mode == stop_mode::cancel) cancel_.store(true, std::memory_order_seq_cst);  // before the close: seen with it
     const bool first = !stopping_.exchange(true, std::memory_order_seq_cst);
     inbox_.close();
@@ -5829,49 +6939,47 @@ class router {
     return first;
   }
 
-  // Waits until the router has finished: every accepted message answered, replies() and
-  // control_replies() closed, every thread joined. Call shutdown() first (std::logic_error
-  // otherwise). On the parent's owner thread it runs the parent executor until then (as
-  // parent.run_until() would), so the parent's pending messages - and a child blocked on the
-  // parent - get through; from inside a parent task, with router messages still pending
-  // there, or from a child subshell's thread, it throws deadlock_error instead of waiting for
-  // itself.
   void join() {
-    (void)wait_finished(detail::no_deadline);
+    (void)wait_finished(no_deadline);
     bool expected = false;
     // acq_rel: one joiner claims the std::thread.
     if (thread_join_claimed_.compare_exchange_strong(expected, true, std::memory_order_acq_rel) && thread_.joinable())
       thread_.join();
     reaper_.join();
   }
-  // As join() without joining the threads (they are finishing): true once finished, false at
-  // the deadline. On the parent's owner thread they run, once, the parent tasks the router has
-  // handed over (parent.poll()).
-  template <class Rep, class Period>
-  bool join_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return wait_finished(detail::deadline_after(timeout));
-  }
-  template <class Clock, class Duration>
-  bool join_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    return wait_finished(detail::to_steady(deadline));
+
+  // true once finished; false at the deadline. See router::join().
+  bool wait_finished(steady_time deadline) {
+    if (is_finished()) return true;
+    if (!is_stopped())
+      throw std::logic_error("tether: join() on router '" + name_ + "' before stop(): it would wait forever");
+    if (router_child_thread_of == this)
+      throw deadlock_error("tether: join() on router '" + name_ + "' from " + describe_this_thread() +
+                               ", one of its own child subshells, would wait for itself (the router joins its "
+                               "subshells); call stop() there and join() elsewhere",
+                           {name_});
+    if (parent_.ex->running_in_this_thread() && !drive_parent(deadline)) return false;
+    return park_until(state_wait_, [this] { return finished_.load(std::memory_order_seq_cst); }, deadline);
   }
 
   bool is_stopped() const noexcept { return stopping_.load(std::memory_order_seq_cst); }
   bool is_finished() const noexcept { return finished_.load(std::memory_order_seq_cst); }
   const std::string& name() const noexcept { return name_; }
 
- private:
-  friend class reply_sender<Reply, Payload>;
+  // reply_sender::send(): the handler's value. Exceptions (an allocation, Reply's move)
+  // reach the handler, which then counts as having thrown before replying.
+  void push_value(subshell& s, std::uint64_t tag, Reply&& r) { (void)outbox_.emplace(s.id, tag, std::move(r)); }
 
+ private:
   // A control request: from send_control (waiter null: reply on control_out_), a direct call
   // (waiter: complete it) or the router itself (internal: no reply of its own).
   struct command {
-    command(control_request&& r, detail::call_slot<control_reply>* w, bool i, std::exception_ptr f = {}) noexcept
+    command(control_request&& r, call_slot<control_reply>* w, bool i, std::exception_ptr f = {}) noexcept
         : request(std::move(r)), waiter(w), internal(i), failure(std::move(f)) {}
-    command(const control_request& r, detail::call_slot<control_reply>* w, bool i) noexcept
+    command(const control_request& r, call_slot<control_reply>* w, bool i) noexcept
         : request(r), waiter(w), internal(i) {}
     control_request request;
-    detail::call_slot<control_reply>* waiter;
+    call_slot<control_reply>* waiter;
     bool internal;
     // Internal removal of a subshell whose factory threw: the exception, for the create it
     // answers once the subshell is gone.
@@ -5879,49 +6987,56 @@ class router {
   };
 
   // What the inbox carries: a message (its header and payload), or a direct control call
-  // (ctl: the caller's command, on its stack until the call returns).
+  // (ctl: the caller's command, on its stack until the call returns). Moving it never throws.
   struct inbox_item {
     template <class P>
     inbox_item(subshell_id s, P&& p, std::uint64_t t)
-        : subshell(s), tag(t), payload(std::in_place, std::forward<P>(p)) {}
+        : subshell(s), tag(t), payload(std::in_place, std::in_place, std::forward<P>(p)) {}
     explicit inbox_item(command* c) noexcept : ctl(c) {}
     subshell_id subshell{};
     std::uint64_t tag = 0;
-    std::optional<Payload> payload;
+    std::optional<box> payload;
     command* ctl = nullptr;
+  };
+  static_assert(std::is_nothrow_move_constructible_v<inbox_item>);
+
+  // Whether an object is being destroyed by an exception that was not yet in flight when it
+  // was made (its task's post threw).
+  struct unwinding_probe {
+    int at_birth = std::uncaught_exceptions();
+    bool unwinding() const noexcept { return std::uncaught_exceptions() > at_birth; }
   };
 
   // The task that carries one message to its subshell: the reply obligation. Run, it calls
-  // the handler; destroyed unrun (executor refused it, or stop(cancel)), it answers with an
-  // error and hands the payload back. Either way, exactly one reply.
+  // the handler; destroyed unrun (executor refused it, stop(cancel), or its post threw), it
+  // answers with an error and hands the payload back. Either way, exactly one reply.
   struct delivery {
-    delivery(subshell* s, std::uint64_t t, Payload&& p) noexcept(std::is_nothrow_move_constructible_v<Payload>)
-        : sub(s), tag(t), payload(std::move(p)) {}
-    delivery(delivery&& o) noexcept(std::is_nothrow_move_constructible_v<Payload>)
-        : sub(std::exchange(o.sub, nullptr)), tag(o.tag), payload(std::move(o.payload)) {}
+    delivery(subshell* s, std::uint64_t t, box&& p) noexcept : sub(s), tag(t), payload(std::move(p)) {}
+    delivery(delivery&& o) noexcept : sub(std::exchange(o.sub, nullptr)), tag(o.tag), payload(std::move(o.payload)) {}
     delivery& operator=(delivery&&) = delete;
-    void operator()() {
+    void operator()() noexcept {
       subshell* s = std::exchange(sub, nullptr);
       s->owner->run_delivery(*s, tag, payload);
     }
     ~delivery() {
-      if (sub != nullptr) sub->owner->answer_unrun(*sub, tag, std::move(payload));
+      if (sub != nullptr) sub->owner->answer_unrun(*sub, tag, payload, probe.unwinding());
     }
     subshell* sub;
     std::uint64_t tag;
-    Payload payload;
+    box payload;
+    unwinding_probe probe;
   };
 
   // Several messages for one subshell from one inbox batch, as one task: one queue push and at
   // most one wake-up instead of one per message. Each message is answered as delivery's is;
-  // destroyed part-way (an exception left the task, or stop(cancel)), it answers the rest.
+  // destroyed part-way (stop(cancel), or its post threw), it answers the rest.
   struct delivery_batch {
-    delivery_batch(subshell* s, std::vector<std::pair<std::uint64_t, Payload>>&& m) noexcept
+    delivery_batch(subshell* s, std::vector<std::pair<std::uint64_t, box>>&& m) noexcept
         : sub(s), items(std::move(m)) {}
     delivery_batch(delivery_batch&& o) noexcept
         : sub(std::exchange(o.sub, nullptr)), items(std::move(o.items)), next(o.next) {}
     delivery_batch& operator=(delivery_batch&&) = delete;
-    void operator()() {
+    void operator()() noexcept {
       while (next < items.size()) {
         auto& [tag, payload] = items[next++];
         sub->owner->run_delivery(*sub, tag, payload);
@@ -5930,53 +7045,61 @@ class router {
     }
     ~delivery_batch() {
       if (sub == nullptr) return;
-      for (; next < items.size(); ++next)
-        sub->owner->answer_unrun(*sub, items[next].first, std::move(items[next].second));
+      const bool failed = probe.unwinding();
+      for (; next < items.size(); ++next) sub->owner->answer_unrun(*sub, items[next].first, items[next].second, failed);
     }
     subshell* sub;
-    std::vector<std::pair<std::uint64_t, Payload>> items;
+    std::vector<std::pair<std::uint64_t, box>> items;
     std::size_t next = 0;  // the first message not yet run
+    unwinding_probe probe;
   };
 
   // A child's first task: makes its handler on its own thread, then answers the create.
   struct init_job {
-    init_job(router* r, subshell* s, detail::call_slot<control_reply>* w, std::uint64_t t) noexcept
+    init_job(router_engine* r, subshell* s, call_slot<control_reply>* w, std::uint64_t t) noexcept
         : owner(r), sub(s), waiter(w), tag(t) {}
-    init_job(init_job&& o) noexcept
-        : owner(o.owner), sub(std::exchange(o.sub, nullptr)), waiter(o.waiter), tag(o.tag) {}
-    void operator()() { owner->init_subshell(*std::exchange(sub, nullptr), waiter, tag); }
+    init_job(init_job&& o) noexcept : owner(o.owner), sub(std::exchange(o.sub, nullptr)), waiter(o.waiter), tag(o.tag) {}
+    void operator()() noexcept { owner->init_subshell(*std::exchange(sub, nullptr), waiter, tag); }
     ~init_job() {
-      if (sub != nullptr) owner->init_dropped(*sub, waiter, tag);
+      if (sub != nullptr) owner->init_dropped(*sub, waiter, tag, probe.unwinding());
     }
-    router* owner;
+    router_engine* owner;
     subshell* sub;
-    detail::call_slot<control_reply>* waiter;
+    call_slot<control_reply>* waiter;
     std::uint64_t tag;
+    unwinding_probe probe;
   };
-
-  // ---- the direct control calls ----------------------------------------------------------------
-
-  control_reply call(control_request req, bool throw_on_error = true) {
-    detail::call_slot<control_reply> slot;
-    command c(std::move(req), &slot, false);
-    if (!inbox_.emplace(&c))
-      throw router_stopped("tether: router '" + name_ + "' is stopped and no longer accepts control requests");
-    slot.wait(true);  // spin briefly first: the router thread answers promptly
-    control_reply r = slot.take();  // rethrows a factory's exception
-    if (r.error && (throw_on_error || r.error->code() == routing_errc::router_stopped)) {
-      if (r.error->code() == routing_errc::router_stopped) throw router_stopped(r.error->message());
-      throw std::runtime_error(r.error->message());
-    }
-    return r;
-  }
 
   // ---- replies (any thread that answers a message) ---------------------------------------------
 
-  void push_value(subshell& s, std::uint64_t tag, Reply&& r) { (void)outbox_.emplace(s.id, tag, std::move(r)); }
-
-  void push_error(subshell& s, std::uint64_t tag, routing_errc code, std::string why, std::optional<Payload> back) {
-    (void)outbox_.emplace(s.id, tag, routing_error(code, s.id, describe(s.id, std::move(why))), std::move(back));
+  // Answers a message with an error, handing back its payload when given (and when moving it
+  // into the reply works). Cannot fail: with no memory to describe the error, the reply is a
+  // preallocated one; the push is retried until a queue block can be had.
+  void push_error(subshell& s, std::uint64_t tag, routing_errc code, const char* why, box* back) noexcept {
+    push_error(s.id, tag, code, why, back);
     s.failed.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
+  }
+  // why == nullptr: the preallocated reply at once.
+  void push_error(subshell_id id, std::uint64_t tag, routing_errc code, const char* why, box* back) noexcept {
+    std::optional<reply_type> r;
+    try {
+      if (why == nullptr) throw std::bad_alloc();
+      routing_error e(code, id, describe(id, why));
+      if (back != nullptr) {
+        try {
+          r.emplace(id, tag, std::move(e), std::move(back->get()));
+        } catch (...) {  // the payload's move (or the reply's allocation) threw: answer without it
+          r.emplace(id, tag, routing_error(code, id, describe(id, std::string(why) + " (the payload could not be "
+                                                                                     "handed back)")));
+        }
+      } else {
+        r.emplace(id, tag, std::move(e));
+      }
+    } catch (...) {  // out of memory describing it
+      r.reset();
+      r.emplace(reply_type(id, tag, code));
+    }
+    retry_on_bad_alloc([&] { (void)outbox_.push(std::move(*r)); });
   }
 
   // The message is finished: its reply is out and no handler runs for it any more. The count
@@ -5985,70 +7108,100 @@ class router {
   void settle(subshell& s) noexcept {
     const bool parent = s.id.is_parent();
     const void* key = &s;
-    s.answered.fetch_add(1, std::memory_order_release);  // [A1] release: pairs with [A2] in finish()
-    if (parent) detail::router_settle_parker(key).notify_all();
+    s.answered.fetch_add(1, std::memory_order_release);  // [RA1] release: pairs with [RA2] in finish()
+    if (parent) router_settle_parker(key).notify_all();
   }
 
-  std::string describe(subshell_id id, std::string why) const {
+  std::string describe(subshell_id id, const std::string& why) const {
     const std::string who = id.is_parent() ? std::string("the parent subshell") : id.to_string();
     return "tether: router '" + name_ + "': " + who + ": " + why;
   }
 
-  std::string reason(const subshell& s, routing_errc code) const {
+  static const char* reason(routing_errc code) noexcept {
     switch (code) {
       case routing_errc::subshell_deleted: return "the subshell was deleted; the message was not run";
-      case routing_errc::subshell_stopped:
-        return "its executor '" + s.ex->name() + "' is stopped; the message was not run";
+      case routing_errc::subshell_stopped: return "its executor is stopped; the message was not run";  // see answer_unrun()
       case routing_errc::router_stopped: return "the router was stopped (cancel) before the message ran";
+      case routing_errc::delivery_failed:
+        return "the message could not be handed to its subshell (out of memory); it was not run";
       default: return to_string(code);
     }
   }
 
   // ---- the subshell side ---------------------------------------------------------------------
 
-  // Subshell thread: runs one message (or answers it with the cancel code).
-  void run_delivery(subshell& s, std::uint64_t tag, Payload& payload) {
-    // [C2] acquire: pairs with [C1]; the cancel code is set before the stop it explains.
+  // Subshell thread: runs one message (or answers it with the cancel code). Exactly one reply.
+  void run_delivery(subshell& s, std::uint64_t tag, box& payload) noexcept {
+    // [RC2] acquire: pairs with [RC1]; the cancel code is set before the stop it explains.
     if (const std::uint8_t c = s.cancel_code.load(std::memory_order_acquire); c != 0) {
-      push_error(s, tag, routing_errc{c}, reason(s, routing_errc{c}), std::move(payload));
+      push_error(s, tag, routing_errc{c}, reason(routing_errc{c}), &payload);
       settle(s);
       return;
     }
     sender_type reply(this, &s, tag);
-    bool threw = false;  // an exception after the reply was sent changes nothing for the sender
     s.busy.store(true, std::memory_order_relaxed);  // relaxed: a statistic
+    s.begin_message();
+    const char* failure = nullptr;
+    std::exception_ptr thrown;
     try {
-      if (!s.handler) throw std::logic_error("the subshell has no handler (its factory threw)");
-      s.handler->handle(std::move(payload), reply);
-    } catch (const std::exception& e) {
-      threw = true;
-      if (!reply.replied())
-        push_error(s, tag, routing_errc::handler_threw, std::string("the handler threw: ") + e.what(), {});
+      if (s.handler) {
+        s.handler->handle(std::move(payload.get()), reply);
+      } else {
+        failure = "the subshell has no handler (its factory threw)";
+      }
     } catch (...) {
-      threw = true;
-      if (!reply.replied())
-        push_error(s, tag, routing_errc::handler_threw, "the handler threw a non-standard exception", {});
+      thrown = std::current_exception();  // refers to the exception in flight: no allocation
     }
+    s.end_message();
     s.busy.store(false, std::memory_order_relaxed);  // relaxed: a statistic
-    if (!reply.replied() && !threw)
-      push_error(s, tag, routing_errc::no_reply, "the handler returned without replying", {});
+    if (!reply.replied()) {
+      if (thrown) {
+        push_handler_threw(s, tag, thrown);
+      } else {
+        push_error(s, tag, failure != nullptr ? routing_errc::handler_threw : routing_errc::no_reply,
+                   failure != nullptr ? failure : "the handler returned without replying", nullptr);
+      }
+    }
     settle(s);
   }
 
-  // Any thread: a delivery destroyed unrun.
-  void answer_unrun(subshell& s, std::uint64_t tag, Payload&& payload) noexcept {
-    // [C2] acquire: as in run_delivery().
-    const std::uint8_t c = s.cancel_code.load(std::memory_order_acquire);
-    const routing_errc code = c != 0 ? routing_errc{c} : s.unrun_code;
+  void push_handler_threw(subshell& s, std::uint64_t tag, const std::exception_ptr& thrown) noexcept {
+    std::string what;
     try {
-      push_error(s, tag, code, reason(s, code), std::move(payload));
-    } catch (...) {  // out of memory: the reply is lost, but shutdown must not wait for it
+      try {
+        std::rethrow_exception(thrown);
+      } catch (const std::exception& e) {
+        what = std::string("the handler threw: ") + e.what();
+      } catch (...) {
+        what = "the handler threw a non-standard exception";
+      }
+    } catch (...) {  // out of memory for the text: the preallocated reply says handler_threw
+      push_error(s, tag, routing_errc::handler_threw, nullptr, nullptr);
+      return;
+    }
+    push_error(s, tag, routing_errc::handler_threw, what.c_str(), nullptr);
+  }
+
+  // Any thread: a delivery destroyed unrun; failed: because its post threw.
+  void answer_unrun(subshell& s, std::uint64_t tag, box& payload, bool failed) noexcept {
+    // [RC2] acquire: as in run_delivery().
+    const std::uint8_t c = s.cancel_code.load(std::memory_order_acquire);
+    const routing_errc code = failed ? routing_errc::delivery_failed : c != 0 ? routing_errc{c} : s.unrun_code;
+    if (code == routing_errc::subshell_stopped) {  // name the executor
+      std::string why;
+      try {
+        why = "its executor '" + s.ex->name() + "' is stopped; the message was not run";
+      } catch (...) {  // out of memory: the short form
+      }
+      push_error(s, tag, code, why.empty() ? reason(code) : why.c_str(), &payload);
+    } else {
+      push_error(s, tag, code, reason(code), &payload);
     }
     settle(s);
   }
 
   // Child thread: makes the handler, answers the create.
-  void init_subshell(subshell& s, detail::call_slot<control_reply>* waiter, std::uint64_t tag) {
+  void init_subshell(subshell& s, call_slot<control_reply>* waiter, std::uint64_t tag) noexcept {
     std::exception_ptr failure;
     try {
       s.handler = factory_->make(s.id);
@@ -6059,95 +7212,97 @@ class router {
       answer(waiter, false, control_reply{control_op::create_subshell, tag, s.id, {}, std::nullopt});
       return;
     }
-    // The router removes it, then answers the create. Shutting down, the router stops it
-    // anyway: answer here. The exception moves with the request (a closed queue leaves it
-    // here), so the thread that reads it also drops the last reference: libstdc++ counts
-    // exception_ptr references with atomics ThreadSanitizer does not see, and would report
-    // this thread freeing the exception after the router read it.
-    if (control_in_.emplace(control_request::remove(s.id, stop_mode::drain, tag), waiter, true, std::move(failure)))
-      return;
-    answer_failed_create(waiter, tag, s.id, failure);
+    // The router removes it, then answers the create. Stopping, the router stops it anyway:
+    // answer here. The exception moves with the request (a closed queue leaves it here), so
+    // the thread that reads it also drops the last reference: libstdc++ counts exception_ptr
+    // references with atomics ThreadSanitizer does not see, and would report this thread
+    // freeing the exception after the router read it.
+    bool queued = false;
+    try {
+      queued = static_cast<bool>(
+          control_in_.emplace(control_request::remove(s.id, stop_mode::drain, tag), waiter, true, std::move(failure)));
+    } catch (...) {  // out of memory: answer here; the subshell stays, without a handler
+    }
+    if (!queued) answer_failed_create(waiter, tag, s.id, failure);
   }
 
-  void answer_failed_create(detail::call_slot<control_reply>* waiter, std::uint64_t tag, subshell_id id,
-                            const std::exception_ptr& failure) {
-    if (waiter != nullptr) {
-      waiter->fail(failure);  // create_subshell() rethrows it
-      return;
-    }
+  void answer_failed_create(call_slot<control_reply>* waiter, std::uint64_t tag, subshell_id id,
+                            const std::exception_ptr& failure) noexcept {
     std::string what = "the handler factory threw";
     try {
-      std::rethrow_exception(failure);
-    } catch (const std::exception& e) {
-      what += std::string(": ") + e.what();
-    } catch (...) {
+      try {
+        if (failure) std::rethrow_exception(failure);
+      } catch (const std::exception& e) {
+        what += std::string(": ") + e.what();
+      } catch (...) {
+      }
+    } catch (...) {  // out of memory for the text: keep what we have
     }
-    answer(nullptr, false,
-           error_reply(control_op::create_subshell, tag, id, routing_errc::create_failed, std::move(what)));
+    answer(waiter, false, error_reply(control_op::create_subshell, tag, id, routing_errc::create_failed, what));
   }
 
-  // Any thread: a child's init task destroyed unrun (deleted or shut down with cancel).
-  void init_dropped(subshell& s, detail::call_slot<control_reply>* waiter, std::uint64_t tag) noexcept {
-    const std::uint8_t c = s.cancel_code.load(std::memory_order_acquire);  // [C2] acquire: as above
-    const routing_errc code = c != 0 ? routing_errc{c} : routing_errc::router_stopped;
-    try {
-      answer(waiter, false, error_reply(control_op::create_subshell, tag, s.id, code, reason(s, code)));
-    } catch (...) {  // out of memory building the reply: never leave a caller blocked
-      if (waiter != nullptr) waiter->fail(std::current_exception());
-    }
+  // Any thread: a child's init task destroyed unrun (deleted, stopped with cancel, or its post
+  // threw).
+  void init_dropped(subshell& s, call_slot<control_reply>* waiter, std::uint64_t tag, bool failed) noexcept {
+    const std::uint8_t c = s.cancel_code.load(std::memory_order_acquire);  // [RC2] acquire: as above
+    const routing_errc code = failed ? routing_errc::create_failed : c != 0 ? routing_errc{c} : routing_errc::router_stopped;
+    answer(waiter, false,
+           error_reply(control_op::create_subshell, tag, s.id, code,
+                       failed ? "its first task could not be queued (out of memory)" : reason(code)));
   }
 
+  // An error answer to a control request. Cannot fail: retried while memory is short.
   control_reply error_reply(control_op op, std::uint64_t tag, subshell_id id, routing_errc code,
-                            std::string why) const {
-    return control_reply{op, tag, id, {}, routing_error(code, id, describe(id, std::move(why)))};
+                            std::string_view why) const noexcept {
+    std::optional<control_reply> r;
+    retry_on_bad_alloc([&] {
+      r.emplace(control_reply{op, tag, id, {}, routing_error(code, id, describe(id, std::string(why)))});
+    });
+    return std::move(*r);
   }
 
   // Completes a control request: the direct caller's slot, or the control outbox.
-  void answer(detail::call_slot<control_reply>* waiter, bool internal, control_reply&& r) {
+  void answer(call_slot<control_reply>* waiter, bool internal, control_reply&& r) noexcept {
     if (waiter != nullptr) {
-      waiter->run([&r]() -> control_reply { return std::move(r); });
+      waiter->run([&r]() noexcept -> control_reply { return std::move(r); });
     } else if (!internal) {
-      (void)control_out_.push(std::move(r));
+      retry_on_bad_alloc([&] { (void)control_out_.push(std::move(r)); });
     }
   }
 
   // ---- the router thread -----------------------------------------------------------------------
 
-  void thread_main() {
+  void thread_main() noexcept {
     try {
-      detail::set_this_thread_name(name_);
-      poller p;
-      p.add(inbox_).add(control_in_);
-      const source_id inbox_id = source_id::of(inbox_);
-      bool inbox_open = true;
-      bool control_open = true;
-      while (inbox_open || control_open) {
-        const source_id ready = p.wait();
-        if (ready == inbox_id) {
-          if (!serve_inbox()) {
-            p.remove(inbox_);
-            inbox_open = false;
-          }
-        } else if (!serve_control()) {
-          p.remove(control_in_);
-          control_open = false;
-        }
-      }
-      finish_routing();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "tether: router '%s': the router thread failed: %s\n", name_.c_str(), e.what());
-      std::terminate();
+      set_this_thread_name(name_);
+    } catch (...) {  // a name is a courtesy
     }
+    const source_id inbox_id = source_id::of(inbox_);
+    bool inbox_open = true;
+    bool control_open = true;
+    while (inbox_open || control_open) {
+      const source_id ready = poller_.wait();
+      if (ready == inbox_id) {
+        if (!serve_inbox()) {
+          poller_.remove(inbox_);
+          inbox_open = false;
+        }
+      } else if (!serve_control()) {
+        poller_.remove(control_in_);
+        control_open = false;
+      }
+    }
+    finish_routing();
   }
 
   // Routes up to a batch of envelopes, then hands each subshell its share as one task. false
   // once the inbox is closed and drained.
-  bool serve_inbox() {
+  bool serve_inbox() noexcept {
     // A bigger batch gives each subshell more messages per task (fewer wake-ups); a smaller one
-    // lets a control request in sooner. 1024 routing steps take tens of microseconds.
+    // lets a control request in sooner.
     constexpr std::size_t batch = 1024;
     bool open = true;
-    if (inbox_.drain([this](inbox_item&& e) { route(std::move(e)); }, batch) < batch) {
+    if (inbox_.try_pop_each([this](inbox_item&& e) noexcept { route(std::move(e)); }, batch) < batch) {
       pop_result<inbox_item> r = inbox_.try_pop();  // fewer than a batch: empty, or closed?
       if (r)
         route(std::move(*r));
@@ -6159,24 +7314,28 @@ class router {
   }
 
   // Posts what route() staged: a subshell's only message as a delivery, several as a batch.
-  // A refused post (the parent's executor stopped) answers them from the task's destructor.
-  void hand_over() {
+  // A refused post (the parent's executor stopped) answers them from the task's destructor;
+  // so does a post that throws (out of memory), with delivery_failed.
+  void hand_over() noexcept {
     for (subshell* s : staged_) {
-      if (s->staged.size() == 1) {
-        auto& [tag, payload] = s->staged.front();
-        (void)s->ex->post(delivery(s, tag, std::move(payload)));
-        s->staged.clear();
-      } else {
-        (void)s->ex->post(delivery_batch(s, std::move(s->staged)));
-        s->staged.clear();  // moved from: make it empty for certain
+      if (s->staged.empty()) continue;  // listed twice, or its message could not be staged
+      try {
+        if (s->staged.size() == 1) {
+          auto& [tag, payload] = s->staged.front();
+          (void)s->ex->post(delivery(s, tag, std::move(payload)));
+        } else {
+          (void)s->ex->post(delivery_batch(s, std::move(s->staged)));
+        }
+      } catch (...) {  // the task's destructor answered its messages
       }
+      s->staged.clear();  // moved from: make it empty for certain
     }
     staged_.clear();
   }
 
-  bool serve_control() {
+  bool serve_control() noexcept {
     constexpr std::size_t batch = 16;
-    if (control_in_.drain([this](command&& c) { serve(c); }, batch) == batch) return true;
+    if (control_in_.try_pop_each([this](command&& c) noexcept { serve(c); }, batch) == batch) return true;
     pop_result<command> r = control_in_.try_pop();
     if (r) {
       serve(*r);
@@ -6186,7 +7345,7 @@ class router {
   }
 
   // Reads the envelope's id, never its payload, and hands the payload on.
-  void route(inbox_item&& e) {
+  void route(inbox_item&& e) noexcept {
     if (e.ctl != nullptr) {
       hand_over();  // the messages before it reach their subshells first (a delete drains them)
       serve(*e.ctl);
@@ -6194,25 +7353,29 @@ class router {
     }
     // relaxed: a cancel racing this message may go either way; the close after it is seq_cst.
     if (cancel_.load(std::memory_order_relaxed)) {
-      reply_unrouted(e, routing_errc::router_stopped, "the router was stopped (cancel) before the message was routed");
+      push_error(e.subshell, e.tag, routing_errc::router_stopped,
+                 "the router was stopped (cancel) before the message was routed", &*e.payload);
       return;
     }
     subshell* s = find(e.subshell);
     if (s == nullptr) {
       if (e.subshell.value() < next_id_)
-        reply_unrouted(e, routing_errc::subshell_deleted, "the subshell was deleted; the message was not run");
+        push_error(e.subshell, e.tag, routing_errc::subshell_deleted,
+                   "the subshell was deleted; the message was not run", &*e.payload);
       else
-        reply_unrouted(e, routing_errc::unknown_subshell, "no such subshell was ever created; the message was not run");
+        push_error(e.subshell, e.tag, routing_errc::unknown_subshell,
+                   "no such subshell was ever created; the message was not run", &*e.payload);
+      return;
+    }
+    try {
+      if (s->staged.empty()) staged_.push_back(s);
+      s->staged.emplace_back(e.tag, std::move(*e.payload));  // strong guarantee: a failure leaves e whole
+    } catch (...) {
+      push_error(e.subshell, e.tag, routing_errc::delivery_failed,
+                 "the message could not be queued for its subshell (out of memory); it was not run", &*e.payload);
       return;
     }
     s->accepted.store(++s->accepted_local, std::memory_order_relaxed);  // relaxed: published by the post in hand_over()
-    if (s->staged.empty()) staged_.push_back(s);
-    s->staged.emplace_back(e.tag, std::move(*e.payload));
-  }
-
-  void reply_unrouted(inbox_item& e, routing_errc code, const char* why) {
-    (void)outbox_.emplace(e.subshell, e.tag, routing_error(code, e.subshell, describe(e.subshell, why)),
-                          std::move(e.payload));
   }
 
   subshell* find(subshell_id id) noexcept {
@@ -6226,34 +7389,64 @@ class router {
   }
 
   // A direct caller's command lives on its stack: once its waiter is completed it may be gone,
-  // so everything here works on a copy.
-  void serve(const command& in) {
+  // so everything here works on a copy. Every request is answered once: what throws in here
+  // (an allocation, a thread start) is answered as the request's error.
+  void serve(const command& in) noexcept {
     const command c = in;
     const control_request& q = c.request;
     if (stopping_.load(std::memory_order_seq_cst) && !c.internal) {
       answer(c.waiter, false,
-             error_reply(q.op, q.tag, q.subshell, routing_errc::router_stopped,
-                         "the router is shutting down; request refused"));
+             error_reply(q.op, q.tag, q.subshell, routing_errc::router_stopped, "the router is stopped; request refused"));
       return;
     }
     switch (q.op) {
       case control_op::create_subshell: create(c); return;
       case control_op::delete_subshell: remove(c); return;
+      case control_op::interrupt: interrupt(c); return;
       case control_op::list_subshells:
       case control_op::subshell_stats: {
-        control_reply r{q.op, q.tag, {}, {}, std::nullopt};
-        if (q.op == control_op::subshell_stats) r.subshells.push_back(snapshot(parent_));
-        std::vector<const subshell*> children;
-        children.reserve(table_.size());
-        for (const auto& entry : table_) children.push_back(entry.second.get());
-        std::sort(children.begin(), children.end(), [](const subshell* a, const subshell* b) { return a->id < b->id; });
-        for (const subshell* s : children) r.subshells.push_back(snapshot(*s));
-        answer(c.waiter, c.internal, std::move(r));
+        std::optional<control_reply> r;
+        try {
+          r.emplace(control_reply{q.op, q.tag, {}, {}, std::nullopt});
+          if (q.op == control_op::subshell_stats) r->subshells.push_back(snapshot(parent_));
+          std::vector<const subshell*> children;
+          children.reserve(table_.size());
+          for (const auto& entry : table_) children.push_back(entry.second.get());
+          std::sort(children.begin(), children.end(), [](const subshell* a, const subshell* b) { return a->id < b->id; });
+          for (const subshell* s : children) r->subshells.push_back(snapshot(*s));
+        } catch (...) {
+          answer(c.waiter, c.internal,
+                 error_reply(q.op, q.tag, q.subshell, routing_errc::delivery_failed, "out of memory for the answer"));
+          return;
+        }
+        answer(c.waiter, c.internal, std::move(*r));
         return;
       }
     }
     answer(c.waiter, c.internal,
            error_reply(q.op, q.tag, q.subshell, routing_errc::invalid_request, "unknown control operation"));
+  }
+
+  // Requests stop on the token of the message running on the subshell (the parent included);
+  // ok also when none runs. Its stop callbacks run here, on the router thread.
+  void interrupt(const command& c) noexcept {
+    const control_request& q = c.request;
+    subshell* s = find(q.subshell);
+    if (s == nullptr) {
+      const bool was = q.subshell.value() < next_id_;
+      answer(c.waiter, c.internal,
+             error_reply(q.op, q.tag, q.subshell, was ? routing_errc::subshell_deleted : routing_errc::unknown_subshell,
+                         was ? "the subshell was deleted; nothing to interrupt" : "no such subshell was ever created"));
+      return;
+    }
+    try {
+      (void)s->interrupt();
+    } catch (...) {
+      answer(c.waiter, c.internal,
+             error_reply(q.op, q.tag, q.subshell, routing_errc::delivery_failed, "out of memory for the stop state"));
+      return;
+    }
+    answer(c.waiter, c.internal, control_reply{q.op, q.tag, q.subshell, {}, std::nullopt});
   }
 
   subshell_stats snapshot(const subshell& s) const {
@@ -6264,49 +7457,55 @@ class router {
 
   // Starts the child's executor (the one thing here that takes a while: a thread start) and
   // queues its init task; the create is answered from the child's thread.
-  void create(const command& c) {
+  void create(const command& c) noexcept {
     const subshell_id id{next_id_++};
-    auto s = std::make_unique<subshell>(this, id, routing_errc::subshell_deleted);
-    subshell* raw = s.get();
+    subshell* raw = nullptr;
     try {
+      auto s = std::make_unique<subshell>(this, id, routing_errc::subshell_deleted);
+      raw = s.get();
       s->own_ex = std::make_unique<executor>(executor_options{
           .name = id.to_string(),
-          .on_start = [this] { detail::router_child_thread_of = this; },
+          .on_start = [this] { router_child_thread_of = this; },
           .on_stop = [raw] { raw->handler.reset(); },  // the handler dies on its own thread
-          .on_error = [](std::exception_ptr) {},       // only out-of-memory can get here
+          .on_error = [](std::exception_ptr) {},       // its tasks never throw
       });
+      s->ex = s->own_ex.get();
+      table_.emplace(id.value(), std::move(s));  // on failure s (and its thread) go here
     } catch (const std::exception& e) {
-      if (c.waiter != nullptr) {
-        c.waiter->fail(std::current_exception());
-        return;
-      }
-      answer(nullptr, c.internal,
-             error_reply(control_op::create_subshell, c.request.tag, id, routing_errc::create_failed,
-                         std::string("its thread could not be started: ") + e.what()));
+      answer_create_failed(c, id, e.what());
+      return;
+    } catch (...) {
+      answer_create_failed(c, id, "a non-standard exception");
       return;
     }
-    s->ex = s->own_ex.get();
-    table_.emplace(id.value(), std::move(s));
-    (void)raw->ex->post(init_job(this, raw, c.waiter, c.request.tag));  // a fresh executor accepts
+    try {
+      (void)raw->ex->post(init_job(this, raw, c.waiter, c.request.tag));  // a fresh executor accepts
+    } catch (...) {  // the init task's destructor answered the create: take the subshell out
+      take_out(id, stop_mode::drain, routing_errc::subshell_deleted, false, 0);
+    }
   }
 
-  void remove(const command& c) {
+  void answer_create_failed(const command& c, subshell_id id, const char* what) noexcept {
+    std::string why;
+    try {
+      why = std::string("its thread could not be started: ") + what;
+    } catch (...) {
+    }
+    answer(c.waiter, c.internal, error_reply(control_op::create_subshell, c.request.tag, id, routing_errc::create_failed, why));
+  }
+
+  void remove(const command& c) noexcept {
     const control_request& q = c.request;
     if (q.subshell.is_parent()) {
       answer(c.waiter, c.internal,
-             error_reply(q.op, q.tag, q.subshell, routing_errc::invalid_request,
-                         "the parent subshell cannot be deleted"));
+             error_reply(q.op, q.tag, q.subshell, routing_errc::invalid_request, "the parent subshell cannot be deleted"));
       return;
     }
-    const auto it = table_.find(q.subshell.value());
-    if (it != table_.end()) {
-      std::unique_ptr<subshell> s = std::move(it->second);
-      table_.erase(it);
-      if (cached_id_ == q.subshell) cached_id_ = parent_subshell;
+    if (table_.find(q.subshell.value()) != table_.end()) {
       // A direct delete is answered now; one from the control channel once reaped.
       if (c.waiter != nullptr && !c.failure)
         answer(c.waiter, false, control_reply{q.op, q.tag, q.subshell, {}, std::nullopt});
-      retire(std::move(s), q.policy, routing_errc::subshell_deleted, c.waiter == nullptr && !c.internal, q.tag);
+      take_out(q.subshell, q.policy, routing_errc::subshell_deleted, c.waiter == nullptr && !c.internal, q.tag);
     } else if (!c.failure) {
       const bool was = q.subshell.value() < next_id_;
       answer(c.waiter, c.internal,
@@ -6316,43 +7515,68 @@ class router {
     if (c.failure) answer_failed_create(c.waiter, q.tag, q.subshell, c.failure);  // it is gone now
   }
 
+  // Takes a child out of the table and retires it.
+  void take_out(subshell_id id, stop_mode mode, routing_errc code, bool reply, std::uint64_t tag) noexcept {
+    const auto it = table_.find(id.value());
+    if (it == table_.end()) return;
+    std::unique_ptr<subshell> s = std::move(it->second);
+    table_.erase(it);
+    if (cached_id_ == id) cached_id_ = parent_subshell;
+    retire(std::move(s), mode, code, reply, tag);
+  }
+
   // Stops a child (never waits for it) and gives it to the reaper, which joins its thread,
-  // then (for a control-channel delete) answers.
-  void retire(std::unique_ptr<subshell> s, stop_mode mode, routing_errc code, bool reply, std::uint64_t tag) {
-    // [C1] release: the code is visible to the tasks that stop(cancel) turns away.
+  // then (for a control-channel delete) answers. If the reaper cannot take it (out of
+  // memory), the calling thread reaps it.
+  void retire(std::unique_ptr<subshell> s, stop_mode mode, routing_errc code, bool reply, std::uint64_t tag) noexcept {
+    // [RC1] release: the code is visible to the tasks that stop(cancel) turns away.
     if (mode == stop_mode::cancel) s->cancel_code.store(static_cast<std::uint8_t>(code), std::memory_order_release);
     s->ex->stop(mode);
-    (void)reaper_.post([this, s = std::move(s), reply, tag]() mutable {
-      const subshell_id id = s->id;
-      s->own_ex.reset();  // joins the subshell's thread: its last message is answered
-      s.reset();
-      if (reply) answer(nullptr, false, control_reply{control_op::delete_subshell, tag, id, {}, std::nullopt});
-    });
+    subshell* raw = s.release();
+    bool posted = false;
+    try {
+      posted = static_cast<bool>(reaper_.post([this, raw, reply, tag]() noexcept { reap(raw, reply, tag); }));
+    } catch (...) {
+    }
+    if (!posted) reap(raw, reply, tag);
+  }
+
+  void reap(subshell* raw, bool reply, std::uint64_t tag) noexcept {
+    std::unique_ptr<subshell> s(raw);
+    const subshell_id id = s->id;
+    s->own_ex.reset();  // joins the subshell's thread: its last message is answered
+    s.reset();
+    if (reply) answer(nullptr, false, control_reply{control_op::delete_subshell, tag, id, {}, std::nullopt});
   }
 
   // Router thread, once both inboxes are closed and drained: stop every child the same way,
   // let the parent's pending tasks answer router_stopped on cancel, and have the reaper close
   // the outboxes once all is answered.
-  void finish_routing() {
+  void finish_routing() noexcept {
     const bool cancelled = cancel_.load(std::memory_order_seq_cst);
     const stop_mode mode = cancelled ? stop_mode::cancel : stop_mode::drain;
     for (auto& entry : table_) retire(std::move(entry.second), mode, routing_errc::router_stopped, false, 0);
     table_.clear();
     cached_id_ = parent_subshell;
-    if (cancelled)  // [C1] release: as in retire()
+    if (cancelled)  // [RC1] release: as in retire()
       parent_.cancel_code.store(static_cast<std::uint8_t>(routing_errc::router_stopped), std::memory_order_release);
     const std::uint64_t parent_accepted = parent_.accepted_local;
-    (void)reaper_.post([this, parent_accepted] { finish(parent_accepted); });
+    bool posted = false;
+    try {
+      posted = static_cast<bool>(reaper_.post([this, parent_accepted]() noexcept { finish(parent_accepted); }));
+    } catch (...) {
+    }
     routing_done_.store(true, std::memory_order_seq_cst);  // seq_cst: the parker handshake's store half
     state_wait_.notify_all();
+    if (!posted) finish(parent_accepted);  // the reaper could not take it: finish here
   }
 
-  // Reaper thread, after every child was joined: waits for the parent's answers, then closes.
-  void finish(std::uint64_t parent_accepted) {
-    // [A2] the loads are seq_cst (acquire): pair with [A1]; every parent reply is pushed.
-    detail::park_until(detail::router_settle_parker(&parent_),
-                       [&] { return parent_.answered.load(std::memory_order_seq_cst) == parent_accepted; },
-                       detail::no_deadline);
+  // Reaper thread (or the router thread), after every child was joined: waits for the
+  // parent's answers, then closes.
+  void finish(std::uint64_t parent_accepted) noexcept {
+    // [RA2] the loads are seq_cst (acquire): pair with [RA1]; every parent reply is pushed.
+    park_until(router_settle_parker(&parent_),
+               [&] { return parent_.answered.load(std::memory_order_seq_cst) == parent_accepted; }, no_deadline);
     outbox_.close();
     control_out_.close();
     finished_.store(true, std::memory_order_seq_cst);  // seq_cst: the parker handshake's store half
@@ -6361,55 +7585,43 @@ class router {
     reaper_.stop(stop_mode::drain);
   }
 
-  bool wait_finished(detail::steady_time deadline) {
-    if (is_finished()) return true;
-    if (!is_stopped())
-      throw std::logic_error("tether: join() on router '" + name_ + "' before shutdown(): it would wait forever");
-    if (detail::router_child_thread_of == this)
-      throw deadlock_error("tether: join() on router '" + name_ + "' from " + detail::describe_this_thread() +
-                               ", one of its own child subshells, would wait for itself (the router joins its "
-                               "subshells); call shutdown() there and join() elsewhere",
-                           {name_});
-    if (parent_.ex->running_in_this_thread() && !drive_parent(deadline)) return false;
-    return detail::park_until(state_wait_, [this] { return finished_.load(std::memory_order_seq_cst); }, deadline);
-  }
-
   // On the parent's owner thread the router's last parent tasks need this thread. join()
   // runs the parent until the router has finished (so a child blocked on the parent, e.g. in
   // parent.call(), still gets through); the timed forms run once what the router handed over.
-  // false: the deadline passed.
-  bool drive_parent(detail::steady_time deadline) {
+  // Inside one of the parent's tasks the parent cannot run here: then it only waits, unless
+  // router messages are pending there (deadlock_error). false: the deadline passed.
+  bool drive_parent(steady_time deadline) {
     const auto handed_over = [this] { return routing_done_.load(std::memory_order_seq_cst); };
     const auto parent_settled = [this] {
       // relaxed: after handed_over(), whose seq_cst load ordered the router's last store.
       return parent_.answered.load(std::memory_order_seq_cst) == parent_.accepted.load(std::memory_order_relaxed);
     };
-    try {
-      if (deadline == detail::no_deadline) {
-        (void)parent_.ex->run_until(finished_source_.get_token());
-        return true;
-      }
-      if (!detail::park_until(state_wait_, handed_over, deadline)) return false;
-      if (!parent_settled()) (void)parent_.ex->poll();
-      return true;
-    } catch (const std::logic_error&) {  // inside one of the parent's tasks: it cannot run here
-      if (!detail::park_until(state_wait_, handed_over, deadline)) return false;
+    if (source_access::executor_in_run(*parent_.ex)) {
+      if (!park_until(state_wait_, handed_over, deadline)) return false;
       if (parent_settled()) return true;  // nothing of ours is pending there
       throw deadlock_error("tether: join() on router '" + name_ + "' inside a task of its parent executor '" +
                                parent_.ex->name() +
-                               "' would wait for the parent's own pending messages; call shutdown() there and "
+                               "' would wait for the parent's own pending messages; call stop() there and "
                                "join() once the parent's task has returned",
                            {name_, parent_.ex->name()});
     }
+    if (deadline == no_deadline) {
+      (void)parent_.ex->run_until(finished_source_.get_token());
+      return true;
+    }
+    if (!park_until(state_wait_, handed_over, deadline)) return false;
+    if (!parent_settled()) (void)parent_.ex->try_run();
+    return true;
   }
 
   const std::string name_;
-  std::unique_ptr<detail::router_factory<Payload, Reply>> factory_;
+  std::unique_ptr<router_factory<Payload, Reply>> factory_;
 
   mpsc_queue<inbox_item> inbox_;           // any thread pushes; the router thread pops
   mpsc_queue<command> control_in_;         // any thread pushes; the router thread pops
   mpsc_queue<reply_type> outbox_;          // subshells (and the router) push; the client pops
   mpsc_queue<control_reply> control_out_;  // router, children, reaper push; the client pops
+  poller poller_;                          // the router thread waits here on the two inboxes
 
   subshell parent_;
 
@@ -6420,17 +7632,291 @@ class router {
   subshell_id cached_id_ = parent_subshell;
   subshell* cached_ = nullptr;
 
-  // Set once by shutdown(); read by the router thread, is_stopped() and join().
+  // Set once by stop(); read by the router thread, is_stopped() and join().
   std::atomic<bool> stopping_{false};
-  std::atomic<bool> cancel_{false};        // set by shutdown(cancel); read by the router thread
+  std::atomic<bool> cancel_{false};        // set by stop(cancel); read by the router thread
   std::atomic<bool> routing_done_{false};  // set once by the router thread when it hands over
   std::atomic<bool> finished_{false};      // set once by the reaper after closing the outboxes
   std::atomic<bool> thread_join_claimed_{false};
-  detail::parker state_wait_;  // joiners wait here for routing_done_ / finished_
+  parker state_wait_;                 // joiners wait here for routing_done_ / finished_
   std::stop_source finished_source_;  // stopped with finished_: ends a join() running the parent
 
   executor reaper_;     // joins the threads of deleted subshells; after what its tasks touch
   std::thread thread_;  // last: started once everything above exists
+};
+
+}  // namespace tether::detail
+
+// ---- tether/router.hpp ------------------------------------------------------
+// tether/router.hpp - a subshell router: messages routed by subshell id, one thread per
+// subshell, every accepted message answered exactly once.
+//
+//   tether::executor main_ex{tether::adopt_current_thread};
+//   tether::router<request, result> r{main_ex, [](tether::subshell_id id) {
+//     return [state = session{id}](request&& q) mutable { return state.run(q); };  // a handler
+//   }};
+//   tether::subshell_id child = *r.create_subshell();  // its own thread and its own handler
+//   r.send({tether::parent_subshell, long_request});    // runs on main_ex (main_ex.run())
+//   r.send({child, quick_request, 7});                   // runs now, on the child's thread
+//   auto reply = r.replies().pop();                      // {subshell, tag 7, result or error}
+//
+// The parent subshell runs on an executor the caller owns; each child, created at run time,
+// on its own thread ("subshell-<id>") with its own handler, made by factory(id) on that
+// thread (so factory calls may overlap). A handler is Reply(Payload&&), or
+// void(Payload&&, tether::reply_sender<Payload, Reply>&), which may reply early and go on.
+// One router thread routes by id and serves control requests (create, delete, list,
+// stats); it never runs a handler, so control is served while every subshell is busy.
+//
+// Who may call what: send / send_control / the control calls / stop / is_stopped /
+// is_finished / name - any thread, handlers included; replies() / control_replies() - one
+// consumer thread at a time (a poller may watch them); join* / destructor - any thread but a
+// child subshell's own (deadlock_error); on the parent's owner thread they run the parent.
+//
+// Guarantees: FIFO per subshell; exactly one reply per accepted message (send() returned
+// ok): the handler's value, or a routing_error - a message that never reached a handler
+// hands its payload back; an exception on the router thread (out of memory, a payload's
+// throwing move) becomes that message's error reply, and routing goes on. Outcomes callers
+// branch on are values (push_result, routing_result); exceptions only for misuse. No lock
+// around user code; every thread parks when idle. Deleting a subshell never blocks routing.
+//
+// Memory ordering: a message's send happens before its handler runs, and the handler's
+// writes before its reply is received; replies() closed means every reply is in it
+// (detail/router/engine.hpp, [RA1]/[RA2]).
+//
+// After ipykernel's subshells (JEP 91: a shell-channel thread routing by subshell_id, a
+// subshell manager for control requests), with a parking router in place of a polling one.
+
+
+
+namespace tether {
+
+// Handed to a handler of the form void(Payload&&, reply_sender&): send() answers the message
+// (once; later calls return false). If the handler returns without sending, the message is
+// answered with routing_errc::no_reply. Neither copyable nor movable: the reply belongs to
+// the call. Subshell thread only (the thread running the handler).
+template <class Payload, class Reply>
+class reply_sender {
+ public:
+  reply_sender(const reply_sender&) = delete;
+  reply_sender& operator=(const reply_sender&) = delete;
+
+  // Sends the reply; true the first time, false (r untouched) once the message has one. An
+  // exception (no memory for the reply, Reply's move) propagates and leaves it unsent.
+  bool send(Reply&& r) {
+    if (sent_) return false;
+    owner_->push_value(*sub_, tag_, std::move(r));
+    sent_ = true;
+    return true;
+  }
+  bool send(const Reply& r) requires std::copy_constructible<Reply> {
+    if (sent_) return false;
+    return send(Reply(r));
+  }
+
+  bool replied() const noexcept { return sent_; }
+  subshell_id subshell() const noexcept { return sub_->id; }
+
+  // Stopped when router::interrupt(subshell()) - or a control_request::interrupt for it -
+  // arrives while this handler runs; a handler that can stop early observes it, or hands it
+  // to its runtime with a std::stop_callback. Such a callback runs on the thread that serves
+  // the interrupt (the router thread): keep it short - set a flag, post to an executor -
+  // since routing waits for it. The first call for a message allocates its stop state
+  // (std::bad_alloc propagates); a message nobody asks about costs nothing.
+  std::stop_token stop_token() const { return sub_->stop_token(); }
+  std::uint64_t tag() const noexcept { return tag_; }
+
+ private:
+  friend class detail::router_engine<Payload, Reply>;
+  reply_sender(detail::router_engine<Payload, Reply>* owner, detail::router_subshell<Payload, Reply>* sub,
+               std::uint64_t tag) noexcept
+      : owner_(owner), sub_(sub), tag_(tag) {}
+
+  detail::router_engine<Payload, Reply>* owner_;
+  detail::router_subshell<Payload, Reply>* sub_;
+  std::uint64_t tag_;
+  bool sent_ = false;
+};
+
+template <class Payload, class Reply>
+class router {
+  static_assert(std::is_move_constructible_v<Payload> && std::is_nothrow_destructible_v<Payload>,
+                "tether::router<Payload, Reply>: Payload must be move-constructible with a non-throwing destructor");
+  static_assert(std::is_move_constructible_v<Reply> && std::is_nothrow_destructible_v<Reply>,
+                "tether::router<Payload, Reply>: Reply must be move-constructible with a non-throwing destructor");
+
+ public:
+  using envelope_type = envelope<Payload>;
+  using reply_type = routed_reply<Payload, Reply>;
+  using sender_type = reply_sender<Payload, Reply>;
+
+  // Makes the parent's handler here (factory(parent_subshell); its exception propagates),
+  // then starts the router thread and the reaper. parent must outlive the router and run the
+  // tasks the router gives it (for an adopting executor: run(), run_until() or try_run()).
+  // Factory: callable with a subshell_id, returning a handler of either form (see the banner).
+  template <class Factory>
+  router(executor& parent, Factory factory, router_options options = {})
+      : engine_(parent, make_factory(std::move(factory)), std::move(options.name)) {}
+
+  router(const router&) = delete;
+  router& operator=(const router&) = delete;
+
+  // stop(drain), then join(): every accepted message is answered and every thread joined
+  // before it returns. Terminates the process (naming the cause) where join() would throw.
+  ~router() {
+    stop(stop_mode::drain);
+    try {
+      join();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "tether: router '%s' destroyed where it cannot finish: %s\n", name().c_str(), e.what());
+      std::terminate();
+    }
+  }
+
+  // ---- the shell channel ---------------------------------------------------------------------
+
+  // Hands e to the router; never blocks. ok: accepted - exactly one reply will come; closed
+  // (after stop): refused, e untouched. An exception (no memory to queue it) means refused.
+  // Thread-safe.
+  push_result send(envelope_type&& e) { return engine_.send(e.subshell, std::move(e.payload), e.tag); }
+  // As send({id, payload, tag}); on closed the payload is not moved from.
+  template <class P>
+    requires std::constructible_from<Payload, P&&>
+  push_result send(subshell_id id, P&& payload, std::uint64_t tag = 0) {
+    return engine_.send(id, std::forward<P>(payload), tag);
+  }
+
+  // The outbox, receive only: one reply per accepted message, in the order each subshell
+  // produced them; closed once the router has finished and every reply is in. One consumer
+  // thread at a time (pop, pop_for, pop_bulk, a poller ...).
+  receiver<reply_type> replies() noexcept { return receiver<reply_type>(engine_.outbox()); }
+
+  // ---- control: as messages ------------------------------------------------------------------
+
+  // Hands a control request to the router; never blocks. ok or closed (req untouched). The
+  // reply comes on control_replies(), with the request's tag: create - once the subshell's
+  // handler is made (its id in reply.subshell); delete - once the subshell has finished
+  // (every message it accepted is answered) and its thread is joined; list / stats - at once.
+  // Replies may come out of request order: match them by tag. The control channel is
+  // separate from the shell inbox (as in JEP 91): a request may overtake messages still
+  // waiting there. The direct calls below are ordered with them instead.
+  push_result send_control(control_request&& req) { return engine_.send_control(std::move(req)); }
+  push_result send_control(const control_request& req) { return engine_.send_control(req); }
+
+  // Receive only, as replies(). Closed once the router has finished.
+  receiver<control_reply> control_replies() noexcept { return receiver<control_reply>(engine_.control_outbox()); }
+
+  // ---- control: as calls ---------------------------------------------------------------------
+  // Each travels through the shell inbox, so it takes effect after every message whose send()
+  // happened before it (a delete with drain runs what this thread sent before it), and waits
+  // for the router thread, which runs no user code: it answers as soon as the messages ahead
+  // of it are routed, even while every subshell is busy. Each returns a routing_result: the
+  // value, or the error (router_stopped once stop() was called). Thread-safe.
+
+  // Creates a child subshell: starts its thread and makes its handler there; the id once the
+  // handler exists. create_failed: the thread could not start, or the factory threw (the
+  // message names the exception; the subshell is removed).
+  routing_result<subshell_id> create_subshell() {
+    control_reply r = engine_.call(control_request::create());
+    if (r.error) return std::move(*r.error);
+    return r.subshell;
+  }
+
+  // Deletes a child subshell: from now on messages for it are answered subshell_deleted.
+  // drain: its queued messages still run; cancel: they are answered subshell_deleted (a
+  // running handler finishes). Returns as soon as it stops accepting - never waits for its
+  // handler, so a subshell may delete itself. Errors: unknown_subshell (never created),
+  // subshell_deleted (already deleted), invalid_request (the parent), router_stopped.
+  routing_result<> delete_subshell(subshell_id id, stop_mode policy = stop_mode::drain) {
+    control_reply r = engine_.call(control_request::remove(id, policy));
+    if (r.error) return std::move(*r.error);
+    return {};
+  }
+
+  // The children's ids, ascending (the parent is implicit, as in JEP 91).
+  routing_result<std::vector<subshell_id>> list_subshells() {
+    control_reply r = engine_.call(control_request::list());
+    if (r.error) return std::move(*r.error);
+    std::vector<subshell_id> ids;
+    ids.reserve(r.subshells.size());
+    for (const subshell_stats& s : r.subshells) ids.push_back(s.id);
+    return ids;
+  }
+
+  // Interrupts the message running on subshell id (the parent included) now: requests stop
+  // on the std::stop_token its handler reads through reply_sender::stop_token() (or
+  // receives, for a handler of the form Reply(Payload&&, std::stop_token)). What the handler
+  // does then is its own affair: it still replies once. A subshell with no message running
+  // is left alone, and its next message starts with a fresh token. Errors: unknown_subshell,
+  // subshell_deleted, router_stopped. As control_request::interrupt() on the control channel.
+  routing_result<> interrupt(subshell_id id) {
+    control_reply r = engine_.call(control_request::interrupt(id));
+    if (r.error) return std::move(*r.error);
+    return {};
+  }
+
+  // Counters of the parent, then of every child (ascending id).
+  routing_result<std::vector<subshell_stats>> stats() {
+    control_reply r = engine_.call(control_request::stats());
+    if (r.error) return std::move(*r.error);
+    return std::move(r.subshells);
+  }
+  // One subshell's counters; unknown_subshell when no live subshell has that id.
+  routing_result<subshell_stats> stats(subshell_id id) {
+    routing_result<std::vector<subshell_stats>> all = stats();
+    if (!all) return all.error();
+    for (subshell_stats& s : *all)
+      if (s.id == id) return std::move(s);
+    return routing_error(routing_errc::unknown_subshell, id,
+                         "tether: router '" + name() + "': " + id.to_string() + ": no such subshell (now)");
+  }
+
+  // ---- lifecycle -------------------------------------------------------------------------------
+
+  // Stops accepting: later sends and control requests are refused (handed back). drain: every
+  // accepted message still runs; cancel: those not yet running are answered router_stopped.
+  // Control requests already queued are answered router_stopped. Then each child is stopped
+  // the same way and joined by the reaper; once the parent has answered too, replies() and
+  // control_replies() close. A cancel after a drain upgrades it. true for the call that
+  // stopped the router. Never blocks. Thread-safe.
+  bool stop(stop_mode mode = stop_mode::drain) noexcept { return engine_.stop(mode); }
+
+  // Waits until the router has finished: every accepted message answered, replies() and
+  // control_replies() closed, every thread joined. Call stop() first (std::logic_error
+  // otherwise: it would wait forever). On the parent's owner thread it runs the parent
+  // executor until then (as parent.run_until() would), so the parent's pending messages - and
+  // a child blocked on the parent - get through; from inside a parent task, with router
+  // messages still pending there, or from a child subshell's thread, it throws deadlock_error
+  // instead of waiting for itself.
+  void join() { engine_.join(); }
+  // As join() without joining the threads (they are finishing): true once finished, false at
+  // the deadline (try_join: now). On the parent's owner thread they run, once, the parent
+  // tasks the router has handed over (parent.try_run()). A huge timeout waits forever.
+  bool try_join() { return engine_.wait_finished(std::chrono::steady_clock::now()); }
+  template <class Rep, class Period>
+  bool join_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return engine_.wait_finished(detail::deadline_after(timeout));
+  }
+  template <class Clock, class Duration>
+  bool join_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return engine_.wait_finished(detail::to_steady(deadline));
+  }
+
+  bool is_stopped() const noexcept { return engine_.is_stopped(); }
+  bool is_finished() const noexcept { return engine_.is_finished(); }
+  const std::string& name() const noexcept { return engine_.name(); }
+
+ private:
+  template <class Factory>
+  static std::unique_ptr<detail::router_factory<Payload, Reply>> make_factory(Factory&& factory) {
+    static_assert(std::is_invocable_v<Factory&, subshell_id>,
+                  "tether::router: the factory must be callable with a tether::subshell_id");
+    static_assert(detail::router_handler_v<std::decay_t<std::invoke_result_t<Factory&, subshell_id>>, Payload, Reply>,
+                  "tether::router: the factory must return a handler callable as Reply(Payload&&) or "
+                  "void(Payload&&, tether::reply_sender<Payload, Reply>&)");
+    return std::make_unique<detail::router_factory_impl<Payload, Reply, Factory>>(std::move(factory));
+  }
+
+  detail::router_engine<Payload, Reply> engine_;
 };
 
 }  // namespace tether
