@@ -3,6 +3,7 @@
 #include "kernel.hpp"
 
 #include <tether/executor.hpp>
+#include <tether/fd_source.hpp>
 #include <tether/router.hpp>
 #include <tether/select.hpp>
 
@@ -14,7 +15,7 @@
 #include <cstdlib>
 #include <iterator>
 #include <optional>
-#include <stop_token>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -36,18 +37,13 @@ void log(const std::string& what) { std::fprintf(stderr, "tether-guile-kernel: %
 using router_type = tether::router<shell_request, message>;
 using routed = router_type::reply_type;
 
-// JEP 91 names subshells with strings; tether numbers them. "subshell-<n>" is both.
+// JEP 91 names subshells with strings; tether numbers them. subshell_id::to_string()
+// ("subshell-<n>") is the name, from_string() the way back; "parent" is not a child's name.
 std::string subshell_name(tether::subshell_id id) { return id.to_string(); }
 std::optional<tether::subshell_id> parse_subshell(const std::string& s) {
-  const std::string prefix = "subshell-";
-  if (s.size() <= prefix.size() || s.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
-  std::uint64_t v = 0;
-  for (std::size_t i = prefix.size(); i < s.size(); ++i) {
-    if (s[i] < '0' || s[i] > '9' || v > (UINT64_MAX - 9) / 10) return std::nullopt;
-    v = v * 10 + static_cast<std::uint64_t>(s[i] - '0');
-  }
-  if (v == 0) return std::nullopt;
-  return tether::subshell_id(v);
+  const std::optional<tether::subshell_id> id = tether::subshell_id::from_string(s);
+  if (!id || id->is_parent()) return std::nullopt;
+  return id;
 }
 
 json error_content(const std::string& ename, const std::string& evalue) {
@@ -104,11 +100,7 @@ struct kernel::impl {
           if (!id.is_parent()) enter_guile_mode();  // on the child's own thread, once
           return [this, s = session(shared)](shell_request&& r, auto& reply) mutable {
             const message request_header = header_only(r.msg);
-            std::stop_source stop;
-            const tether::subshell_id self = reply.subshell();
-            set_running(self, &stop);
-            message m = s.handle(std::move(r), stop.get_token());
-            set_running(self, nullptr);
+            message m = s.handle(std::move(r), [&reply] { return reply.stop_token(); });
             reply.send(std::move(m));
             shared.status(request_header, "idle");
           };
@@ -128,6 +120,21 @@ struct kernel::impl {
     } catch (const zmq::error_t& e) {
       log("could not send " + m.msg_type() + ": " + e.what());
     }
+    recheck(s);
+  }
+
+  // ZMQ_FD is edge-triggered: a send (or receive) may take in the socket's pending commands,
+  // and with them the edge that announced an incoming message. After each, read ZMQ_EVENTS
+  // and, when a message waits, have the poller serve the socket at its next turn.
+  void recheck(zmq::socket_t& s) {
+    for (watched_socket& w : watched)
+      if (w.socket == &s && w.source != nullptr && (s.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0) w.source->notify();
+  }
+
+  // The poller's handler for a socket's descriptor: receive a batch; if more may wait, come back.
+  template <class Handle>
+  void serve(zmq::socket_t& s, tether::fd_source& src, Handle&& handle) {
+    if (drain(s, handle) || (s.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0) src.notify();
   }
   void publish(const message& m) { send(iopub, m); }
   void status(const message& parent, const char* state) { publish(make_iopub(parent, "status", {{"execution_state", state}}, shared.session)); }
@@ -230,8 +237,10 @@ struct kernel::impl {
       json where = m.header.contains("subshell_id") ? m.header["subshell_id"] : m.content.value("subshell_id", json());
       const std::optional<tether::subshell_id> id = target_of(json{{"subshell_id", where}});
       if (!id) return reply(error_content("SubshellNotFound", "no subshell " + where.dump()));
-      interrupt(*id);
-      return reply({{"status", "ok"}});
+      const std::uint64_t tag = next_tag++;
+      control_pending.emplace(tag, std::make_pair(&s, std::move(m)));
+      (void)router->send_control(tether::control_request::interrupt(*id, tag));  // answered in on_control_reply()
+      return;
     }
     if (type == "create_subshell_request" || type == "delete_subshell_request" || type == "list_subshell_request") {
       const std::uint64_t tag = next_tag++;
@@ -242,7 +251,9 @@ struct kernel::impl {
         const json id = m.content.value("subshell_id", json());
         const std::optional<tether::subshell_id> sid = id.is_string() ? parse_subshell(id.get<std::string>()) : std::nullopt;
         if (!sid) return reply(error_content("SubshellNotFound", "no subshell " + id.dump()));
-        interrupt(*sid);  // a running cell would keep the subshell alive; queued ones are answered
+        // A running cell would keep the subshell alive: interrupt it first (the control channel
+        // keeps the order); queued requests are answered subshell_deleted.
+        (void)router->send_control(tether::control_request::interrupt(*sid, 0));
         q = tether::control_request::remove(*sid, tether::stop_mode::cancel, tag);
       }
       control_pending.emplace(tag, std::make_pair(&s, std::move(m)));
@@ -282,8 +293,12 @@ struct kernel::impl {
       const bool no_such = code == tether::routing_errc::unknown_subshell || code == tether::routing_errc::subshell_deleted;
       c = error_content(no_such ? "SubshellNotFound" : "KernelError", r.error->message());
     } else if (r.op == tether::control_op::create_subshell) {
+      live.insert(r.subshell.value());
       c = {{"status", "ok"}, {"subshell_id", subshell_name(r.subshell)}};
     } else if (r.op == tether::control_op::delete_subshell) {
+      live.erase(r.subshell.value());
+      c = {{"status", "ok"}};
+    } else if (r.op == tether::control_op::interrupt) {
       c = {{"status", "ok"}};
     } else {
       json ids = json::array();
@@ -294,38 +309,16 @@ struct kernel::impl {
     status(request, "idle");
   }
 
-  // ---- interruption ----------------------------------------------------------------------------
-
-  void set_running(tether::subshell_id id, std::stop_source* s) {
-    std::lock_guard lock(running_mutex);
-    if (s != nullptr)
-      running[id.value()] = *s;
-    else
-      running.erase(id.value());
-  }
-  void interrupt(tether::subshell_id id) {
-    std::optional<std::stop_source> s;
-    {
-      std::lock_guard lock(running_mutex);
-      if (const auto it = running.find(id.value()); it != running.end()) s = it->second;
-    }
-    if (s) s->request_stop();  // outside the lock: runs the session's stop_callback
-  }
-  void interrupt_all() {
-    std::vector<std::stop_source> all;
-    {
-      std::lock_guard lock(running_mutex);
-      for (auto& [id, s] : running) all.push_back(s);
-    }
-    for (std::stop_source& s : all) s.request_stop();
-  }
-
   // ---- shutdown --------------------------------------------------------------------------------
 
+  // Cells not yet started are refused, running ones interrupted (the parent and every live
+  // child), queued requests answered; then the router finishes and the loop ends.
   void begin_shutdown() {
     if (stopping) return;
     stopping = true;
-    interrupt_all();
+    shared.shutting_down.store(true, std::memory_order_relaxed);  // relaxed: the interrupts below do the rest
+    (void)router->interrupt(tether::parent_subshell);
+    for (const std::uint64_t id : live) (void)router->interrupt(tether::subshell_id(id));
     router->stop(tether::stop_mode::cancel);
   }
 
@@ -343,41 +336,44 @@ struct kernel::impl {
   shared_state shared{new_uuid(), interrupter};
   tether::executor parent_ex{tether::executor_options{.name = "parent", .on_start = [] { enter_guile_mode(); }}};
 
-  std::mutex running_mutex;  // guards running; never held while a stop callback runs
-  std::unordered_map<std::uint64_t, std::stop_source> running;
-
   std::unique_ptr<router_type> router;  // last: its handlers use everything above
 
   // Main thread only.
   std::unordered_map<std::uint64_t, message> shell_pending;  // tag -> the request's header
   std::unordered_map<std::uint64_t, std::pair<zmq::socket_t*, message>> control_pending;
+  std::set<std::uint64_t> live;  // the children created and not deleted
   std::uint64_t next_tag = 1;
   bool stopping = false;
+
+  // The sockets the main thread waits on, with their descriptors as poller sources.
+  struct watched_socket {
+    zmq::socket_t* socket;
+    tether::fd_source* source;
+  };
+  std::vector<watched_socket> watched;
 };
 
+// The main thread's one loop: a tether::poller over the three sockets' descriptors (ZMQ_FD),
+// the router's replies and control replies, and the subshells' iopub queue. It parks - zero
+// CPU - until one of them has work; no other thread touches these sockets.
 int kernel::impl::run() {
+  tether::fd_source shell_fd(shell.get(zmq::sockopt::fd));
+  tether::fd_source control_fd(control.get(zmq::sockopt::fd));
+  tether::fd_source stdin_fd(stdin_socket.get(zmq::sockopt::fd));
+  watched = {{&shell, &shell_fd}, {&control, &control_fd}, {&stdin_socket, &stdin_fd}};
   bool replies_open = true, control_open = true;
-  const auto drain_queues = [&] {
-    while (auto r = router->replies().try_pop()) on_reply(std::move(*r));
-    while (auto r = router->control_replies().try_pop()) on_control_reply(std::move(*r));
-    while (auto m = shared.iopub.try_pop()) publish(*m);
-    replies_open = !router->replies().is_closed() || router->replies().size_approx() != 0;
-    control_open = !router->control_replies().is_closed();
-  };
-  while (replies_open || control_open) {
-    zmq::pollitem_t items[] = {{shell.handle(), 0, ZMQ_POLLIN, 0},
-                               {control.handle(), 0, ZMQ_POLLIN, 0},
-                               {stdin_socket.handle(), 0, ZMQ_POLLIN, 0}};
-    try {
-      zmq::poll(items, 3, 2ms);
-    } catch (const zmq::error_t& e) {
-      if (e.num() != EINTR) throw;
-    }
-    drain(control, [this](std::vector<std::string>&& f) { on_control(std::move(f)); });
-    drain(shell, [this](std::vector<std::string>&& f) { on_shell(std::move(f)); });
-    drain(stdin_socket, [this](std::vector<std::string>&& f) { on_stdin(std::move(f)); });
-    drain_queues();
-  }
+  tether::poller p;
+  p.on(control_fd, [&](tether::fd_events) { serve(control, control_fd, [this](auto&& f) { on_control(std::move(f)); }); })
+      .on(shell_fd, [&](tether::fd_events) { serve(shell, shell_fd, [this](auto&& f) { on_shell(std::move(f)); }); })
+      .on(stdin_fd, [&](tether::fd_events) { serve(stdin_socket, stdin_fd, [this](auto&& f) { on_stdin(std::move(f)); }); })
+      .on(router->replies(), [this](routed&& r) { on_reply(std::move(r)); }, [&] { replies_open = false; })
+      .on(router->control_replies(), [this](tether::control_reply&& r) { on_control_reply(std::move(r)); },
+          [&] { control_open = false; })
+      .on(shared.iopub, [this](message&& m) { publish(m); });
+  // Messages may have arrived before the first wait (the descriptors' edges are gone).
+  for (watched_socket& w : watched) w.source->notify();
+  while (replies_open || control_open) (void)p.run_one();
+  watched.clear();
   return 0;
 }
 

@@ -115,7 +115,7 @@ std::optional<T> field(const json& content, const char* name) {
 
 }  // namespace
 
-message session::handle(shell_request&& r, std::stop_token stop) {
+message session::handle(shell_request&& r, const std::function<std::stop_token()>& stop_of) {
   const std::string type = r.msg.msg_type();
   shared_.status(r.msg, "busy");
   const auto reply = [&](json content) { return make_reply(r.msg, reply_type(type), std::move(content), shared_.session); };
@@ -128,7 +128,7 @@ message session::handle(shell_request&& r, std::stop_token stop) {
     if (type == "execute_request") c["execution_count"] = shared_.execution_count();
     return reply(std::move(c));
   }
-  if (type == "execute_request") return execute(r, stop);
+  if (type == "execute_request") return execute(r, stop_of);
   if (type == "kernel_info_request") return reply(kernel_info_content());
   if (type == "is_complete_request") {
     const auto code = field<std::string>(r.msg.content, "code");
@@ -168,12 +168,17 @@ message session::handle(shell_request&& r, std::stop_token stop) {
   return reply(error_content("UnknownMessageType", "'" + type + "' is not a request this kernel knows"));
 }
 
-message session::execute(shell_request& r, std::stop_token stop) {
+message session::execute(shell_request& r, const std::function<std::stop_token()>& stop_of) {
   const json& content = r.msg.content;
   const auto code = field<std::string>(content, "code");
   const auto reply = [&](json c) { return make_reply(r.msg, "execute_reply", std::move(c), shared_.session); };
   if (!code) {
     json c = error_content("BadRequest", "the execute_request has no valid 'code' field");
+    c["execution_count"] = shared_.execution_count();
+    return reply(std::move(c));
+  }
+  if (shared_.shutting_down.load(std::memory_order_relaxed)) {  // relaxed: a hint; interrupts do the rest
+    json c = error_content("KernelShuttingDown", "the kernel is shutting down; the cell was not run");
     c["execution_count"] = shared_.execution_count();
     return reply(std::move(c));
   }
@@ -199,7 +204,8 @@ message session::execute(shell_request& r, std::stop_token stop) {
   };
   const std::uint64_t cell = next_cell_id();
   void* const self = this_guile_thread().thread;
-  std::stop_callback on_interrupt(stop, [this, self, cell] { shared_.interrupt(self, cell); });
+  // The callback runs on the thread that serves the interrupt (the router's): it only posts.
+  std::stop_callback on_interrupt(stop_of(), [this, self, cell] { shared_.interrupt(self, cell); });
   cell_outcome out = run_cell(*code, cell, io);
 
   if (store_history) shared_.record_history(count, *code, out.ok ? out.result : std::nullopt);

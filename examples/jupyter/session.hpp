@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -60,6 +61,10 @@ class shared_state {
   // Posts an interrupt of cell to the thread in Guile mode that delivers them.
   void interrupt(void* guile_thread, std::uint64_t cell);
 
+  // Set once by the main thread when a shutdown_request came: cells not yet started are
+  // refused instead of run (the running ones are interrupted).
+  std::atomic<bool> shutting_down{false};
+
  private:
   struct history_entry {
     int line;
@@ -77,12 +82,13 @@ class session {
   explicit session(shared_state& shared) : shared_(shared) {}
 
   // Handles one shell request: publishes its iopub messages (busy first) and returns the reply.
-  // The caller sends the reply, then publishes idle. stop: requested when an interrupt_request
-  // names this subshell while the request runs.
-  message handle(shell_request&& r, std::stop_token stop);
+  // The caller sends the reply, then publishes idle. stop_of: the request's std::stop_token
+  // (tether::reply_sender::stop_token(), asked for only by a cell that runs), stopped when an
+  // interrupt_request names this subshell while the request runs.
+  message handle(shell_request&& r, const std::function<std::stop_token()>& stop_of);
 
  private:
-  message execute(shell_request& r, std::stop_token stop);
+  message execute(shell_request& r, const std::function<std::stop_token()>& stop_of);
 
   shared_state& shared_;
   steady_clock::time_point abort_before_{};  // stop_on_error: requests received before this are aborted
