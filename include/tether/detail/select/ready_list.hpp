@@ -25,7 +25,7 @@ namespace tether::detail {
 class ready_list;
 
 // One watched source, as its poller and the source's notifiers see it. The poller that owns
-// the node fills in the rest (see select.hpp).
+// the node fills in the rest (see poller_core.hpp).
 struct poll_node : parker_listener {
   // Set by a notifier that finds it false (it then pushes the node) and by add(); cleared by
   // the poller when it takes the node off the list. True exactly while the node is on the
@@ -67,7 +67,7 @@ class ready_list {
 // notifier that flips `signalled` from false pushes the node.
 inline void notify_poller(parker_listener& l) noexcept {
   auto& n = static_cast<poll_node&>(l);
-  // [N1] acq_rel, pairs with [W1] (select.hpp). Release: our publish (sequenced before this
+  // [N1] acq_rel, pairs with [W1] (poller_core.hpp). Release: our publish (sequenced before this
   // notify) reaches the poller's probe when [W1] reads our true. Acquire: when we read the
   // poller's false, its last use of n.next_ready happened before push() rewrites it.
   if (!n.signalled.exchange(true, std::memory_order_acq_rel)) n.list->push(n);
