@@ -2999,7 +2999,10 @@ class blocking_call {
 //                                             never return; thrown instead of hanging.
 //   executor_stopped  (std::runtime_error) - the executor no longer accepts work (submit, call),
 //                                             or stop(cancel) destroyed a task before it ran
-//                                             (delivered through that task's future or call).
+//                                             (delivered through that task's future, call or
+//                                             post_and_reply reply), or a reply executor
+//                                             refused a reply (to the sender's on_error).
+//   (post, dispatch and post_and_reply report refusal as a value: push_result, closed.)
 //
 // Who may call what: these are plain exception types; any thread.
 // Memory ordering: none (no shared state).
