@@ -271,13 +271,13 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   // handle reports timer_status::stopped at once. Thread-safe.
   template <class Clock, class Duration, class F>
   timer_handle post_at(const std::chrono::time_point<Clock, Duration>& when, F&& f) {
-    auto state = std::make_shared<detail::timer_state>(detail::to_steady(when), detail::task(std::forward<F>(f)));
-    if (queue_.emplace(detail::internal_task, std::in_place_type<timer_registration>, core(), state)) {
+    // The state first and the callable last: a std::bad_alloc leaves f with the caller.
+    auto state = std::make_shared<detail::timer_state>(detail::to_steady(when));
+    if (queue_.emplace(detail::internal_task, std::in_place_type<timer_registration<std::decay_t<F>>>, core(), state,
+                       std::forward<F>(f)))
       after_push();
-    } else {
-      state->try_transition(detail::timer_phase::stopped);
-      state->fn.reset();
-    }
+    else
+      state->try_transition(detail::timer_phase::stopped);  // refused: f untouched
     return timer_handle(std::move(state));
   }
   template <class Rep, class Period, class F>

@@ -3360,8 +3360,8 @@ enum class timer_status : std::uint8_t { pending, running, ran, cancelled, stopp
 // tether/detail/executor/timer_heap.hpp - the owner's min-heap of delayed tasks.
 //
 // post_at() from any thread allocates a timer_state (shared with the caller's handle) and
-// pushes one internal task through the executor's queue; that task, run by the owner,
-// inserts the state here. So the heap is owner-only (no lock), a delayed post costs one
+// pushes one internal task, carrying the callable, through the executor's queue; that task,
+// run by the owner, stores the callable in the state and inserts the state here. So the heap is owner-only (no lock), a delayed post costs one
 // queue push, and the owner parks until the earliest deadline (no polling tick).
 //
 // Cancellation is lazy: timer_handle::cancel() flips the state to cancelled, and the owner
@@ -3386,7 +3386,7 @@ namespace tether::detail {
 enum class timer_phase : std::uint8_t { pending, running, ran, cancelled, stopped, failed };
 
 struct timer_state {
-  timer_state(steady_time at, task f) : when(at), fn(std::move(f)) {}
+  explicit timer_state(steady_time at) noexcept : when(at) {}
 
   bool try_transition(timer_phase to) noexcept {
     timer_phase expected = timer_phase::pending;
@@ -3397,7 +3397,7 @@ struct timer_state {
   std::atomic<timer_phase> phase{timer_phase::pending};
   const steady_time when;
   std::uint64_t seq = 0;  // owner only: FIFO among equal deadlines
-  task fn;                // owner only once queued
+  task fn;                // owner only: set when the owner registers the timer
 };
 
 class timer_heap {
@@ -3701,18 +3701,27 @@ class executor_core {
     const executor_core* ex;
   };
 
-  // post_at(): inserts the timer into the owner's heap; destroyed unrun -> stopped. If the
-  // heap cannot grow (out of memory) the task is not lost silently: its handle reads failed
-  // and its callable is destroyed here, on the owner.
+  // post_at(): carries the callable to the owner, which stores it in the timer's state and
+  // inserts the timer into its heap; destroyed unrun -> stopped. The callable travels in the
+  // registration, not in the state, so that every allocation on the caller's side (the state,
+  // the queue's node) happens before the callable is moved: a std::bad_alloc leaves it with
+  // the caller. If the owner cannot store or insert it (out of memory) the task is not lost
+  // silently: its handle reads failed and its callable is destroyed here, on the owner.
+  template <class F>
   struct timer_registration {
-    timer_registration(executor_core* e, std::shared_ptr<detail::timer_state> s) noexcept : ex(e), state(std::move(s)) {}
-    timer_registration(timer_registration&& o) noexcept : ex(o.ex), state(std::move(o.state)) {}
+    template <class G>
+    timer_registration(executor_core* e, std::shared_ptr<detail::timer_state> s, G&& g)
+        : ex(e), state(std::move(s)), fn(std::forward<G>(g)) {}
+    timer_registration(timer_registration&& o) noexcept(std::is_nothrow_move_constructible_v<F>)
+        : ex(o.ex), state(std::move(o.state)), fn(std::move(o.fn)) {}
     executor_core* ex;
     std::shared_ptr<detail::timer_state> state;
+    F fn;
     void operator()() noexcept {
       std::shared_ptr<detail::timer_state> s = std::move(state);
       try {
-        ex->timers_.push(s);  // a copy: s stays ours if the push throws
+        s->fn = detail::task(std::move(fn));  // may allocate: a callable too large to store inline
+        ex->timers_.push(s);                  // a copy: s stays ours if the push throws
       } catch (...) {
         if (s->try_transition(detail::timer_phase::failed)) add(ex->cancelled_, 1);
         s->fn.reset();
@@ -3721,9 +3730,7 @@ class executor_core {
       ex->timers_pending_.store(ex->timers_.size(), std::memory_order_relaxed);  // relaxed: statistic
     }
     ~timer_registration() {
-      if (!state) return;
-      state->try_transition(detail::timer_phase::stopped);
-      state->fn.reset();
+      if (state) state->try_transition(detail::timer_phase::stopped);
     }
   };
 
@@ -4479,13 +4486,13 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   // handle reports timer_status::stopped at once. Thread-safe.
   template <class Clock, class Duration, class F>
   timer_handle post_at(const std::chrono::time_point<Clock, Duration>& when, F&& f) {
-    auto state = std::make_shared<detail::timer_state>(detail::to_steady(when), detail::task(std::forward<F>(f)));
-    if (queue_.emplace(detail::internal_task, std::in_place_type<timer_registration>, core(), state)) {
+    // The state first and the callable last: a std::bad_alloc leaves f with the caller.
+    auto state = std::make_shared<detail::timer_state>(detail::to_steady(when));
+    if (queue_.emplace(detail::internal_task, std::in_place_type<timer_registration<std::decay_t<F>>>, core(), state,
+                       std::forward<F>(f)))
       after_push();
-    } else {
-      state->try_transition(detail::timer_phase::stopped);
-      state->fn.reset();
-    }
+    else
+      state->try_transition(detail::timer_phase::stopped);  // refused: f untouched
     return timer_handle(std::move(state));
   }
   template <class Rep, class Period, class F>

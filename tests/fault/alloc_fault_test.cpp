@@ -60,12 +60,7 @@ using namespace std::chrono_literals;
 // Cases that fail today because of a defect not yet fixed in the library. They still run
 // and their failures are printed, marked KNOWN; they do not fail the program. Remove a name
 // as soon as its fix lands.
-constexpr std::array<std::string_view, 1> known_failing{
-    // executor::post_at / post_after build the task (moving the callable out of the caller's
-    // argument) before the allocation of the timer's shared state, so a std::bad_alloc from
-    // that allocation leaves the caller's callable moved from.
-    "executor.post_after",
-};
+constexpr std::array<std::string_view, 0> known_failing{};
 
 bool is_known_failing(std::string_view name) {
   return std::find(known_failing.begin(), known_failing.end(), name) != known_failing.end();

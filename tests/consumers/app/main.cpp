@@ -8,6 +8,7 @@
 #include <tether.hpp>
 #endif
 
+#include <atomic>
 #include <cstdio>
 #include <thread>
 #include <vector>
@@ -15,9 +16,11 @@
 int main() {
   tether::mpsc_queue<long> q;
   std::vector<std::thread> producers;
+  std::atomic<long> refused{0};
   for (long p = 0; p < 3; ++p)
-    producers.emplace_back([&q, p] {
-      for (long i = 0; i < 1000; ++i) q.push(p * 1000 + i);
+    producers.emplace_back([&q, &refused, p] {
+      for (long i = 0; i < 1000; ++i)
+        if (!q.push(p * 1000 + i)) refused.fetch_add(1, std::memory_order_relaxed);
     });
   long sum = 0;
   for (int n = 0; n < 3000; ++n) sum += *q.pop();
@@ -33,5 +36,5 @@ int main() {
   std::printf("tether %d.%d.%d: queue sum %ld (expected %ld), executor sum %ld (expected 5050)\n",
               TETHER_VERSION_MAJOR, TETHER_VERSION_MINOR, TETHER_VERSION_PATCH, sum, expected,
               posted_sum);
-  return sum == expected && posted_sum == 5050 ? 0 : 1;
+  return sum == expected && posted_sum == 5050 && refused.load() == 0 ? 0 : 1;
 }

@@ -166,18 +166,27 @@ class executor_core {
     const executor_core* ex;
   };
 
-  // post_at(): inserts the timer into the owner's heap; destroyed unrun -> stopped. If the
-  // heap cannot grow (out of memory) the task is not lost silently: its handle reads failed
-  // and its callable is destroyed here, on the owner.
+  // post_at(): carries the callable to the owner, which stores it in the timer's state and
+  // inserts the timer into its heap; destroyed unrun -> stopped. The callable travels in the
+  // registration, not in the state, so that every allocation on the caller's side (the state,
+  // the queue's node) happens before the callable is moved: a std::bad_alloc leaves it with
+  // the caller. If the owner cannot store or insert it (out of memory) the task is not lost
+  // silently: its handle reads failed and its callable is destroyed here, on the owner.
+  template <class F>
   struct timer_registration {
-    timer_registration(executor_core* e, std::shared_ptr<detail::timer_state> s) noexcept : ex(e), state(std::move(s)) {}
-    timer_registration(timer_registration&& o) noexcept : ex(o.ex), state(std::move(o.state)) {}
+    template <class G>
+    timer_registration(executor_core* e, std::shared_ptr<detail::timer_state> s, G&& g)
+        : ex(e), state(std::move(s)), fn(std::forward<G>(g)) {}
+    timer_registration(timer_registration&& o) noexcept(std::is_nothrow_move_constructible_v<F>)
+        : ex(o.ex), state(std::move(o.state)), fn(std::move(o.fn)) {}
     executor_core* ex;
     std::shared_ptr<detail::timer_state> state;
+    F fn;
     void operator()() noexcept {
       std::shared_ptr<detail::timer_state> s = std::move(state);
       try {
-        ex->timers_.push(s);  // a copy: s stays ours if the push throws
+        s->fn = detail::task(std::move(fn));  // may allocate: a callable too large to store inline
+        ex->timers_.push(s);                  // a copy: s stays ours if the push throws
       } catch (...) {
         if (s->try_transition(detail::timer_phase::failed)) add(ex->cancelled_, 1);
         s->fn.reset();
@@ -186,9 +195,7 @@ class executor_core {
       ex->timers_pending_.store(ex->timers_.size(), std::memory_order_relaxed);  // relaxed: statistic
     }
     ~timer_registration() {
-      if (!state) return;
-      state->try_transition(detail::timer_phase::stopped);
-      state->fn.reset();
+      if (state) state->try_transition(detail::timer_phase::stopped);
     }
   };
 

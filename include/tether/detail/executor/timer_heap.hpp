@@ -2,8 +2,8 @@
 // tether/detail/executor/timer_heap.hpp - the owner's min-heap of delayed tasks.
 //
 // post_at() from any thread allocates a timer_state (shared with the caller's handle) and
-// pushes one internal task through the executor's queue; that task, run by the owner,
-// inserts the state here. So the heap is owner-only (no lock), a delayed post costs one
+// pushes one internal task, carrying the callable, through the executor's queue; that task,
+// run by the owner, stores the callable in the state and inserts the state here. So the heap is owner-only (no lock), a delayed post costs one
 // queue push, and the owner parks until the earliest deadline (no polling tick).
 //
 // Cancellation is lazy: timer_handle::cancel() flips the state to cancelled, and the owner
@@ -38,7 +38,7 @@ namespace tether::detail {
 enum class timer_phase : std::uint8_t { pending, running, ran, cancelled, stopped, failed };
 
 struct timer_state {
-  timer_state(steady_time at, task f) : when(at), fn(std::move(f)) {}
+  explicit timer_state(steady_time at) noexcept : when(at) {}
 
   bool try_transition(timer_phase to) noexcept {
     timer_phase expected = timer_phase::pending;
@@ -49,7 +49,7 @@ struct timer_state {
   std::atomic<timer_phase> phase{timer_phase::pending};
   const steady_time when;
   std::uint64_t seq = 0;  // owner only: FIFO among equal deadlines
-  task fn;                // owner only once queued
+  task fn;                // owner only: set when the owner registers the timer
 };
 
 class timer_heap {
