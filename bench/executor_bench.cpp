@@ -12,6 +12,11 @@
 //       owner that runs a ~100 ns "runtime" function; calls per second (items/s) and the
 //       p50 / p99 latency of one call (counters p50_ns, p99_ns). Every answer is checked.
 //
+//   executor_post/tether_metrics/posters:<1|8>, executor_call/tether_metrics
+//                                     the same with executor_options::metrics on (queue
+//       delay and run time histograms, depth high-water mark; every task traced): what the
+//       metrics cost, beside tether's own figures in the same run.
+//
 // Flag: --symmetric_fences (an experiment; see main()).
 //
 // Implementations: tether (tether::executor), asio (asio::io_context with a work guard and
@@ -51,6 +56,21 @@ using clock_type = std::chrono::steady_clock;
 struct tether_impl {
   static constexpr const char* name = "tether";
   tether::executor ex{{.name = "bench-owner"}};
+
+  template <class F>
+  void post(F&& f) {
+    (void)ex.post(std::forward<F>(f));
+  }
+  template <class F>
+  auto call(F&& f) {
+    return ex.call(std::forward<F>(f));
+  }
+};
+
+// tether with metrics on.
+struct tether_metrics_impl {
+  static constexpr const char* name = "tether_metrics";
+  tether::executor ex{{.name = "bench-owner", .metrics = true}};
 
   template <class F>
   void post(F&& f) {
@@ -294,8 +314,25 @@ void register_impl() {
   }
 }
 
+// Metrics on: only the runs the off / on comparison needs.
+void register_metrics() {
+  using Impl = tether_metrics_impl;
+  const std::string impl = Impl::name;
+  for (int posters : {1, 8}) {
+    const std::string run = "executor_post/" + impl + "/posters:" + std::to_string(posters);
+    benchmark::RegisterBenchmark(run.c_str(), [run, posters](benchmark::State& s) { run_post<Impl>(s, run, posters); })
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  const std::string run = "executor_call/" + impl;
+  benchmark::RegisterBenchmark(run.c_str(), [run](benchmark::State& s) { run_call<Impl>(s, run); })
+      ->UseRealTime()
+      ->Unit(benchmark::kNanosecond);
+}
+
 void register_all() {
   register_impl<tether_impl>();
+  register_metrics();
 #if defined(TETHER_BENCH_HAVE_ASIO)
   register_impl<asio_impl>();
 #endif

@@ -4,10 +4,12 @@
 // tight, upper bounds loose: this runs on loaded 2-core machines); counts exact; hooks once
 // per task on the owner thread; the recorded location is the caller's line for every verb;
 // long tasks reported (with the queue's growth) and short ones not; the depth high-water mark
-// of a burst on a paused owner; metrics off reports nothing.
+// of a burst on a paused owner; metrics off reports nothing; a router's subshell stats carry
+// their executors' metrics.
 #include <tether/detail/executor/latency_histogram.hpp>
 #include <tether/executor.hpp>
 #include <tether/executor_stats.hpp>
+#include <tether/router.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -345,4 +347,30 @@ TEST_CASE("hooks: an exception from a hook goes to on_error, the task still runs
   ex.join();
   CHECK(ran.load() == 1);
   CHECK(errors.load() == 1);
+}
+
+TEST_CASE("router: subshell stats carry their executor's metrics", "[executor][metrics][router]") {
+  executor parent{{.name = "parent", .metrics = true}};
+  tether::router<std::string, std::string> r{
+      parent, [](tether::subshell_id) { return [](std::string&& s) { return s + "!"; }; }, {.subshell_metrics = true}};
+  const tether::subshell_id child = *r.create_subshell();
+  constexpr int n = 10;
+  for (int i = 0; i < n; ++i) REQUIRE(r.send(child, std::string("x"), static_cast<std::uint64_t>(i)));
+  REQUIRE(r.send(tether::parent_subshell, std::string("y"), 99));
+  for (int i = 0; i < n + 1; ++i) REQUIRE(r.replies().pop());
+  auto all = r.stats();
+  REQUIRE(all);
+  REQUIRE(all->size() == 2);  // the parent, then the child
+  const tether::subshell_stats& p = (*all)[0];
+  const tether::subshell_stats& c = (*all)[1];
+  CHECK(p.executor.metrics);
+  CHECK(p.executor.task_time.count >= 1);
+  CHECK(c.id == child);
+  CHECK(c.executor.metrics);
+  // The router hands a subshell its messages in batches (one task per batch), plus the init task.
+  CHECK(c.executor.task_time.count >= 2);
+  CHECK(c.executor.task_time.count <= n + 1);
+  CHECK(c.executor.tasks_run == c.executor.task_time.count);
+  r.stop();
+  r.join();
 }
