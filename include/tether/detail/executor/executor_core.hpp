@@ -428,6 +428,12 @@ class executor_core {
     std::size_t ran = 0;
     clock::time_point t0{};
     if (metrics_) note_depth(queue_.size_approx());  // once per batch: the tail's line is the producers'
+    // Inside a batch a traced task starts when the one before it ended (run_traced).
+    struct batch_scope {
+      detail::tick_t& chain;
+      batch_scope(detail::tick_t& c) noexcept : chain(c) { chain = 0; }
+      ~batch_scope() { chain = no_chain; }
+    } scope{chain_};
     const std::size_t taken = queue_.try_pop_each(
         [&](detail::task&& t) {
           if (t0 == clock::time_point{}) t0 = clock::now();
@@ -587,7 +593,9 @@ class executor_core {
     }
     const detail::task_trace trace = *tr;
     const detail::tick_t ready = std::max(trace.enqueued, due);
-    detail::tick_t start = detail::ticks_now();
+    // In a batch, the previous task's end (a clock reading saved per task; what the owner did
+    // in between - destroying that task, popping this one - counts as this task's).
+    detail::tick_t start = chain_ > 0 ? chain_ : detail::ticks_now();
     const std::int64_t delay_ns = clock_->to_ns(start - ready);
     task_info info;
     const bool hooks = before_task_ || after_task_ || on_long_task_;
@@ -598,7 +606,8 @@ class executor_core {
     }
     const std::size_t depth_before = on_long_task_ ? queue_.size_approx() : 0;
     run_user(t);
-    const detail::tick_t ran = detail::ticks_now() - start;
+    const detail::tick_t end = detail::ticks_now();
+    const detail::tick_t ran = end - start;
     const std::int64_t ran_ns = clock_->to_ns(ran);
     if (metrics_) {
       metrics_->delay.record(delay_ns);
@@ -622,6 +631,7 @@ class executor_core {
     } else if (metrics_ && ran >= depth_sample_ticks_) {
       note_depth(queue_.size_approx());
     }
+    if (chain_ != no_chain) chain_ = hooks ? detail::ticks_now() : end;  // the hooks' time is not the next task's
   }
 
   void run_task_hook(const std::function<void(const task_info&)>& hook, const task_info& info) {
@@ -779,6 +789,10 @@ class executor_core {
   const std::function<void()> on_unpark_;
   const detail::tick_t long_task_ticks_;     // 0: no threshold
   const detail::tick_t depth_sample_ticks_;
+  // Owner only: inside run_ready(), the end of the last traced task of the batch (0: none
+  // yet); no_chain outside a batch.
+  static constexpr detail::tick_t no_chain = -1;
+  detail::tick_t chain_ = no_chain;
 
   detail::thread_record* owner_record_ = nullptr;  // set once by the constructor
   std::uint64_t owner_serial_ = 0;                 // set once by the constructor
