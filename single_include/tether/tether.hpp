@@ -5231,7 +5231,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       s.metrics = true;
       s.queue_delay = metrics_->delay.summary();
       s.task_time = metrics_->run.summary();
-      s.queue_depth_max = std::max(metrics_->depth_max.load(std::memory_order_relaxed), s.queue_depth);  // relaxed: statistic
+      s.queue_depth_max = metrics_->depth_max.load(std::memory_order_relaxed);  // relaxed: statistic
       s.long_tasks = metrics_->long_tasks.load(std::memory_order_relaxed);                                // relaxed: statistic
     }
     return s;
