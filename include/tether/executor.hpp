@@ -423,8 +423,8 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     s.run_time = std::chrono::nanoseconds(run_ns_.load(std::memory_order_relaxed));  // relaxed: statistic
     if (metrics_) {
       s.metrics = true;
-      s.queue_delay = metrics_->delay.summary();
-      s.task_time = metrics_->run.summary();
+      s.queue_delay = metrics_->delay.summary(clock_->ns_per_tick);
+      s.task_time = metrics_->run.summary(clock_->ns_per_tick);
       s.queue_depth_max = metrics_->depth_max.load(std::memory_order_relaxed);  // relaxed: statistic
       s.long_tasks = metrics_->long_tasks.load(std::memory_order_relaxed);                                // relaxed: statistic
     }

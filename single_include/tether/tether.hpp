@@ -3812,10 +3812,12 @@ class timer_heap {
 // ---- tether/detail/executor/latency_histogram.hpp ---------------------------
 // tether/detail/executor/latency_histogram.hpp - a fixed-size log-linear histogram of durations.
 //
-// What an executor's metrics keep for queue delay and run time: 336 counters over
-// nanoseconds, HdrHistogram's layout with 3 sub-bucket bits - values below 16 ns exactly,
-// then every power of two split into 8 equal buckets, so a bucket is at most 1/8 (12.5 %) of
-// its lower bound wide; values of 2^44 ns (about 4.9 hours) and more share the last bucket.
+// What an executor's metrics keep for queue delay and run time: 336 counters over durations
+// in clock ticks (tick_clock.hpp: the owner records raw tick differences, and summary()
+// scales to nanoseconds - a log-linear layout scales exactly), HdrHistogram's layout with 3
+// sub-bucket bits - values below 16 exactly, then every power of two split into 8 equal
+// buckets, so a bucket is at most 1/8 (12.5 %) of its lower bound wide; values of 2^44 ticks
+// (about 1.6 hours at 3 GHz) and more share the last bucket.
 // Recording is an index computation and three owner-only load + store pairs: no lock, no
 // allocation, no read-modify-write. A percentile is the upper bound of the bucket that holds
 // it (capped at the largest value seen), so it never understates a delay.
@@ -3857,16 +3859,20 @@ class latency_histogram {
     return lower_bound(i + 1) - 1;
   }
 
-  // Adds one duration in nanoseconds (negative: 0). Writer thread only.
-  void record(std::int64_t ns) noexcept {
-    const std::uint64_t v = ns < 0 ? 0 : static_cast<std::uint64_t>(ns);
+  // Adds one duration in ticks (negative: 0). Writer thread only.
+  void record(std::int64_t ticks) noexcept {
+    const std::uint64_t v = ticks < 0 ? 0 : static_cast<std::uint64_t>(ticks);
     bump(counts_[index_of(v)], 1);
     bump(sum_, v);
     if (v > max_.load(std::memory_order_relaxed)) max_.store(v, std::memory_order_relaxed);  // relaxed: writer-only statistic
   }
 
-  // count, total, p50 / p90 / p99 and max of what was recorded so far. Thread-safe.
-  latency_summary summary() const noexcept {
+  // count, total, p50 / p90 / p99 and max of what was recorded so far, in nanoseconds
+  // (`ns_per_unit`: what one recorded unit is). Thread-safe.
+  latency_summary summary(double ns_per_unit = 1.0) const noexcept {
+    const auto ns = [ns_per_unit](std::uint64_t v) {
+      return std::chrono::nanoseconds(static_cast<std::int64_t>(static_cast<double>(v) * ns_per_unit));
+    };
     std::array<std::uint64_t, bucket_count> c;
     std::uint64_t count = 0;
     for (std::size_t i = 0; i < bucket_count; ++i) {
@@ -3875,7 +3881,7 @@ class latency_histogram {
     }
     latency_summary s;
     s.count = count;
-    s.total = std::chrono::nanoseconds(static_cast<std::int64_t>(sum_.load(std::memory_order_relaxed)));  // relaxed: statistic
+    s.total = ns(sum_.load(std::memory_order_relaxed));  // relaxed: statistic
     if (count == 0) return s;
     const std::uint64_t max = max_.load(std::memory_order_relaxed);  // relaxed: statistic
     const auto at = [&](std::uint64_t per_mille) {
@@ -3889,14 +3895,14 @@ class latency_histogram {
       i = std::min(i, bucket_count - 1);
       // A stale max (the writer is between its stores) must not pull the value below its bucket.
       const std::uint64_t cap = std::max(max, lower_bound(i));
-      return std::chrono::nanoseconds(static_cast<std::int64_t>(std::min(upper_bound(i), cap)));
+      return ns(std::min(upper_bound(i), cap));
     };
     s.p50 = at(500);
     s.p90 = at(900);
     s.p99 = at(990);
     std::size_t top = bucket_count - 1;
     while (top > 0 && c[top] == 0) --top;
-    s.max = std::chrono::nanoseconds(static_cast<std::int64_t>(std::max(max, lower_bound(top))));
+    s.max = ns(std::max(max, lower_bound(top)));
     return s;
   }
 
@@ -4581,10 +4587,11 @@ class executor_core {
     // In a batch, the previous task's end (a clock reading saved per task; what the owner did
     // in between - destroying that task, popping this one - counts as this task's).
     detail::tick_t start = chain_ > 0 ? chain_ : detail::ticks_now();
-    const std::int64_t delay_ns = clock_->to_ns(start - ready);
+    const detail::tick_t delay = start - ready;
     task_info info;
     const bool hooks = before_task_ || after_task_ || on_long_task_;
-    if (hooks) info = task_info{trace.where, clock_->to_steady(trace.enqueued), std::chrono::nanoseconds(delay_ns), {}};
+    if (hooks)
+      info = task_info{trace.where, clock_->to_steady(trace.enqueued), std::chrono::nanoseconds(clock_->to_ns(delay)), {}};
     if (before_task_) {
       run_task_hook(before_task_, info);
       start = detail::ticks_now();
@@ -4593,12 +4600,11 @@ class executor_core {
     run_user(t);
     const detail::tick_t end = detail::ticks_now();
     const detail::tick_t ran = end - start;
-    const std::int64_t ran_ns = clock_->to_ns(ran);
-    if (metrics_) {
-      metrics_->delay.record(delay_ns);
-      metrics_->run.record(ran_ns);
+    if (metrics_) {  // in ticks; stats() scales them
+      metrics_->delay.record(delay);
+      metrics_->run.record(ran);
     }
-    info.run_time = std::chrono::nanoseconds(ran_ns);
+    if (hooks) info.run_time = std::chrono::nanoseconds(clock_->to_ns(ran));
     if (after_task_) run_task_hook(after_task_, info);
     if (long_task_ticks_ != 0 && ran >= long_task_ticks_) {
       const std::size_t depth_after = queue_.size_approx();
@@ -4755,8 +4761,8 @@ class executor_core {
   // Metrics and tracing, fixed at construction.
   struct metrics_state {
     // Written by the owner (run_traced, note_depth), read by stats().
-    detail::latency_histogram delay;  // accepted -> started, ns
-    detail::latency_histogram run;    // started -> returned, ns
+    detail::latency_histogram delay;  // accepted -> started, ticks
+    detail::latency_histogram run;    // started -> returned, ticks
     std::atomic<std::size_t> depth_max{0};
     std::atomic<std::uint64_t> long_tasks{0};
   };
@@ -5229,8 +5235,8 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     s.run_time = std::chrono::nanoseconds(run_ns_.load(std::memory_order_relaxed));  // relaxed: statistic
     if (metrics_) {
       s.metrics = true;
-      s.queue_delay = metrics_->delay.summary();
-      s.task_time = metrics_->run.summary();
+      s.queue_delay = metrics_->delay.summary(clock_->ns_per_tick);
+      s.task_time = metrics_->run.summary(clock_->ns_per_tick);
       s.queue_depth_max = metrics_->depth_max.load(std::memory_order_relaxed);  // relaxed: statistic
       s.long_tasks = metrics_->long_tasks.load(std::memory_order_relaxed);                                // relaxed: statistic
     }

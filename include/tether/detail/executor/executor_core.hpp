@@ -596,10 +596,11 @@ class executor_core {
     // In a batch, the previous task's end (a clock reading saved per task; what the owner did
     // in between - destroying that task, popping this one - counts as this task's).
     detail::tick_t start = chain_ > 0 ? chain_ : detail::ticks_now();
-    const std::int64_t delay_ns = clock_->to_ns(start - ready);
+    const detail::tick_t delay = start - ready;
     task_info info;
     const bool hooks = before_task_ || after_task_ || on_long_task_;
-    if (hooks) info = task_info{trace.where, clock_->to_steady(trace.enqueued), std::chrono::nanoseconds(delay_ns), {}};
+    if (hooks)
+      info = task_info{trace.where, clock_->to_steady(trace.enqueued), std::chrono::nanoseconds(clock_->to_ns(delay)), {}};
     if (before_task_) {
       run_task_hook(before_task_, info);
       start = detail::ticks_now();
@@ -608,12 +609,11 @@ class executor_core {
     run_user(t);
     const detail::tick_t end = detail::ticks_now();
     const detail::tick_t ran = end - start;
-    const std::int64_t ran_ns = clock_->to_ns(ran);
-    if (metrics_) {
-      metrics_->delay.record(delay_ns);
-      metrics_->run.record(ran_ns);
+    if (metrics_) {  // in ticks; stats() scales them
+      metrics_->delay.record(delay);
+      metrics_->run.record(ran);
     }
-    info.run_time = std::chrono::nanoseconds(ran_ns);
+    if (hooks) info.run_time = std::chrono::nanoseconds(clock_->to_ns(ran));
     if (after_task_) run_task_hook(after_task_, info);
     if (long_task_ticks_ != 0 && ran >= long_task_ticks_) {
       const std::size_t depth_after = queue_.size_approx();
@@ -770,8 +770,8 @@ class executor_core {
   // Metrics and tracing, fixed at construction.
   struct metrics_state {
     // Written by the owner (run_traced, note_depth), read by stats().
-    detail::latency_histogram delay;  // accepted -> started, ns
-    detail::latency_histogram run;    // started -> returned, ns
+    detail::latency_histogram delay;  // accepted -> started, ticks
+    detail::latency_histogram run;    // started -> returned, ticks
     std::atomic<std::size_t> depth_max{0};
     std::atomic<std::uint64_t> long_tasks{0};
   };

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 // tether/detail/executor/latency_histogram.hpp - a fixed-size log-linear histogram of durations.
 //
-// What an executor's metrics keep for queue delay and run time: 336 counters over
-// nanoseconds, HdrHistogram's layout with 3 sub-bucket bits - values below 16 ns exactly,
-// then every power of two split into 8 equal buckets, so a bucket is at most 1/8 (12.5 %) of
-// its lower bound wide; values of 2^44 ns (about 4.9 hours) and more share the last bucket.
+// What an executor's metrics keep for queue delay and run time: 336 counters over durations
+// in clock ticks (tick_clock.hpp: the owner records raw tick differences, and summary()
+// scales to nanoseconds - a log-linear layout scales exactly), HdrHistogram's layout with 3
+// sub-bucket bits - values below 16 exactly, then every power of two split into 8 equal
+// buckets, so a bucket is at most 1/8 (12.5 %) of its lower bound wide; values of 2^44 ticks
+// (about 1.6 hours at 3 GHz) and more share the last bucket.
 // Recording is an index computation and three owner-only load + store pairs: no lock, no
 // allocation, no read-modify-write. A percentile is the upper bound of the bucket that holds
 // it (capped at the largest value seen), so it never understates a delay.
@@ -55,16 +57,20 @@ class latency_histogram {
     return lower_bound(i + 1) - 1;
   }
 
-  // Adds one duration in nanoseconds (negative: 0). Writer thread only.
-  void record(std::int64_t ns) noexcept {
-    const std::uint64_t v = ns < 0 ? 0 : static_cast<std::uint64_t>(ns);
+  // Adds one duration in ticks (negative: 0). Writer thread only.
+  void record(std::int64_t ticks) noexcept {
+    const std::uint64_t v = ticks < 0 ? 0 : static_cast<std::uint64_t>(ticks);
     bump(counts_[index_of(v)], 1);
     bump(sum_, v);
     if (v > max_.load(std::memory_order_relaxed)) max_.store(v, std::memory_order_relaxed);  // relaxed: writer-only statistic
   }
 
-  // count, total, p50 / p90 / p99 and max of what was recorded so far. Thread-safe.
-  latency_summary summary() const noexcept {
+  // count, total, p50 / p90 / p99 and max of what was recorded so far, in nanoseconds
+  // (`ns_per_unit`: what one recorded unit is). Thread-safe.
+  latency_summary summary(double ns_per_unit = 1.0) const noexcept {
+    const auto ns = [ns_per_unit](std::uint64_t v) {
+      return std::chrono::nanoseconds(static_cast<std::int64_t>(static_cast<double>(v) * ns_per_unit));
+    };
     std::array<std::uint64_t, bucket_count> c;
     std::uint64_t count = 0;
     for (std::size_t i = 0; i < bucket_count; ++i) {
@@ -73,7 +79,7 @@ class latency_histogram {
     }
     latency_summary s;
     s.count = count;
-    s.total = std::chrono::nanoseconds(static_cast<std::int64_t>(sum_.load(std::memory_order_relaxed)));  // relaxed: statistic
+    s.total = ns(sum_.load(std::memory_order_relaxed));  // relaxed: statistic
     if (count == 0) return s;
     const std::uint64_t max = max_.load(std::memory_order_relaxed);  // relaxed: statistic
     const auto at = [&](std::uint64_t per_mille) {
@@ -87,14 +93,14 @@ class latency_histogram {
       i = std::min(i, bucket_count - 1);
       // A stale max (the writer is between its stores) must not pull the value below its bucket.
       const std::uint64_t cap = std::max(max, lower_bound(i));
-      return std::chrono::nanoseconds(static_cast<std::int64_t>(std::min(upper_bound(i), cap)));
+      return ns(std::min(upper_bound(i), cap));
     };
     s.p50 = at(500);
     s.p90 = at(900);
     s.p99 = at(990);
     std::size_t top = bucket_count - 1;
     while (top > 0 && c[top] == 0) --top;
-    s.max = std::chrono::nanoseconds(static_cast<std::int64_t>(std::max(max, lower_bound(top))));
+    s.max = ns(std::max(max, lower_bound(top)));
     return s;
   }
 
