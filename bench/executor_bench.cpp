@@ -12,6 +12,16 @@
 //       owner that runs a ~100 ns "runtime" function; calls per second (items/s) and the
 //       p50 / p99 latency of one call (counters p50_ns, p99_ns). Every answer is checked.
 //
+//   executor_post/tether_metrics/posters:<1|8>, executor_call/tether_metrics
+//                                     the same with executor_options::metrics on (queue
+//       delay and run time histograms, depth high-water mark; every task traced): what the
+//       metrics cost, beside tether's own figures in the same run.
+//   executor_cost/<tether|tether_metrics>
+//                                     one thread alone (an adopted executor): post 4096 small
+//       tasks, then run them with try_run(); time per round, and per task the counters
+//       task_ns = post_ns + run_ns. No cross-core traffic: the CPU cost of the metrics, which the threaded
+//       runs above only show through the noise of a shared machine.
+//
 // Flag: --symmetric_fences (an experiment; see main()).
 //
 // Implementations: tether (tether::executor), asio (asio::io_context with a work guard and
@@ -51,6 +61,21 @@ using clock_type = std::chrono::steady_clock;
 struct tether_impl {
   static constexpr const char* name = "tether";
   tether::executor ex{{.name = "bench-owner"}};
+
+  template <class F>
+  void post(F&& f) {
+    (void)ex.post(std::forward<F>(f));
+  }
+  template <class F>
+  auto call(F&& f) {
+    return ex.call(std::forward<F>(f));
+  }
+};
+
+// tether with metrics on.
+struct tether_metrics_impl {
+  static constexpr const char* name = "tether_metrics";
+  tether::executor ex{{.name = "bench-owner", .metrics = true}};
 
   template <class F>
   void post(F&& f) {
@@ -210,6 +235,31 @@ void run_call(benchmark::State& state, const std::string& run) {
   if (wrong) fail(state, run, "a call returned the wrong answer");
 }
 
+// ---- executor_cost ---------------------------------------------------------------------------
+
+void run_cost(benchmark::State& state, bool metrics) {
+  constexpr int tasks = 4096;
+  tether::executor ex{tether::adopt_current_thread, {.name = "cost", .metrics = metrics}};
+  std::uint64_t sum = 0;
+  double post_ns = 0, run_ns = 0;
+  for (auto _ : state) {
+    const auto t0 = clock_type::now();
+    for (int i = 0; i < tasks; ++i) (void)ex.post([&sum, i] { sum += static_cast<std::uint64_t>(i); });
+    const auto t1 = clock_type::now();
+    ex.try_run();
+    const auto t2 = clock_type::now();
+    post_ns += std::chrono::duration<double, std::nano>(t1 - t0).count();
+    run_ns += std::chrono::duration<double, std::nano>(t2 - t1).count();
+    state.SetIterationTime(std::chrono::duration<double>(t2 - t0).count());
+  }
+  benchmark::DoNotOptimize(sum);
+  const double n = static_cast<double>(state.iterations()) * tasks;
+  state.counters["post_ns"] = post_ns / n;
+  state.counters["run_ns"] = run_ns / n;
+  state.counters["task_ns"] = (post_ns + run_ns) / n;
+  state.SetItemsProcessed(static_cast<std::int64_t>(n));
+}
+
 // ---- sessions --------------------------------------------------------------------------------
 
 // ~100 ns of work standing in for one call into a confined runtime.
@@ -294,8 +344,30 @@ void register_impl() {
   }
 }
 
+// Metrics on: only the runs the off / on comparison needs.
+void register_metrics() {
+  using Impl = tether_metrics_impl;
+  const std::string impl = Impl::name;
+  for (int posters : {1, 8}) {
+    const std::string run = "executor_post/" + impl + "/posters:" + std::to_string(posters);
+    benchmark::RegisterBenchmark(run.c_str(), [run, posters](benchmark::State& s) { run_post<Impl>(s, run, posters); })
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  const std::string run = "executor_call/" + impl;
+  benchmark::RegisterBenchmark(run.c_str(), [run](benchmark::State& s) { run_call<Impl>(s, run); })
+      ->UseRealTime()
+      ->Unit(benchmark::kNanosecond);
+  for (const bool metrics : {false, true})
+    benchmark::RegisterBenchmark(metrics ? "executor_cost/tether_metrics" : "executor_cost/tether",
+                                 [metrics](benchmark::State& s) { run_cost(s, metrics); })
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
+}
+
 void register_all() {
   register_impl<tether_impl>();
+  register_metrics();
 #if defined(TETHER_BENCH_HAVE_ASIO)
   register_impl<asio_impl>();
 #endif

@@ -9,6 +9,7 @@
 #include "tether/errors.hpp"
 #include "tether/executor.hpp"
 #include "tether/executor_options.hpp"
+#include "tether/executor_stats.hpp"
 #include "tether/fd_source.hpp"
 #include "tether/mpsc_queue.hpp"
 #include "tether/receiver.hpp"

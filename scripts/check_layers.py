@@ -6,7 +6,7 @@ The stack, bottom to top (a header may include its own level and the levels unde
   0 platform   result.hpp errors.hpp version.hpp detail/platform/
   1 wait       detail/wait/
   2 queue      mpsc_queue.hpp bounded_mpsc_queue.hpp receiver.hpp detail/queue/
-  3 executor   executor.hpp executor_options.hpp confined.hpp context_guard.hpp
+  3 executor   executor.hpp executor_options.hpp executor_stats.hpp confined.hpp context_guard.hpp
                thread_checker.hpp detail/executor/
   4 channel, select   channel.hpp select.hpp fd_source.hpp detail/channel/ detail/select/
   5 router     router.hpp router_messages.hpp detail/router/
@@ -25,7 +25,7 @@ LEVELS = [
     ("wait", ["tether/detail/wait/"]),
     ("queue", ["tether/mpsc_queue.hpp", "tether/bounded_mpsc_queue.hpp", "tether/receiver.hpp",
                "tether/detail/queue/"]),
-    ("executor", ["tether/executor.hpp", "tether/executor_options.hpp", "tether/confined.hpp",
+    ("executor", ["tether/executor.hpp", "tether/executor_options.hpp", "tether/executor_stats.hpp", "tether/confined.hpp",
                   "tether/context_guard.hpp", "tether/thread_checker.hpp", "tether/detail/executor/"]),
     ("channel/select", ["tether/channel.hpp", "tether/select.hpp", "tether/fd_source.hpp", "tether/detail/channel/",
                         "tether/detail/select/"]),

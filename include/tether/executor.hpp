@@ -54,6 +54,7 @@
 #include "detail/executor/timer_heap.hpp"
 #include "errors.hpp"
 #include "executor_options.hpp"
+#include "executor_stats.hpp"
 #include "result.hpp"
 
 namespace tether {
@@ -175,21 +176,32 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   executor& operator=(const executor&) = delete;
 
   // ---- handing work over (any thread) ------------------------------------------------------
+  //
+  // Each takes a last, defaulted `loc` (tether::source_location::current(): the caller's
+  // line; std::source_location where the standard library has it).
+  // With tracing on (executor_options::metrics, a task hook or long_task_threshold) the task
+  // carries it, with the time it was accepted, to the hooks and long-task reports; otherwise
+  // it is ignored and the task is queued exactly as without it.
 
   // Queues f to run on the owner: ok; closed once stopped (f is then not moved from). Never
   // blocks. Thread-safe.
   template <class F>
-  push_result post(F&& f) {
-    if (!queue_.emplace(std::forward<F>(f))) return status::closed;
+  push_result post(F&& f, const source_location& loc = source_location::current()) {
+    if (!tracing_) [[likely]] {
+      if (!queue_.emplace(std::forward<F>(f))) return status::closed;
+    } else if (!emplace_traced<std::decay_t<F>>(loc, std::forward<F>(f))) {
+      return status::closed;
+    }
     after_push();
     return status::ok;
   }
 
   // On the owner thread: runs f now (exceptions propagate to the caller), ok. Elsewhere:
   // post(f). closed once stopped (f not moved from). Thread-safe.
+  // Inline runs are not traced (they never wait in the queue).
   template <class F>
-  push_result dispatch(F&& f) {
-    if (!running_in_this_thread()) return post(std::forward<F>(f));
+  push_result dispatch(F&& f, const source_location& loc = source_location::current()) {
+    if (!running_in_this_thread()) return post(std::forward<F>(f), loc);
     if (is_stopped()) return status::closed;
     run_inline<void>([&] { std::invoke(std::forward<F>(f)); });
     return status::ok;
@@ -198,13 +210,15 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   // Queues f; the future receives its result or exception, or executor_stopped if stop(cancel)
   // destroys it unrun. Throws executor_stopped once stopped. Never blocks. Thread-safe.
   template <class F>
-  auto submit(F&& f) -> std::future<std::invoke_result_t<std::decay_t<F>>> {
+  auto submit(F&& f, const source_location& loc = source_location::current())
+      -> std::future<std::invoke_result_t<std::decay_t<F>>> {
     using R = std::invoke_result_t<std::decay_t<F>>;
+    using job = submit_job<std::decay_t<F>, R>;
     std::promise<R> promise;
     std::future<R> future = promise.get_future();
-    if (!queue_.emplace(std::in_place_type<submit_job<std::decay_t<F>, R>>, core(), std::forward<F>(f),
-                        std::move(promise)))
-      throw executor_stopped(refusal("submit()"));
+    const push_result ok = !tracing_ ? queue_.emplace(std::in_place_type<job>, core(), std::forward<F>(f), std::move(promise))
+                              : emplace_traced<job>(loc, core(), std::forward<F>(f), std::move(promise));
+    if (!ok) throw executor_stopped(refusal("submit()"));
     after_push();
     return future;
   }
@@ -213,9 +227,9 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   // f runs inline. Elsewhere the caller blocks: f is used in place (not copied), the result
   // comes back through a slot on the caller's stack. Throws deadlock_error instead of
   // blocking when the wait would close a cycle; executor_stopped once stopped or if
-  // stop(cancel) destroys the call unrun. Thread-safe.
+  // stop(cancel) destroys the call unrun. Inline calls are not traced. Thread-safe.
   template <class F>
-  std::invoke_result_t<F&&> call(F&& f) {
+  std::invoke_result_t<F&&> call(F&& f, const source_location& loc = source_location::current()) {
     using R = std::invoke_result_t<F&&>;
     if (running_in_this_thread()) {
       if (is_stopped()) throw executor_stopped(refusal("call()"));
@@ -232,8 +246,9 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
           : n(c), alone(c.fetch_add(1, std::memory_order_relaxed) == 0) {}  // relaxed: a hint, publishes nothing
       ~in_flight() { n.fetch_sub(1, std::memory_order_relaxed); }           // relaxed: as above
     } caller{callers_};
-    if (!queue_.emplace(std::in_place_type<call_job<F, R>>, core(), std::addressof(f), &slot))
-      throw executor_stopped(refusal("call()"));
+    const push_result ok = !tracing_ ? queue_.emplace(std::in_place_type<call_job<F, R>>, core(), std::addressof(f), &slot)
+                              : emplace_traced<call_job<F, R>>(loc, core(), std::addressof(f), &slot);
+    if (!ok) throw executor_stopped(refusal("call()"));
     const bool owner_was_asleep = after_push();
     // Spin first only for a lone caller with nothing queued ahead and an owner that was
     // awake: otherwise the answer is at least a task or a wake-up away, and spinning callers
@@ -252,15 +267,20 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   // executor's on_error as executor_stopped. An exception from reply goes to reply_to's
   // on_error; a reply destroyed unrun by reply_to's stop(cancel) counts in its
   // stats().tasks_cancelled. Never blocks. Thread-safe.
+  // The reply carries `loc` too (to reply_to's hooks, if it traces).
   template <class F, class G>
-  push_result post_and_reply(F&& task, executor& reply_to, G&& reply) {
+  push_result post_and_reply(F&& task, executor& reply_to, G&& reply,
+                             const source_location& loc = source_location::current()) {
     using R = std::decay_t<std::invoke_result_t<std::decay_t<F>>>;
     static_assert(std::is_invocable_v<std::decay_t<G>&&, task_result<R>&&>,
                   "tether: post_and_reply(task, reply_to, reply): reply must accept a tether::task_result<R>");
+    using job = reply_job<std::decay_t<F>, std::decay_t<G>, R>;
     if (reply_to.is_stopped()) return status::closed;
-    if (!queue_.emplace(std::in_place_type<reply_job<std::decay_t<F>, std::decay_t<G>, R>>, this,
-                        reply_to.gate_, std::forward<F>(task), std::forward<G>(reply)))
-      return status::closed;
+    const push_result ok = !tracing_ ? queue_.emplace(std::in_place_type<job>, this, reply_to.gate_, std::forward<F>(task),
+                                               std::forward<G>(reply), loc)
+                              : emplace_traced<job>(loc, this, reply_to.gate_, std::forward<F>(task),
+                                                    std::forward<G>(reply), loc);
+    if (!ok) return status::closed;
     after_push();
     return status::ok;
   }
@@ -269,20 +289,28 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   // never, until cancelled or stopped). The owner parks until the earliest deadline.
   // Delayed tasks with equal deadlines run in posting order. If the executor is stopped the
   // handle reports timer_status::stopped at once. Thread-safe.
+  // A delayed task's queue delay counts from its deadline.
   template <class Clock, class Duration, class F>
-  timer_handle post_at(const std::chrono::time_point<Clock, Duration>& when, F&& f) {
+  timer_handle post_at(const std::chrono::time_point<Clock, Duration>& when, F&& f,
+                       const source_location& loc = source_location::current()) {
     // The state first and the callable last: a std::bad_alloc leaves f with the caller.
     auto state = std::make_shared<detail::timer_state>(detail::to_steady(when));
-    if (queue_.emplace(detail::internal_task, std::in_place_type<timer_registration<std::decay_t<F>>>, core(), state,
-                       std::forward<F>(f)))
+    using plain = timer_registration<std::decay_t<F>>;
+    using traced = timer_registration<detail::traced_job<std::decay_t<F>>>;
+    const push_result ok =
+        !tracing_ ? queue_.emplace(detail::internal_task, std::in_place_type<plain>, core(), state, std::forward<F>(f))
+                  : queue_.emplace(detail::internal_task, std::in_place_type<traced>, core(), state,
+                                   detail::task_trace{detail::ticks_now(), loc}, std::forward<F>(f));
+    if (ok)
       after_push();
     else
       state->try_transition(detail::timer_phase::stopped);  // refused: f untouched
     return timer_handle(std::move(state));
   }
   template <class Rep, class Period, class F>
-  timer_handle post_after(const std::chrono::duration<Rep, Period>& delay, F&& f) {
-    return post_at(detail::deadline_after(delay), std::forward<F>(f));
+  timer_handle post_after(const std::chrono::duration<Rep, Period>& delay, F&& f,
+                          const source_location& loc = source_location::current()) {
+    return post_at(detail::deadline_after(delay), std::forward<F>(f), loc);
   }
 
   // ---- the run family: driving an adopting executor (its owner thread) ------------------------
@@ -393,6 +421,13 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       s.wait_time += std::chrono::duration_cast<std::chrono::nanoseconds>(
           std::max(clock::duration(0), clock::now().time_since_epoch() - clock::duration(since)));
     s.run_time = std::chrono::nanoseconds(run_ns_.load(std::memory_order_relaxed));  // relaxed: statistic
+    if (metrics_) {
+      s.metrics = true;
+      s.queue_delay = metrics_->delay.summary(clock_->ns_per_tick);
+      s.task_time = metrics_->run.summary(clock_->ns_per_tick);
+      s.queue_depth_max = metrics_->depth_max.load(std::memory_order_relaxed);  // relaxed: statistic
+      s.long_tasks = metrics_->long_tasks.load(std::memory_order_relaxed);                                // relaxed: statistic
+    }
     return s;
   }
 
@@ -411,7 +446,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   struct reply_gate {
     explicit reply_gate(executor* e) noexcept : ex(e) {}
     template <class F>
-    push_result post(F&& f) {
+    push_result post(F&& f, const source_location& loc) {
       struct inside {
         std::atomic<std::uint32_t>& s;
         ~inside() {
@@ -421,7 +456,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       const std::uint32_t before = state.fetch_add(2, std::memory_order_seq_cst);
       inside guard{state};
       if (before & 1) return status::closed;
-      return ex->post(std::forward<F>(f));
+      return ex->post(std::forward<F>(f), loc);
     }
     void close() noexcept {
       state.fetch_or(1, std::memory_order_seq_cst);
@@ -438,10 +473,11 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   template <class F, class G, class R>
   struct reply_job {
     template <class F2, class G2>
-    reply_job(executor* from, std::shared_ptr<reply_gate> to, F2&& f, G2&& g)
-        : fn(std::forward<F2>(f)), rep(std::forward<G2>(g)), gate(std::move(to)), ex(from) {}
+    reply_job(executor* from, std::shared_ptr<reply_gate> to, F2&& f, G2&& g, const source_location& l)
+        : fn(std::forward<F2>(f)), rep(std::forward<G2>(g)), gate(std::move(to)), ex(from), loc(l) {}
     reply_job(reply_job&& o) noexcept(std::is_nothrow_move_constructible_v<F> && std::is_nothrow_move_constructible_v<G>)
-        : fn(std::move(o.fn)), rep(std::move(o.rep)), gate(std::move(o.gate)), ex(o.ex), pending(std::exchange(o.pending, false)) {}
+        : fn(std::move(o.fn)), rep(std::move(o.rep)), gate(std::move(o.gate)), ex(o.ex), loc(o.loc),
+          pending(std::exchange(o.pending, false)) {}
     void operator()() {
       pending = false;
       deliver(outcome());
@@ -467,7 +503,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       }
     }
     void deliver(task_result<R>&& r) {
-      if (!gate->post([g = std::move(rep), r = std::move(r)]() mutable { std::invoke(std::move(g), std::move(r)); }))
+      if (!gate->post([g = std::move(rep), r = std::move(r)]() mutable { std::invoke(std::move(g), std::move(r)); }, loc))
         throw executor_stopped(std::string("tether: post_and_reply() on executor '") + ex->name_or_unnamed() +
                                "': the reply executor was stopped or destroyed before the reply could be posted");
     }
@@ -475,6 +511,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     G rep;
     std::shared_ptr<reply_gate> gate;
     executor* ex;
+    source_location loc;  // the caller of post_and_reply(), for the reply's trace
     bool pending = true;
   };
 

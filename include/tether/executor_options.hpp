@@ -7,7 +7,8 @@
 //                        .on_error = [](std::exception_ptr e) { log(e); }}};
 //
 // The vocabulary of executor.hpp: the adopt_current_thread tag, stop modes, executor_options,
-// the task_view an around_task wrapper receives, executor_stats and timer_status.
+// the task_view an around_task wrapper receives and timer_status; executor_stats and the
+// records the tracing hooks receive are in executor_stats.hpp (included).
 //
 // Who may call what: plain values; any thread. A task_view - the owner thread, inside
 // around_task, exactly once.
@@ -23,6 +24,7 @@
 #include <string>
 
 #include "detail/executor/task.hpp"
+#include "executor_stats.hpp"
 
 namespace tether {
 
@@ -67,17 +69,23 @@ struct executor_options {
   // process terminates. An exception it throws leaves run() (or terminates the own thread).
   std::function<void(std::exception_ptr)> on_error{};
   bool wake_fd = false;  // export a descriptor readable while tasks are pending (wake_fd())
-};
 
-// Snapshot of an executor's counters; every field may be stale (relaxed reads).
-struct executor_stats {
-  std::uint64_t tasks_posted = 0;     // approx: run + cancelled + queued + delayed pending
-  std::uint64_t tasks_run = 0;
-  std::uint64_t tasks_cancelled = 0;  // destroyed unrun by stop(cancel), or delayed and stopped / failed
-  std::size_t queue_depth = 0;        // approx
-  std::size_t timers_pending = 0;     // delayed tasks waiting for their deadline
-  std::chrono::nanoseconds wait_time{0};  // owner parked, waiting for work
-  std::chrono::nanoseconds run_time{0};   // owner running tasks
+  // ---- metrics and tracing (docs/executor.md, "Metrics and tracing") ----
+  // Record queue delay and run time histograms, the queue depth high-water mark and long
+  // tasks, for stats(). Off: the task path is exactly the untraced one.
+  bool metrics = false;
+  // Tracing is on when metrics is, or any of the task hooks or long_task_threshold below is
+  // set: each task then carries where it was posted from and when. The hooks run on the owner thread,
+  // with no lock held; an exception from one goes to on_error.
+  std::function<void(const task_info&)> before_task{};  // just before the task (run_time 0)
+  std::function<void(const task_info&)> after_task{};   // just after it returned or threw
+  // Tasks that ran for long_task_threshold or longer (zero: never) are counted in
+  // stats().long_tasks and passed to on_long_task (if set).
+  std::chrono::nanoseconds long_task_threshold{0};
+  std::function<void(const long_task_report&)> on_long_task{};
+  // The owner thread is about to park (nothing to run) / has woken up. Need no tracing.
+  std::function<void()> on_park{};
+  std::function<void()> on_unpark{};
 };
 
 // What became of a delayed task (timer_handle::status()). failed: the owner could not

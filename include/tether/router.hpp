@@ -126,7 +126,7 @@ class router {
   // Factory: callable with a subshell_id, returning a handler of either form (see the banner).
   template <class Factory>
   router(executor& parent, Factory factory, router_options options = {})
-      : engine_(parent, make_factory(std::move(factory)), std::move(options.name)) {}
+      : engine_(parent, make_factory(std::move(factory)), std::move(options.name), options.subshell_metrics) {}
 
   router(const router&) = delete;
   router& operator=(const router&) = delete;

@@ -356,6 +356,10 @@ struct subshell_stats {
   std::uint64_t replied = 0;   // answered: reply sent and handler returned (or never run)
   std::uint64_t failed = 0;    // of those, answered with an error
   bool busy = false;           // a handler is running right now
+  // Its executor's stats() (for the parent: the parent executor's). Queue delay, run time
+  // and the depth high-water mark need metrics on that executor: router_options::
+  // subshell_metrics for children, the parent's own executor_options::metrics.
+  executor_stats executor{};
   std::uint64_t pending() const noexcept { return accepted - replied; }
 };
 
@@ -370,6 +374,7 @@ struct control_reply {
 
 struct router_options {
   std::string name = "router";  // the router thread's name, in every error message
+  bool subshell_metrics = false;  // child subshells' executors record metrics (subshell_stats::executor)
 };
 
 }  // namespace tether

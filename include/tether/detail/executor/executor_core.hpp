@@ -18,7 +18,8 @@
 // exchange synchronizes with every producer whose set came before it (their tasks are
 // visible to the owner's re-scan) and every later producer sees the clear and signals again.
 // The deferred-destroy stack (defer_destroy) is seq_cst throughout, like asleep_.
-// Statistics are relaxed counters written only by the owner.
+// Statistics are relaxed counters written only by the owner; so are the metrics (histograms,
+// depth high-water mark, long tasks), which any thread reads through stats().
 #pragma once
 
 #include <algorithm>
@@ -50,6 +51,8 @@
 #include "task.hpp"
 #include "../platform/thread_record.hpp"
 #include "timer_heap.hpp"
+#include "latency_histogram.hpp"
+#include "../platform/tick_clock.hpp"
 #include "../platform/wake_fd.hpp"
 
 namespace tether::detail {
@@ -94,7 +97,19 @@ class executor_core {
         on_stop_(std::move(o.on_stop)),
         around_task_(std::move(o.around_task)),
         on_error_(std::move(o.on_error)),
-        fd_(o.wake_fd ? std::make_unique<detail::wake_fd>() : nullptr) {}
+        fd_(o.wake_fd ? std::make_unique<detail::wake_fd>() : nullptr),
+        tracing_(o.metrics || o.before_task || o.after_task || o.on_long_task || o.long_task_threshold.count() > 0),
+        clock_(tracing_ ? &detail::tick_clock() : nullptr),
+        metrics_(o.metrics ? std::make_unique<metrics_state>() : nullptr),
+        before_task_(std::move(o.before_task)),
+        after_task_(std::move(o.after_task)),
+        on_long_task_(std::move(o.on_long_task)),
+        on_park_(std::move(o.on_park)),
+        on_unpark_(std::move(o.on_unpark)),
+        long_task_ticks_(o.long_task_threshold.count() > 0
+                             ? std::max<detail::tick_t>(1, clock_->from_ns(o.long_task_threshold.count()))
+                             : 0),
+        depth_sample_ticks_(tracing_ ? clock_->from_ns(depth_sample_ns) : 0) {}
 
   // ---- identity ----------------------------------------------------------------------------
 
@@ -174,9 +189,9 @@ class executor_core {
   // silently: its handle reads failed and its callable is destroyed here, on the owner.
   template <class F>
   struct timer_registration {
-    template <class G>
-    timer_registration(executor_core* e, std::shared_ptr<detail::timer_state> s, G&& g)
-        : ex(e), state(std::move(s)), fn(std::forward<G>(g)) {}
+    template <class... G>
+    timer_registration(executor_core* e, std::shared_ptr<detail::timer_state> s, G&&... g)
+        : ex(e), state(std::move(s)), fn(std::forward<G>(g)...) {}
     timer_registration(timer_registration&& o) noexcept(std::is_nothrow_move_constructible_v<F>)
         : ex(o.ex), state(std::move(o.state)), fn(std::move(o.fn)) {}
     executor_core* ex;
@@ -200,6 +215,14 @@ class executor_core {
   };
 
   // ---- producer side -------------------------------------------------------------------------
+
+  // Tracing on: queues Job (built from args) inside a traced_job stamped now, from `where`.
+  // closed once stopped (args untouched).
+  template <class Job, class... Args>
+  push_result emplace_traced(const source_location& where, Args&&... args) {
+    return queue_.emplace(std::in_place_type<detail::traced_job<Job>>, detail::task_trace{detail::ticks_now(), where},
+                          std::forward<Args>(args)...);
+  }
 
   // Returns true if the owner was asleep and this push woke it: its answer is then at least
   // a wake-up away.
@@ -341,7 +364,9 @@ class executor_core {
   //      queue shows work. While raised, producers flip it; the spin phase catches most.
   bool idle_until(detail::steady_time until, std::size_t& ran) {
     if (queue_.size_approx() != 0) {
+      if (on_park_) run_hook(on_park_);
       pop_result<detail::task> r = queue_.pop_until(until);
+      if (on_unpark_) run_hook(on_unpark_);
       if (r) {
         const auto t1 = clock::now();
         ran += run_item(*r);
@@ -365,6 +390,7 @@ class executor_core {
     if (woken_at_.load(std::memory_order_relaxed) != 0)  // relaxed: a heuristic's input
       woken_at_.store(0, std::memory_order_relaxed);      // relaxed: as above
     if (raise_at == 0) asleep_.store(true, std::memory_order_seq_cst);  // [EA1]
+    if (on_park_) run_hook(on_park_);
     const auto t0 = clock::now();
     const bool woken = detail::park(
         owner_wait_,
@@ -382,6 +408,7 @@ class executor_core {
     const clock::rep woke = woken_at_.load(std::memory_order_relaxed);  // relaxed: as above
     const auto end = woke != 0 ? clock::time_point(clock::duration(woke)) : clock::now();
     spin_when_idle_ = end - t0 < short_idle;
+    if (on_unpark_) run_hook(on_unpark_);
     return woken;
   }
 
@@ -400,6 +427,13 @@ class executor_core {
     const std::size_t limit = std::min(batch, max_user);
     std::size_t ran = 0;
     clock::time_point t0{};
+    if (metrics_) note_depth(queue_.size_approx());  // once per batch: the tail's line is the producers'
+    // Inside a batch a traced task starts when the one before it ended (run_traced).
+    struct batch_scope {
+      detail::tick_t& chain;
+      batch_scope(detail::tick_t& c) noexcept : chain(c) { chain = 0; }
+      ~batch_scope() { chain = no_chain; }
+    } scope{chain_};
     const std::size_t taken = queue_.try_pop_each(
         [&](detail::task&& t) {
           if (t0 == clock::time_point{}) t0 = clock::now();
@@ -438,7 +472,10 @@ class executor_core {
       add(cancelled_, 1);
       return 0;
     }
-    run_user(t);
+    if (tracing_) [[unlikely]]
+      run_traced(t, 0);
+    else
+      run_user(t);
     add(ran_, 1);
     return 1;
   }
@@ -451,7 +488,10 @@ class executor_core {
       std::shared_ptr<detail::timer_state> t = timers_.pop_due(now);
       if (!t) break;
       if (t->try_transition(detail::timer_phase::running)) {
-        run_user(t->fn);
+        if (tracing_) [[unlikely]]
+          run_traced(t->fn, clock_->from_steady(t->when));
+        else
+          run_user(t->fn);
         t->phase.store(detail::timer_phase::ran, std::memory_order_release);  // release: pairs with status()
         add(ran_, 1);
         ++n;
@@ -469,7 +509,10 @@ class executor_core {
     const auto now = clock::now();
     for (std::shared_ptr<detail::timer_state>& t : timers_.take_all()) {
       if (!cancelled && t->when <= now && t->try_transition(detail::timer_phase::running)) {
-        run_user(t->fn);
+        if (tracing_) [[unlikely]]
+          run_traced(t->fn, clock_->from_steady(t->when));
+        else
+          run_user(t->fn);
         t->phase.store(detail::timer_phase::ran, std::memory_order_release);  // release: pairs with status()
         add(ran_, 1);
       } else if (t->try_transition(detail::timer_phase::stopped)) {
@@ -531,6 +574,78 @@ class executor_core {
     // Acquire pairs with every [EW1] before it (their tasks are visible to our re-scan);
     // release lets later producers see the clear, so they signal after our arm.
     return wake_pending_.exchange(false, std::memory_order_acq_rel);  // [EW2] acq_rel: pairs with [EW1]
+  }
+
+  // Tracing on: runs a user task as run_user() does, timing it and calling the task hooks.
+  // `due`: a delayed task's deadline (its queue delay counts from then), else 0.
+  //
+  // Outline:
+  //   1. copy the trace (the task's storage is moved from once it runs), stamp the start;
+  //   2. before_task (then re-stamp: the hook's time is not the task's);
+  //   3. run it; stamp the end; record delay and run time in the histograms;
+  //   4. after_task; a long task is counted, its queue depth sampled and reported; a task
+  //      of depth_sample_ns or more samples the depth for the high-water mark.
+  void run_traced(detail::task& t, detail::tick_t due) {
+    const detail::task_trace* tr = t.trace();
+    if (tr == nullptr) {  // not stamped (a task queued as such): nothing to measure
+      run_user(t);
+      return;
+    }
+    const detail::task_trace trace = *tr;
+    const detail::tick_t ready = std::max(trace.enqueued, due);
+    // In a batch, the previous task's end (a clock reading saved per task; what the owner did
+    // in between - destroying that task, popping this one - counts as this task's).
+    detail::tick_t start = chain_ > 0 ? chain_ : detail::ticks_now();
+    const detail::tick_t delay = start - ready;
+    task_info info;
+    const bool hooks = before_task_ || after_task_ || on_long_task_;
+    if (hooks)
+      info = task_info{trace.where, clock_->to_steady(trace.enqueued), std::chrono::nanoseconds(clock_->to_ns(delay)), {}};
+    if (before_task_) {
+      run_task_hook(before_task_, info);
+      start = detail::ticks_now();
+    }
+    const std::size_t depth_before = on_long_task_ ? queue_.size_approx() : 0;
+    run_user(t);
+    const detail::tick_t end = detail::ticks_now();
+    const detail::tick_t ran = end - start;
+    if (metrics_) {  // in ticks; stats() scales them
+      metrics_->delay.record(delay);
+      metrics_->run.record(ran);
+    }
+    if (hooks) info.run_time = std::chrono::nanoseconds(clock_->to_ns(ran));
+    if (after_task_) run_task_hook(after_task_, info);
+    if (long_task_ticks_ != 0 && ran >= long_task_ticks_) {
+      const std::size_t depth_after = queue_.size_approx();
+      if (metrics_) {
+        note_depth(depth_after);
+        add(metrics_->long_tasks, 1);
+      }
+      if (on_long_task_) {
+        try {
+          on_long_task_(long_task_report{info, depth_before, depth_after});
+        } catch (...) {
+          report_current_exception();
+        }
+      }
+    } else if (metrics_ && ran >= depth_sample_ticks_) {
+      note_depth(queue_.size_approx());
+    }
+    if (chain_ != no_chain) chain_ = hooks ? detail::ticks_now() : end;  // the hooks' time is not the next task's
+  }
+
+  void run_task_hook(const std::function<void(const task_info&)>& hook, const task_info& info) {
+    try {
+      hook(info);
+    } catch (...) {
+      report_current_exception();
+    }
+  }
+
+  // Raises the depth high-water mark. Owner only.
+  void note_depth(std::size_t depth) noexcept {
+    if (depth > metrics_->depth_max.load(std::memory_order_relaxed))   // relaxed: owner-only statistic
+      metrics_->depth_max.store(depth, std::memory_order_relaxed);     // relaxed: as above
   }
 
   // Runs a user task through around_task; exceptions go to the error policy.
@@ -652,6 +767,33 @@ class executor_core {
   const std::function<void(task_view)> around_task_;
   const std::function<void(std::exception_ptr)> on_error_;
   const std::unique_ptr<detail::wake_fd> fd_;
+  // Metrics and tracing, fixed at construction.
+  struct metrics_state {
+    // Written by the owner (run_traced, note_depth), read by stats().
+    detail::latency_histogram delay;  // accepted -> started, ticks
+    detail::latency_histogram run;    // started -> returned, ticks
+    std::atomic<std::size_t> depth_max{0};
+    std::atomic<std::uint64_t> long_tasks{0};
+  };
+  // A task this long (or longer) makes the owner sample the queue depth after it: a backlog
+  // worth recording builds up while the owner is busy, and one cross-core read per 10 us of
+  // work costs nothing measurable.
+  static constexpr std::int64_t depth_sample_ns = 10'000;
+  const bool tracing_;                             // tasks carry a task_trace
+  const detail::tick_calibration* const clock_;    // set when tracing_
+  const std::unique_ptr<metrics_state> metrics_;   // set with executor_options::metrics
+  const std::function<void(const task_info&)> before_task_;
+  const std::function<void(const task_info&)> after_task_;
+  const std::function<void(const long_task_report&)> on_long_task_;
+  const std::function<void()> on_park_;
+  const std::function<void()> on_unpark_;
+  const detail::tick_t long_task_ticks_;     // 0: no threshold
+  const detail::tick_t depth_sample_ticks_;
+  // Owner only: inside run_ready(), the end of the last traced task of the batch (0: none
+  // yet); no_chain outside a batch.
+  static constexpr detail::tick_t no_chain = -1;
+  detail::tick_t chain_ = no_chain;
+
   detail::thread_record* owner_record_ = nullptr;  // set once by the constructor
   std::uint64_t owner_serial_ = 0;                 // set once by the constructor
 

@@ -10,6 +10,10 @@
 // A task may be marked internal (executor bookkeeping, e.g. "insert this timer"): the
 // executor runs it without the user's around_task wrapper and does not count it.
 //
+// A task may carry a trace (traced_job<F>: where it was posted from and when), which the
+// executor reads through trace() when tracing is on; a plain task is the same 64 bytes, and
+// only the static table of a traced callable says where its trace is.
+//
 // Who may call what: a task is a value; one thread at a time.
 // Memory ordering: none (no shared state).
 #pragma once
@@ -21,7 +25,32 @@
 #include <type_traits>
 #include <utility>
 
+#include "../platform/source_location.hpp"
+#include "../platform/tick_clock.hpp"
+
 namespace tether::detail {
+
+// Where and when a traced task was accepted.
+struct task_trace {
+  tick_t enqueued;              // tick_clock reading at post time
+  source_location where;   // the caller of post / submit / call / ...
+};
+
+// A callable with its trace; what a tracing executor queues instead of the callable alone.
+template <class F>
+struct traced_job {
+  template <class... Args>
+  explicit traced_job(const task_trace& t, Args&&... args) : trace(t), fn(std::forward<Args>(args)...) {}
+  traced_job(traced_job&&) = default;
+  void operator()() { std::invoke(std::move(fn)); }
+  task_trace trace;
+  F fn;
+};
+
+template <class F>
+inline constexpr bool is_traced_job = false;
+template <class F>
+inline constexpr bool is_traced_job<traced_job<F>> = true;
 
 struct internal_task_t {
   explicit internal_task_t() = default;
@@ -81,6 +110,11 @@ class task {
   bool is_internal() const noexcept { return ops_ != nullptr && ops_->internal; }
   bool is_inline() const noexcept { return ops_ != nullptr && ops_->inline_storage; }
 
+  // The callable's trace; nullptr unless it is a traced_job.
+  const task_trace* trace() const noexcept {
+    return ops_ != nullptr && ops_->trace != nullptr ? ops_->trace(buffer_) : nullptr;
+  }
+
   // Runs the callable (at most once). Precondition: not empty.
   void operator()() { ops_->invoke(buffer_); }
 
@@ -98,9 +132,16 @@ class task {
     void (*invoke)(void* buffer);
     void (*relocate)(void* from, void* to) noexcept;  // move-construct into `to`, destroy `from`
     void (*destroy)(void* buffer) noexcept;
+    const task_trace* (*trace)(const void* buffer) noexcept;  // nullptr: not traced
     bool internal;
     bool inline_storage;
   };
+
+  template <class F, class Ops>
+  static constexpr auto trace_fn() noexcept -> const task_trace* (*)(const void*) noexcept {
+    if constexpr (is_traced_job<F>) return &Ops::trace;
+    else return nullptr;
+  }
 
   template <class F, bool Internal>
   struct inline_ops {
@@ -111,7 +152,10 @@ class task {
       get(from)->~F();
     }
     static void destroy(void* b) noexcept { get(b)->~F(); }
-    static constexpr ops table{&invoke, &relocate, &destroy, Internal, true};
+    static const task_trace* trace(const void* b) noexcept {
+      return &std::launder(static_cast<const F*>(b))->trace;
+    }
+    static constexpr ops table{&invoke, &relocate, &destroy, trace_fn<F, inline_ops>(), Internal, true};
   };
 
   template <class F, bool Internal>
@@ -120,7 +164,10 @@ class task {
     static void invoke(void* b) { std::invoke(std::move(*get(b))); }
     static void relocate(void* from, void* to) noexcept { ::new (to) F*(get(from)); }
     static void destroy(void* b) noexcept { delete get(b); }
-    static constexpr ops table{&invoke, &relocate, &destroy, Internal, false};
+    static const task_trace* trace(const void* b) noexcept {
+      return &(*std::launder(static_cast<F* const*>(b)))->trace;
+    }
+    static constexpr ops table{&invoke, &relocate, &destroy, trace_fn<F, heap_ops>(), Internal, false};
   };
 
   template <class F, bool Internal, class... Args>

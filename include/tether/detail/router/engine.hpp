@@ -92,8 +92,10 @@ class router_engine {
 
   // Registers the inboxes with the router thread's poller and makes the parent's handler
   // here (exceptions propagate: nothing is started yet), then starts the router thread.
-  router_engine(executor& parent, std::unique_ptr<router_factory<Payload, Reply>> factory, std::string name)
+  router_engine(executor& parent, std::unique_ptr<router_factory<Payload, Reply>> factory, std::string name,
+                bool subshell_metrics = false)
       : name_(std::move(name)),
+        subshell_metrics_(subshell_metrics),
         factory_(std::move(factory)),
         parent_(this, parent_subshell, routing_errc::subshell_stopped),
         reaper_(executor_options{.name = name_ + "-reaper", .on_error = [](std::exception_ptr) {}}) {
@@ -654,9 +656,9 @@ class router_engine {
   }
 
   subshell_stats snapshot(const subshell& s) const {
-    // relaxed: statistics.
+    // relaxed (all four): statistics.
     return {s.id, s.ex->name(), s.accepted.load(std::memory_order_relaxed), s.answered.load(std::memory_order_relaxed),
-            s.failed.load(std::memory_order_relaxed), s.busy.load(std::memory_order_relaxed)};
+            s.failed.load(std::memory_order_relaxed), s.busy.load(std::memory_order_relaxed), s.ex->stats()};
   }
 
   // Starts the child's executor (the one thing here that takes a while: a thread start) and
@@ -672,6 +674,7 @@ class router_engine {
           .on_start = [this] { router_child_thread_of = this; },
           .on_stop = [raw] { raw->handler.reset(); },  // the handler dies on its own thread
           .on_error = [](std::exception_ptr) {},       // its tasks never throw
+          .metrics = subshell_metrics_,
       });
       s->ex = s->own_ex.get();
       table_.emplace(id.value(), std::move(s));  // on failure s (and its thread) go here
@@ -819,6 +822,7 @@ class router_engine {
   }
 
   const std::string name_;
+  const bool subshell_metrics_;  // children's executors record metrics (router_options)
   std::unique_ptr<router_factory<Payload, Reply>> factory_;
 
   mpsc_queue<inbox_item> inbox_;           // any thread pushes; the router thread pops
