@@ -38,6 +38,7 @@
 #include <latch>
 #include <memory>
 #include <mutex>
+#include <initializer_list>
 #include <string>
 #include <thread>
 #include <vector>
@@ -321,12 +322,15 @@ void run_sessions(benchmark::State& state, const std::string& run, int callers) 
 
 // ---- registration ----------------------------------------------------------------------------
 
+// Every workload of one implementation; `posters` and `callers` choose which counts run (an
+// empty `callers`: no sessions runs).
 template <class Impl>
-void register_impl() {
+void register_impl(std::initializer_list<int> posters = {1, 2, 4, 8},
+                   std::initializer_list<int> callers = {1, 4, 16, 64, 256}) {
   const std::string impl = Impl::name;
-  for (int posters : {1, 2, 4, 8}) {
-    const std::string run = "executor_post/" + impl + "/posters:" + std::to_string(posters);
-    benchmark::RegisterBenchmark(run.c_str(), [run, posters](benchmark::State& s) { run_post<Impl>(s, run, posters); })
+  for (int n : posters) {
+    const std::string run = "executor_post/" + impl + "/posters:" + std::to_string(n);
+    benchmark::RegisterBenchmark(run.c_str(), [run, n](benchmark::State& s) { run_post<Impl>(s, run, n); })
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
   }
@@ -336,28 +340,18 @@ void register_impl() {
         ->UseRealTime()
         ->Unit(benchmark::kNanosecond);
   }
-  for (int callers : {1, 4, 16, 64, 256}) {
-    const std::string run = "sessions/" + impl + "/callers:" + std::to_string(callers);
-    benchmark::RegisterBenchmark(run.c_str(), [run, callers](benchmark::State& s) { run_sessions<Impl>(s, run, callers); })
+  for (int n : callers) {
+    const std::string run = "sessions/" + impl + "/callers:" + std::to_string(n);
+    benchmark::RegisterBenchmark(run.c_str(), [run, n](benchmark::State& s) { run_sessions<Impl>(s, run, n); })
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
   }
 }
 
-// Metrics on: only the runs the off / on comparison needs.
+// Metrics on: only the runs the off / on comparison needs, and one thread's post + run per
+// task with metrics off and on.
 void register_metrics() {
-  using Impl = tether_metrics_impl;
-  const std::string impl = Impl::name;
-  for (int posters : {1, 8}) {
-    const std::string run = "executor_post/" + impl + "/posters:" + std::to_string(posters);
-    benchmark::RegisterBenchmark(run.c_str(), [run, posters](benchmark::State& s) { run_post<Impl>(s, run, posters); })
-        ->UseManualTime()
-        ->Unit(benchmark::kMillisecond);
-  }
-  const std::string run = "executor_call/" + impl;
-  benchmark::RegisterBenchmark(run.c_str(), [run](benchmark::State& s) { run_call<Impl>(s, run); })
-      ->UseRealTime()
-      ->Unit(benchmark::kNanosecond);
+  register_impl<tether_metrics_impl>({1, 8}, {});
   for (const bool metrics : {false, true})
     benchmark::RegisterBenchmark(metrics ? "executor_cost/tether_metrics" : "executor_cost/tether",
                                  [metrics](benchmark::State& s) { run_cost(s, metrics); })

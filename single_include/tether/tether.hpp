@@ -3809,6 +3809,33 @@ class timer_heap {
 
 }  // namespace tether::detail
 
+// ---- tether/detail/executor/owner_counter.hpp -------------------------------
+// tether/detail/executor/owner_counter.hpp - counters that one thread writes and any reads.
+//
+// An executor's statistics and metrics are written only by its owner thread, so an update is
+// a load and a store, never a read-modify-write (no locked instruction on the owner's path).
+//
+// Who may call what: owner_add / owner_raise - the one writer thread; plain loads - any thread.
+// Memory ordering: relaxed everywhere - a statistic that publishes nothing; a reader sees some
+// recent value of each counter, never a torn one.
+
+
+namespace tether::detail {
+
+// c += v. Writer thread only.
+template <class T>
+void owner_add(std::atomic<T>& c, T v) noexcept {
+  c.store(c.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);  // relaxed: single-writer statistic
+}
+
+// c = max(c, v); stores only when it grows (readers' lines stay clean). Writer thread only.
+template <class T>
+void owner_raise(std::atomic<T>& c, T v) noexcept {
+  if (v > c.load(std::memory_order_relaxed)) c.store(v, std::memory_order_relaxed);  // relaxed: single-writer statistic
+}
+
+}  // namespace tether::detail
+
 // ---- tether/detail/executor/latency_histogram.hpp ---------------------------
 // tether/detail/executor/latency_histogram.hpp - a fixed-size log-linear histogram of durations.
 //
@@ -3862,9 +3889,9 @@ class latency_histogram {
   // Adds one duration in ticks (negative: 0). Writer thread only.
   void record(std::int64_t ticks) noexcept {
     const std::uint64_t v = ticks < 0 ? 0 : static_cast<std::uint64_t>(ticks);
-    bump(counts_[index_of(v)], 1);
-    bump(sum_, v);
-    if (v > max_.load(std::memory_order_relaxed)) max_.store(v, std::memory_order_relaxed);  // relaxed: writer-only statistic
+    owner_add(counts_[index_of(v)], std::uint64_t{1});
+    owner_add(sum_, v);
+    owner_raise(max_, v);
   }
 
   // count, total, p50 / p90 / p99 and max of what was recorded so far, in nanoseconds
@@ -3907,10 +3934,6 @@ class latency_histogram {
   }
 
  private:
-  static void bump(std::atomic<std::uint64_t>& a, std::uint64_t v) noexcept {
-    a.store(a.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);  // relaxed: writer-only statistic
-  }
-
   // Written by the writer (load + store), read by summary().
   std::array<std::atomic<std::uint64_t>, bucket_count> counts_{};
   std::atomic<std::uint64_t> sum_{0};
@@ -4635,8 +4658,7 @@ class executor_core {
 
   // Raises the depth high-water mark. Owner only.
   void note_depth(std::size_t depth) noexcept {
-    if (depth > metrics_->depth_max.load(std::memory_order_relaxed))   // relaxed: owner-only statistic
-      metrics_->depth_max.store(depth, std::memory_order_relaxed);     // relaxed: as above
+    detail::owner_raise(metrics_->depth_max, depth);
   }
 
   // Runs a user task through around_task; exceptions go to the error policy.
@@ -4746,9 +4768,7 @@ class executor_core {
   static void add(std::atomic<std::uint64_t>& c, std::chrono::duration<Rep, Period> d) noexcept {
     add(c, static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
   }
-  static void add(std::atomic<std::uint64_t>& c, std::uint64_t v) noexcept {
-    c.store(c.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);  // relaxed: owner-only statistic
-  }
+  static void add(std::atomic<std::uint64_t>& c, std::uint64_t v) noexcept { detail::owner_add(c, v); }
 
   const bool own_thread_;
   const std::string name_;

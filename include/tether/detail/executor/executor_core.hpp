@@ -52,6 +52,7 @@
 #include "../platform/thread_record.hpp"
 #include "timer_heap.hpp"
 #include "latency_histogram.hpp"
+#include "owner_counter.hpp"
 #include "../platform/tick_clock.hpp"
 #include "../platform/wake_fd.hpp"
 
@@ -644,8 +645,7 @@ class executor_core {
 
   // Raises the depth high-water mark. Owner only.
   void note_depth(std::size_t depth) noexcept {
-    if (depth > metrics_->depth_max.load(std::memory_order_relaxed))   // relaxed: owner-only statistic
-      metrics_->depth_max.store(depth, std::memory_order_relaxed);     // relaxed: as above
+    detail::owner_raise(metrics_->depth_max, depth);
   }
 
   // Runs a user task through around_task; exceptions go to the error policy.
@@ -755,9 +755,7 @@ class executor_core {
   static void add(std::atomic<std::uint64_t>& c, std::chrono::duration<Rep, Period> d) noexcept {
     add(c, static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
   }
-  static void add(std::atomic<std::uint64_t>& c, std::uint64_t v) noexcept {
-    c.store(c.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);  // relaxed: owner-only statistic
-  }
+  static void add(std::atomic<std::uint64_t>& c, std::uint64_t v) noexcept { detail::owner_add(c, v); }
 
   const bool own_thread_;
   const std::string name_;

@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "../../executor_stats.hpp"
+#include "owner_counter.hpp"
 
 namespace tether::detail {
 
@@ -60,9 +61,9 @@ class latency_histogram {
   // Adds one duration in ticks (negative: 0). Writer thread only.
   void record(std::int64_t ticks) noexcept {
     const std::uint64_t v = ticks < 0 ? 0 : static_cast<std::uint64_t>(ticks);
-    bump(counts_[index_of(v)], 1);
-    bump(sum_, v);
-    if (v > max_.load(std::memory_order_relaxed)) max_.store(v, std::memory_order_relaxed);  // relaxed: writer-only statistic
+    owner_add(counts_[index_of(v)], std::uint64_t{1});
+    owner_add(sum_, v);
+    owner_raise(max_, v);
   }
 
   // count, total, p50 / p90 / p99 and max of what was recorded so far, in nanoseconds
@@ -105,10 +106,6 @@ class latency_histogram {
   }
 
  private:
-  static void bump(std::atomic<std::uint64_t>& a, std::uint64_t v) noexcept {
-    a.store(a.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);  // relaxed: writer-only statistic
-  }
-
   // Written by the writer (load + store), read by summary().
   std::array<std::atomic<std::uint64_t>, bucket_count> counts_{};
   std::atomic<std::uint64_t> sum_{0};
