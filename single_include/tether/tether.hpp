@@ -7299,8 +7299,9 @@ pop_result<std::size_t> select_until(const std::chrono::time_point<Clock, Durati
 // and factory it runs, with the user's callables type-erased.
 //
 // router.hpp holds what users touch (router, reply_sender) and engine.hpp the router's
-// engine; this holds what the engine keeps for each subshell: its executor, its handler, the counters stats() reports and the cancel
-// code its queued tasks answer with. Also the virtual handler and factory through which the
+// engine; this holds what the engine keeps for each subshell: its executor, its handler, the
+// counters stats() reports, the cancel code its queued tasks answer with and the stop state of
+// the message it runs. Also the virtual handler and factory through which the
 // router calls the user's callables without knowing their types, and the static slots where
 // the reaper waits for the parent's last answers. Nothing here is public API.
 //
@@ -7310,7 +7311,7 @@ pop_result<std::size_t> select_until(const std::chrono::time_point<Clock, Durati
 // Who may call what: each router_subshell field as its comment says; router_child_thread_of -
 // set on a child subshell's own thread, read by join() on the calling thread.
 // Memory ordering: [RA1]/[RA2] and [RC1]/[RC2] on answered and cancel_code are engine.hpp's
-// (see its banner).
+// (see its banner); [RS1]/[RS2] on phase are here, next to the code.
 
 
 
@@ -7397,39 +7398,49 @@ struct router_subshell {
   // executor refuses the task); read by stats and the reaper. Off the router's line.
   alignas(detail::cache_line) std::atomic<std::uint64_t> answered{0};
   std::atomic<std::uint64_t> failed{0};  // written as answered; read by stats
-  std::atomic<bool> busy{false};         // written by the subshell thread; read by stats
   // 0, or the routing_errc with which queued tasks answer instead of running: set by the
   // router thread (delete or shutdown with cancel), read by the subshell's tasks.
   std::atomic<std::uint8_t> cancel_code{0};
 
   // ---- interruption: the stop state of the message running now ----
-  // Written by the subshell thread around each handler call (begin_message / end_message) and
-  // by whoever asks first for the running message's token (stop_token(), the subshell thread)
-  // or interrupts it (interrupt(), the router thread) - made on demand, so a message nobody
-  // asks about or interrupts allocates nothing. Guarded by stop_mutex, which is never held
-  // while a stop callback runs (request_stop() is called after unlocking).
+  // phase says whether a handler runs and whether its message has a stop state yet. The
+  // subshell thread moves it idle -> running -> idle around each handler call without a lock;
+  // a stop state is made on demand, by the first stop_token() (subshell thread) or
+  // interrupt() (router thread) for that message, so a message nobody asks about or
+  // interrupts takes no lock and allocates nothing. Only those two take stop_mutex, and only
+  // they move running -> stopping, under it; stop is touched only under it. The mutex is never
+  // held while a stop callback runs (request_stop() is called after unlocking).
+  // An interrupt hits the message running when it takes effect (its move to stopping, or its
+  // read of stopping): one aimed at a message that has just ended and been followed by the
+  // next hits the next, as it would under any lock.
+  enum : std::uint8_t { idle = 0, running = 1, stopping = 2 };
+  std::atomic<std::uint8_t> phase{idle};
   std::mutex stop_mutex;
-  bool running = false;
   std::stop_source stop{std::nostopstate};
 
-  void begin_message() noexcept {
-    std::lock_guard lock(stop_mutex);
-    running = true;
-  }
+  // Subshell thread, before the handler. relaxed: no data is published with it; the stop
+  // state is published under stop_mutex, and stats() reads busy as a statistic.
+  void begin_message() noexcept { phase.store(running, std::memory_order_relaxed); }
   void end_message() noexcept {
+    // acq_rel [RS1]: pairs with the move to stopping ([RS2]), made under stop_mutex. Seeing
+    // stopping, we take the lock to drop the stop state; seeing running, no stop state was
+    // made for this message (the RMW reads the last value in phase's modification order, so
+    // a later move to stopping would have found idle and given up).
+    if (phase.exchange(idle, std::memory_order_acq_rel) != stopping) return;
     std::stop_source done{std::nostopstate};
     {
       std::lock_guard lock(stop_mutex);
-      running = false;
       done.swap(stop);
     }
   }
+  // Any thread: a handler runs now (stats).
+  bool busy() const noexcept { return phase.load(std::memory_order_relaxed) != idle; }  // a statistic
+
   // The running message's token (a token that never stops outside a handler). May throw
   // std::bad_alloc (the first call for a message allocates its stop state).
   std::stop_token stop_token() {
     std::lock_guard lock(stop_mutex);
-    if (!running) return {};
-    if (!stop.stop_possible()) stop = std::stop_source();
+    if (!make_stop_state()) return {};
     return stop.get_token();
   }
   // Requests stop for the running message; false when none runs. Its stop callbacks run here,
@@ -7438,11 +7449,25 @@ struct router_subshell {
     std::stop_source target{std::nostopstate};
     {
       std::lock_guard lock(stop_mutex);
-      if (!running) return false;
-      if (!stop.stop_possible()) stop = std::stop_source();
+      if (!make_stop_state()) return false;
       target = stop;
     }
     target.request_stop();
+    return true;
+  }
+
+ private:
+  // Under stop_mutex: true when a message runs, with its stop state made.
+  bool make_stop_state() {
+    std::uint8_t p = phase.load(std::memory_order_relaxed);  // relaxed: the CAS below decides
+    if (p == idle) return false;
+    if (p == stopping) return true;
+    std::stop_source fresh;  // may throw std::bad_alloc; nothing changed yet
+    // acq_rel [RS2]: pairs with [RS1]. Fails when the message ended meanwhile.
+    if (!phase.compare_exchange_strong(p, stopping, std::memory_order_acq_rel, std::memory_order_relaxed)) {
+      return false;
+    }
+    stop = std::move(fresh);
     return true;
   }
 };
@@ -7810,7 +7835,6 @@ class router_engine {
       return;
     }
     sender_type reply(this, &s, tag);
-    s.busy.store(true, std::memory_order_relaxed);  // relaxed: a statistic
     s.begin_message();
     const char* failure = nullptr;
     std::exception_ptr thrown;
@@ -7824,7 +7848,6 @@ class router_engine {
       thrown = std::current_exception();  // refers to the exception in flight: no allocation
     }
     s.end_message();
-    s.busy.store(false, std::memory_order_relaxed);  // relaxed: a statistic
     if (!reply.replied()) {
       if (thrown) {
         push_handler_threw(s, tag, thrown);
@@ -8123,7 +8146,7 @@ class router_engine {
   subshell_stats snapshot(const subshell& s) const {
     // relaxed (all four): statistics.
     return {s.id, s.ex->name(), s.accepted.load(std::memory_order_relaxed), s.answered.load(std::memory_order_relaxed),
-            s.failed.load(std::memory_order_relaxed), s.busy.load(std::memory_order_relaxed), s.ex->stats()};
+            s.failed.load(std::memory_order_relaxed), s.busy(), s.ex->stats()};
   }
 
   // Starts the child's executor (the one thing here that takes a while: a thread start) and

@@ -2,8 +2,9 @@
 // interrupt, reply_sender::stop_token, handlers of the form Reply(Payload&&, std::stop_token))
 // and for naming subshells with strings (subshell_id::from_string). Interrupting a running
 // message on the parent and on a child, on an idle subshell (no effect, the next message
-// starts unstopped), unknown and deleted ids, stop callbacks, a stress of interrupts racing
-// messages.
+// starts unstopped), unknown and deleted ids, stop callbacks, stresses of interrupts racing
+// long messages and racing a stream of instant ones (half of which never ask for a token, so
+// their subshell takes no lock and makes no stop state).
 //
 // Handlers record what they saw in atomics; the test thread asserts.
 #include <tether/router.hpp>
@@ -236,6 +237,60 @@ TEST_CASE("router: interrupts racing messages: every message answered, later one
     REQUIRE(*rep);
     CHECK_FALSE((*rep)->stopped);
     CHECK_FALSE((*rep)->stopped_at_start);
+  }
+  r.stop();
+  r.join();
+}
+
+TEST_CASE("router: interrupts racing instant messages: each answered once, the next one never stopped by them",
+          "[router][interrupt][stress]") {
+  tether::executor parent_ex{{.name = "parent"}};
+  std::atomic<std::uint64_t> asked{0};
+  tether::router<job, outcome> r{parent_ex, [&](subshell_id) {
+                                   return [&](job&&, tether::reply_sender<job, outcome>& reply) {
+                                     outcome o;
+                                     // Every other message asks for its token; the rest never do.
+                                     if (asked.fetch_add(1) % 2 == 0) o.stopped = reply.stop_token().stop_requested();
+                                     reply.send(o);
+                                   };
+                                 }};
+  const subshell_id a = *r.create_subshell();
+  const int n = static_cast<int>(tether_test::scaled(20000, 2000));
+  std::atomic<bool> done{false};
+  std::atomic<int> interrupt_errors{0};
+  std::thread interrupter([&] {
+    while (!done.load()) {
+      for (const subshell_id id : {a, parent_subshell})
+        if (!r.interrupt(id)) interrupt_errors.fetch_add(1);
+      std::this_thread::yield();
+    }
+  });
+  std::uint64_t tag_sum = 0;
+  for (int i = 0; i < n; ++i)
+    for (const subshell_id id : {a, parent_subshell}) {
+      REQUIRE(r.send(id, job{}, static_cast<std::uint64_t>(i)));
+      tag_sum += static_cast<std::uint64_t>(i);
+    }
+  std::uint64_t seen_sum = 0;
+  for (int replies = 0; replies < 2 * n; ++replies) {
+    auto rep = r.replies().pop_for(10s);
+    REQUIRE(rep);
+    REQUIRE(*rep);
+    seen_sum += rep->tag();
+  }
+  CHECK(seen_sum == tag_sum);
+  CHECK_FALSE(r.replies().try_pop());  // exactly once: nothing more
+  done = true;
+  interrupter.join();
+  CHECK(interrupt_errors.load() == 0);
+  // No stop state outlives its message: with no interrupt left, a token is never stopped.
+  asked = 0;
+  for (const subshell_id id : {a, parent_subshell}) REQUIRE(r.send(id, job{}));
+  for (int i = 0; i < 2; ++i) {
+    auto rep = r.replies().pop_for(10s);
+    REQUIRE(rep);
+    REQUIRE(*rep);
+    CHECK_FALSE((*rep)->stopped);
   }
   r.stop();
   r.join();

@@ -345,7 +345,6 @@ class router_engine {
       return;
     }
     sender_type reply(this, &s, tag);
-    s.busy.store(true, std::memory_order_relaxed);  // relaxed: a statistic
     s.begin_message();
     const char* failure = nullptr;
     std::exception_ptr thrown;
@@ -359,7 +358,6 @@ class router_engine {
       thrown = std::current_exception();  // refers to the exception in flight: no allocation
     }
     s.end_message();
-    s.busy.store(false, std::memory_order_relaxed);  // relaxed: a statistic
     if (!reply.replied()) {
       if (thrown) {
         push_handler_threw(s, tag, thrown);
@@ -658,7 +656,7 @@ class router_engine {
   subshell_stats snapshot(const subshell& s) const {
     // relaxed (all four): statistics.
     return {s.id, s.ex->name(), s.accepted.load(std::memory_order_relaxed), s.answered.load(std::memory_order_relaxed),
-            s.failed.load(std::memory_order_relaxed), s.busy.load(std::memory_order_relaxed), s.ex->stats()};
+            s.failed.load(std::memory_order_relaxed), s.busy(), s.ex->stats()};
   }
 
   // Starts the child's executor (the one thing here that takes a while: a thread start) and
