@@ -83,28 +83,31 @@ class TETHER_CAPABILITY("confined object") confined {
   confined(const confined&) = delete;
   confined& operator=(const confined&) = delete;
 
+  // Each takes a last, defaulted `loc` (the caller's line), which reaches the executor's
+  // metrics hooks and long-task reports as the task's posted-from location.
+
   // Runs f(T&) on the owner and returns its result (rethrows its exception); inline on the
   // owner thread. Blocks elsewhere; deadlock_error / executor_stopped as executor::call.
   template <class F>
-  std::invoke_result_t<F&&, T&> with(F&& f) {
+  std::invoke_result_t<F&&, T&> with(F&& f, const source_location& loc = source_location::current()) {
     T* v = &node_->value;
-    return ex_.call([&]() -> std::invoke_result_t<F&&, T&> { return std::invoke(std::forward<F>(f), *v); });
+    return ex_.call([&]() -> std::invoke_result_t<F&&, T&> { return std::invoke(std::forward<F>(f), *v); }, loc);
   }
 
   // Queues f(T&); the future carries the result or exception (executor_stopped when
   // refused or cancelled). Never blocks. Throws executor_stopped once stopped.
   template <class F>
-  auto async_with(F&& f) {
-    return ex_.submit([v = &node_->value, fn = std::forward<F>(f)]() mutable -> decltype(auto) {
-      return std::invoke(std::move(fn), *v);
-    });
+  auto async_with(F&& f, const source_location& loc = source_location::current()) {
+    return ex_.submit(
+        [v = &node_->value, fn = std::forward<F>(f)]() mutable -> decltype(auto) { return std::invoke(std::move(fn), *v); },
+        loc);
   }
 
   // Queues f(T&), fire and forget (exceptions go to the executor's on_error): ok, or closed
   // once stopped (f not moved from).
   template <class F>
-  push_result post_with(F&& f) {
-    return ex_.post([v = &node_->value, fn = std::forward<F>(f)]() mutable { std::invoke(std::move(fn), *v); });
+  push_result post_with(F&& f, const source_location& loc = source_location::current()) {
+    return ex_.post([v = &node_->value, fn = std::forward<F>(f)]() mutable { std::invoke(std::move(fn), *v); }, loc);
   }
 
   // T itself, on the owner thread; throws wrong_thread naming both threads elsewhere.
