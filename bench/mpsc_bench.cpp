@@ -1,15 +1,17 @@
 // bench/mpsc_bench.cpp - many producers, one consumer: items per second through each queue.
 //
 // Runs: mpsc/<queue>/producers:<N> (uint64_t items) and mpsc/<queue>/producers:<N>/payload:64
-// (64-byte items), N = 1, 2, 4, 8, one consumer; and cost/<queue>/{push,pop}[/payload:64],
-// one thread alone (see run_cost).
+// (64-byte items), N = 1, 2, 4, 8, one consumer; mpsc/<queue>/producers:<N>/consumer:item for
+// the plain and handle pushes (one try_pop per item, a yield when empty: the loop users write);
+// and cost/<queue>/{push,pop}[/payload:64], one thread alone (see run_cost).
 //
 // A run starts its producer threads once and keeps them for all its iterations. One
 // iteration is a round: the consumer (the benchmark thread) releases every producer at once,
 // each pushes items_per_round / N items, and the consumer takes them all. The round's time
 // runs from the release to the last item taken (manual time): thread start-up and joins are
 // not counted. A full queue makes its producer retry (pause, then yield); an empty queue makes
-// the consumer do the same. Consumers with try_pop_bulk take up to bulk_max items at a time.
+// the consumer do the same. Consumers with try_pop_bulk take up to bulk_max items at a time;
+// the consumer:item runs take one per try_pop and yield at once when the queue is empty.
 //
 // Before and after its rounds a run times the cross-core round trip (harness.hpp) and reports
 // both as counters, so that the report can compare queues at the same machine speed.
@@ -131,8 +133,13 @@ constexpr bool keeps_producer_order() {
   }
 }
 
+// How the consumer takes: the queue's best way (bulk where it has one, spinning a little on
+// empty), or one item per try_pop, yielding when empty.
+enum class consumer_kind { best, item };
+
 template <class Q>
-std::size_t take_some(Q& q, typename Q::value_type* buf) {
+std::size_t take_some(Q& q, typename Q::value_type* buf, consumer_kind kind) {
+  if (kind == consumer_kind::item) return q.try_pop(buf[0]) ? 1 : 0;
   if constexpr (bulk_pop_adapter<Q>) {
     return q.try_pop_bulk(buf, bulk_max);
   } else {
@@ -141,7 +148,7 @@ std::size_t take_some(Q& q, typename Q::value_type* buf) {
 }
 
 template <class Q>
-void run_mpsc(benchmark::State& state, const std::string& run, int producers) {
+void run_mpsc(benchmark::State& state, const std::string& run, int producers, consumer_kind kind) {
   using T = typename Q::value_type;
   const std::uint64_t per_producer = items_per_round / static_cast<std::uint64_t>(producers);
   const std::uint64_t per_round = per_producer * static_cast<std::uint64_t>(producers);
@@ -185,7 +192,7 @@ void run_mpsc(benchmark::State& state, const std::string& run, int producers) {
     std::uint64_t idle = 0;
     bench_clock::time_point idle_since;
     while (taken < per_round && error.empty()) {
-      const std::size_t n = take_some(q, buf.data());
+      const std::size_t n = take_some(q, buf.data(), kind);
       if (n == 0) {
         if (idle++ == 0) {
           idle_since = bench_clock::now();
@@ -193,7 +200,11 @@ void run_mpsc(benchmark::State& state, const std::string& run, int producers) {
           error = "no item for " + std::to_string(stall_limit.count()) + " s after " + std::to_string(taken) +
                   " of " + std::to_string(per_round) + " in round " + std::to_string(rounds + 1);
         }
-        wait();
+        if (kind == consumer_kind::item) {
+          std::this_thread::yield();
+        } else {
+          wait();
+        }
         continue;
       }
       idle = 0;
@@ -253,7 +264,7 @@ void run_cost(benchmark::State& state, const std::string& run, bool time_push) {
     const auto t1 = bench_clock::now();
     std::uint64_t taken = 0;
     while (taken < cost_items && error.empty()) {
-      const std::size_t n = take_some(q, got.data() + taken);
+      const std::size_t n = take_some(q, got.data() + taken, consumer_kind::best);
       if (n == 0) error = "only " + std::to_string(taken) + " of " + std::to_string(cost_items) + " items came out";
       taken += n;
     }
@@ -285,14 +296,20 @@ void add_cost() {
 }
 
 template <template <class> class Adapter, class T>
-void add_one(int producers) {
+void add_one(int producers, consumer_kind kind = consumer_kind::best) {
   using Q = Adapter<T>;
   static_assert(queue_adapter<Q>);
-  const std::string run =
-      std::string("mpsc/") + Q::name + "/producers:" + std::to_string(producers) + item_traits<T>::name_suffix;
-  benchmark::RegisterBenchmark(run.c_str(), [run, producers](benchmark::State& state) {
-    run_mpsc<Q>(state, run, producers);
+  const std::string run = std::string("mpsc/") + Q::name + "/producers:" + std::to_string(producers) +
+                          item_traits<T>::name_suffix + (kind == consumer_kind::item ? "/consumer:item" : "");
+  benchmark::RegisterBenchmark(run.c_str(), [run, producers, kind](benchmark::State& state) {
+    run_mpsc<Q>(state, run, producers, kind);
   })->UseManualTime()->Unit(benchmark::kMillisecond);
+}
+
+// The consumer:item runs of one queue (uint64_t items, every producer count).
+template <template <class> class Adapter>
+void add_item_consumer() {
+  for (const int producers : producer_counts) add_one<Adapter, std::uint64_t>(producers, consumer_kind::item);
 }
 
 // Registers every mpsc run of one queue: both payloads, every producer count.
@@ -312,11 +329,15 @@ void register_all() {
   add_mpsc<peers::tether_producer_bulk>();
   add_mpsc<peers::tether_bounded>();
   add_mpsc<peers::mutex_deque>();
+  add_item_consumer<peers::tether_unbounded>();
+  add_item_consumer<peers::tether_producer>();
 #if defined(TETHER_BENCH_HAVE_MOODYCAMEL)
   add_mpsc<peers::moodycamel_plain>();
   add_mpsc<peers::moodycamel_token>();
   add_mpsc<peers::moodycamel_bulk>();
   add_mpsc<peers::moodycamel_blocking>();
+  add_item_consumer<peers::moodycamel_plain>();
+  add_item_consumer<peers::moodycamel_token>();
 #endif
 #if defined(TETHER_BENCH_HAVE_ATOMIC_QUEUE)
   add_mpsc<peers::atomic_queue_b2>();
