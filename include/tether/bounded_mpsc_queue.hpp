@@ -364,6 +364,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   std::atomic<std::uint64_t> head_published_{0};
   detail::consumer_check check_;
   std::size_t freed_since_wake_ = 0;  // consumer only: slots freed since producers were woken
+  detail::stream_watch stream_;  // consumer only: see park_until_streaming
 
   const std::size_t mask_;
   const std::size_t wake_batch_ = (mask_ + 1) / 8 > 0 ? (mask_ + 1) / 8 : 1;

@@ -551,6 +551,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   lane* current_ = nullptr;                 // consumer only: the source read now (nullptr: the ring)
   std::uint32_t quota_ = source_quota;      // consumer only: items left before the others' turn
   detail::consumer_check check_;
+  detail::stream_watch stream_;  // consumer only: see park_until_streaming
 
   // A copy of the closed bit off the hot tail line, for waiters: set once by close().
   alignas(detail::cache_line) std::atomic<bool> closed_{false};

@@ -395,6 +395,10 @@ inline void heavy_fence() noexcept {
 //
 // Who may call what: any number of threads may wait and notify, concurrently.
 //
+// A queue's one consumer waits through park_until_streaming: a consumer that keeps catching up
+// with a streaming producer pauses before it re-checks, instead of pulling the producer's line
+// for every item.
+//
 // Memory ordering: the handshake needs a full fence between the waiter's announcement and
 // its re-check, and between the notifier's publish and its waiters_ load. The waiter takes
 // heavy_fence(), the notifier light_fence() (see detail/platform/fence.hpp): publishing stays
@@ -426,6 +430,11 @@ inline constexpr std::chrono::microseconds long_wait{100};
 // Pauses between the first two re-checks, and the most between any two.
 inline constexpr int spin_pause_first = 4;
 inline constexpr int spin_pause_max = 8;
+// Pauses before the first re-check of a consumer that keeps catching up with a streaming
+// producer, and how many waits in a row must end at their first re-check before it counts
+// as streaming: see park_until_streaming.
+inline constexpr int stream_pause = 64;
+inline constexpr std::uint8_t stream_quick_waits = 8;
 
 class parker;
 
@@ -596,6 +605,15 @@ bool park_spinning(parker& p, Ready&& ready, steady_time deadline) {
   }
 }
 
+// Steps 2 and 3 of park_until (below): sleep, and set the spin hint from how long it took.
+template <class Ready>
+bool park_after_spin(parker& p, Ready& ready, steady_time deadline) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool r = park_now(p, ready, deadline);
+  p.set_spin_hint(std::chrono::steady_clock::now() - t0 < long_wait);
+  return r;
+}
+
 // The single deadline loop behind every blocking call. Returns ready()'s verdict: true as
 // soon as it holds, false only when the deadline passed first.
 //
@@ -615,10 +633,51 @@ bool park_until(parker& p, Ready&& ready, steady_time deadline) {
       default: break;
     }
   }
-  const auto t0 = std::chrono::steady_clock::now();
-  const bool r = park_now(p, ready, deadline);
-  p.set_spin_hint(std::chrono::steady_clock::now() - t0 < long_wait);
-  return r;
+  return park_after_spin(p, ready, deadline);
+}
+
+// What a queue's one consumer remembers between its waits to tell a stream from a
+// ping-pong (see park_until_streaming). Consumer only: it lives on the consumer's line.
+struct stream_watch {
+  std::uint32_t taken_at_wait = 0;  // the consumer's count of items taken, at its last wait
+  std::uint8_t quick_waits = 0;     // waits in a row that ended at their first re-check
+  bool streaming = false;
+};
+
+// park_until for a queue's one consumer waiting for its producers; taken counts the items it
+// has taken so far (wrapping is fine). A consumer that keeps catching up with a streaming
+// producer finds the queue empty after nearly every item, and re-checking at once pulls the
+// line the producer is writing: the two hand one line back and forth per item, at a fraction
+// of either side's speed. Once stream_quick_waits waits in a row ended at their first
+// re-check (a producer in the middle of a push), the consumer counts as streaming: its waits
+// pause stream_pause before re-checking, the producer fills lines ahead meanwhile, and the
+// consumer takes a batch per line transfer. It stops streaming when a wait follows a single
+// item (the pause bought no batch: a ping-pong, whose every reply answers one message) or
+// when the pause was not enough for the next item to arrive.
+template <class Ready>
+bool park_until_streaming(parker& p, Ready&& ready, steady_time deadline, stream_watch& w, std::uint32_t taken) {
+  if (w.streaming && taken - w.taken_at_wait < 2) w.streaming = false;
+  w.taken_at_wait = taken;
+  if (!p.spin_hint()) {
+    w.quick_waits = 0;
+    return park_after_spin(p, ready, deadline);
+  }
+  if (w.streaming && (deadline == no_deadline || std::chrono::steady_clock::now() < deadline))
+    for (int k = 0; k < stream_pause; ++k) cpu_relax();
+  if (ready()) {  // the first re-check, at once
+    if (!w.streaming && ++w.quick_waits >= stream_quick_waits) {
+      w.streaming = true;
+      w.quick_waits = 0;
+    }
+    return true;
+  }
+  w.quick_waits = 0;
+  w.streaming = false;
+  switch (spin_phase(ready, deadline)) {
+    case spun::ready: return true;
+    case spun::timeout: return false;
+    default: return park_after_spin(p, ready, deadline);
+  }
 }
 
 // park_spinning when spin is true, park_now otherwise: no adaptation, the caller decides.
@@ -865,7 +924,8 @@ class [[nodiscard]] pop_result {
 //                                     (pop_result's take_from_slot constructor)
 //   size_t take_ready(max, sink)    - take up to max ready items, calling sink(T&&)
 //   bool head_ready()               - the parker condition (seq_cst loads)
-// plus a parker `consumer_wait_` and a consumer_check `check_`.
+// plus a parker `consumer_wait_`, a consumer_check `check_`, the consumer's position `head_`
+// (counts the items taken, give or take skipped slots) and a stream_watch `stream_`.
 //
 // Every pop_result travels out as a prvalue (take() -> the loop below -> the public call ->
 // the caller), so an item is moved once on its way out and a throwing move leaves it queued.
@@ -954,7 +1014,8 @@ class consumer_ops {
   }
 
   bool wait_for_head(steady_time deadline) {
-    return park_until(q().consumer_wait_, [this] { return q().head_ready(); }, deadline);
+    return park_until_streaming(q().consumer_wait_, [this] { return q().head_ready(); }, deadline, q().stream_,
+                                static_cast<std::uint32_t>(q().head_));
   }
 
   // The deadline loop of the single-item pops. A deadline already past still takes a ready
@@ -1344,6 +1405,7 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   std::atomic<std::uint64_t> head_published_{0};
   detail::consumer_check check_;
   std::size_t freed_since_wake_ = 0;  // consumer only: slots freed since producers were woken
+  detail::stream_watch stream_;  // consumer only: see park_until_streaming
 
   const std::size_t mask_;
   const std::size_t wake_batch_ = (mask_ + 1) / 8 > 0 ? (mask_ + 1) / 8 : 1;
@@ -2224,6 +2286,7 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   lane* current_ = nullptr;                 // consumer only: the source read now (nullptr: the ring)
   std::uint32_t quota_ = source_quota;      // consumer only: items left before the others' turn
   detail::consumer_check check_;
+  detail::stream_watch stream_;  // consumer only: see park_until_streaming
 
   // A copy of the closed bit off the hot tail line, for waiters: set once by close().
   alignas(detail::cache_line) std::atomic<bool> closed_{false};

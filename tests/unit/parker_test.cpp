@@ -262,3 +262,100 @@ TEST_CASE("park_until sees every increment of a counter notified by free-running
   CHECK(seen == producers * per_producer);
   CHECK(waits >= 1);
 }
+
+// The streaming consumer's wait (park_until_streaming): which waits count as a stream. ready()
+// is scripted, so every wait's path is known: `quick` waits find the condition at their first
+// re-check, the others only on a later one.
+TEST_CASE("park_until_streaming: quick waits in a row mark a stream; a single item or a slow wait ends it",
+          "[parker][stream]") {
+  using tether::detail::park_until_streaming;
+  using tether::detail::stream_quick_waits;
+  using tether::detail::stream_watch;
+  parker p;
+  stream_watch w;
+  std::uint32_t taken = 0;
+  // A wait whose condition holds at the first re-check, after `items` taken since the last.
+  auto quick_wait = [&](std::uint32_t items) {
+    taken += items;
+    return park_until_streaming(p, [] { return true; }, no_deadline, w, taken);
+  };
+  // A wait whose condition holds only from the third re-check on.
+  auto slow_wait = [&](std::uint32_t items) {
+    taken += items;
+    int checks = 0;
+    return park_until_streaming(p, [&] { return ++checks >= 3; }, no_deadline, w, taken);
+  };
+
+  SECTION("stream_quick_waits quick waits in a row, and not one fewer") {
+    for (int i = 0; i + 1 < stream_quick_waits; ++i) CHECK(quick_wait(1));
+    CHECK_FALSE(w.streaming);
+    CHECK(quick_wait(1));
+    CHECK(w.streaming);
+  }
+  SECTION("a slow wait resets the count") {
+    for (int i = 0; i + 1 < stream_quick_waits; ++i) CHECK(quick_wait(1));
+    CHECK(slow_wait(1));
+    CHECK(w.quick_waits == 0);
+    for (int i = 0; i + 1 < stream_quick_waits; ++i) CHECK(quick_wait(1));
+    CHECK_FALSE(w.streaming);
+  }
+  SECTION("a stream stays while each pause buys a batch") {
+    for (int i = 0; i < stream_quick_waits; ++i) CHECK(quick_wait(1));
+    REQUIRE(w.streaming);
+    for (int i = 0; i < 100; ++i) CHECK(quick_wait(5));
+    CHECK(w.streaming);
+    CHECK(w.taken_at_wait == taken);
+  }
+  SECTION("a wait after a single item ends the stream (a ping-pong)") {
+    for (int i = 0; i < stream_quick_waits; ++i) CHECK(quick_wait(1));
+    REQUIRE(w.streaming);
+    CHECK(quick_wait(1));
+    CHECK_FALSE(w.streaming);
+  }
+  SECTION("a wait the pause did not cover ends the stream (a slow producer)") {
+    for (int i = 0; i < stream_quick_waits; ++i) CHECK(quick_wait(1));
+    REQUIRE(w.streaming);
+    CHECK(slow_wait(5));
+    CHECK_FALSE(w.streaming);
+  }
+  SECTION("a streaming wait still honours its deadline") {
+    for (int i = 0; i < stream_quick_waits; ++i) CHECK(quick_wait(1));
+    REQUIRE(w.streaming);
+    taken += 5;
+    const auto t0 = clock_type::now();
+    CHECK_FALSE(park_until_streaming(p, [] { return false; }, clock_type::now() + 20ms, w, taken));
+    CHECK(clock_type::now() - t0 >= 20ms);
+    CHECK_FALSE(w.streaming);
+  }
+}
+
+// A producer streaming into a consumer that keeps catching up (the case the streaming wait is
+// for): every wait, paused or not, ends by seeing the next value, never by its deadline.
+TEST_CASE("park_until_streaming loses no wake-up while a producer streams", "[parker][stream][lost_wakeup]") {
+  using tether::detail::park_until_streaming;
+  using tether::detail::stream_watch;
+  const std::uint64_t n = tether_test::scaled(200000);
+  parker p;
+  std::atomic<std::uint64_t> published{0};
+  std::thread producer([&] {
+    for (std::uint64_t i = 1; i <= n; ++i) {
+      published.store(i, std::memory_order_release);
+      p.notify_one();
+    }
+  });
+  stream_watch w;
+  std::uint64_t seen = 0;
+  bool in_time = true;
+  while (in_time && seen < n) {
+    const std::uint64_t now = published.load(std::memory_order_acquire);
+    if (now > seen) {
+      seen = now;
+      continue;
+    }
+    in_time = park_until_streaming(p, [&] { return published.load(std::memory_order_acquire) > seen; },
+                                   clock_type::now() + 10s, w, static_cast<std::uint32_t>(seen));
+  }
+  producer.join();
+  CHECK(in_time);
+  CHECK(seen == n);
+}

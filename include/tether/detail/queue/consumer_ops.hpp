@@ -12,7 +12,8 @@
 //                                     (pop_result's take_from_slot constructor)
 //   size_t take_ready(max, sink)    - take up to max ready items, calling sink(T&&)
 //   bool head_ready()               - the parker condition (seq_cst loads)
-// plus a parker `consumer_wait_` and a consumer_check `check_`.
+// plus a parker `consumer_wait_`, a consumer_check `check_`, the consumer's position `head_`
+// (counts the items taken, give or take skipped slots) and a stream_watch `stream_`.
 //
 // Every pop_result travels out as a prvalue (take() -> the loop below -> the public call ->
 // the caller), so an item is moved once on its way out and a throwing move leaves it queued.
@@ -111,7 +112,8 @@ class consumer_ops {
   }
 
   bool wait_for_head(steady_time deadline) {
-    return park_until(q().consumer_wait_, [this] { return q().head_ready(); }, deadline);
+    return park_until_streaming(q().consumer_wait_, [this] { return q().head_ready(); }, deadline, q().stream_,
+                                static_cast<std::uint32_t>(q().head_));
   }
 
   // The deadline loop of the single-item pops. A deadline already past still takes a ready
