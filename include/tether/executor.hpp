@@ -14,13 +14,14 @@
 // family (run, try_run, run_for, run_until; run_one, try_run_one, run_one_for,
 // run_one_until) - the owner of an adopting executor, outside its own tasks.
 //
-// Guarantees: tasks from one posting thread run in the order posted; no lock is held around
-// user code, hooks or task destructors; nothing accepted is dropped silently - a refused post
-// returns closed with the callable not moved from, submit() / call() throw executor_stopped,
-// stop(cancel) reports each destroyed task (futures, calls, replies, stats), delayed tasks
-// report through their timer_handle; a call() that would close a wait cycle throws
-// deadlock_error; exceptions escaping post()ed tasks and hooks go to on_error (unset: the
-// process terminates).
+// Guarantees: tasks from one posting thread run in the order posted, and so do tasks posted
+// from different threads when one post happens-before the other (inline dispatch() and
+// timed tasks aside); no lock is held around user code, hooks or task destructors; nothing
+// accepted is dropped silently - a refused post returns closed with the callable not moved
+// from, submit() / call() throw executor_stopped, stop(cancel) reports each destroyed task
+// (futures, calls, replies, stats), delayed tasks report through their timer_handle; a
+// call() that would close a wait cycle throws deadlock_error; exceptions escaping post()ed
+// tasks and hooks go to on_error (unset: the process terminates).
 //
 // Memory ordering: every hand-over goes through the queue (a release publish, the owner's
 // acquire), so whatever a poster did before post() happens-before the task; a task

@@ -13,7 +13,9 @@
 // Outcomes: a push never blocks and returns push_result ok, or closed with its argument
 // untouched. A pop returns pop_result<T>: the oldest ready item, or empty (try_pop), timeout
 // (_for / _until) or closed (closed and every item taken). Bulk pops return how many items
-// they took. Items pushed by one thread (or one producer handle) come out in the order pushed.
+// they took. Items pushed by one thread (or one producer handle) come out in the order pushed;
+// plain pushes from different threads too, whenever one push happens-before the other (they
+// share one ring, claimed in turn); items of different handles keep only per-handle order.
 // A throwing move of T leaves the item queued (see each method). The destructor destroys the
 // items still queued.
 //

@@ -927,3 +927,36 @@ TEST_CASE("executor: huge timeouts saturate instead of overflowing", "[executor]
     CHECK(ex.join_for(std::chrono::days::max()));
   }
 }
+
+// post keeps the order of posts across threads whenever one post happens-before the other:
+// a token passes between four posting threads, each posting the next number before passing it.
+TEST_CASE("executor: posts from different threads run in happens-before order", "[executor][order]") {
+  executor ex;
+  constexpr int threads = 4;
+  const int total = static_cast<int>(tether_test::scaled(20000, 2000));
+  std::vector<int> seen;
+  seen.reserve(static_cast<std::size_t>(total));
+  std::atomic<int> turn{0}, refused{0};
+  {
+    std::vector<std::jthread> posters;
+    for (int t = 0; t < threads; ++t)
+      posters.emplace_back([&, t] {
+        for (;;) {
+          int next = turn.load(std::memory_order_acquire);
+          while (next < total && next % threads != t) {
+            std::this_thread::yield();
+            next = turn.load(std::memory_order_acquire);
+          }
+          if (next >= total) return;
+          if (!ex.post([&seen, next] { seen.push_back(next); })) refused.fetch_add(1);
+          turn.store(next + 1, std::memory_order_release);
+        }
+      });
+  }
+  ex.call([] {});
+  CHECK(refused == 0);
+  REQUIRE(seen.size() == static_cast<std::size_t>(total));
+  int out_of_order = 0;
+  for (int i = 0; i < total; ++i) out_of_order += seen[static_cast<std::size_t>(i)] != i;
+  CHECK(out_of_order == 0);
+}

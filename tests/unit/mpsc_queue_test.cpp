@@ -2030,3 +2030,46 @@ TEST_CASE("mpsc_queue shrink_to_fit frees the blocks pooled after a burst and th
   for (auto v : out) sum2 += v;
   CHECK(sum2 == burst * (burst + 1) / 2);
 }
+
+// Plain push keeps the order of pushes across threads whenever one push happens-before the
+// other: here a token passes between threads (a release store, an acquire load), and every
+// holder pushes the next number before passing the token on, so the pushes form one
+// happens-before chain across four threads while the consumer pops concurrently.
+TEST_CASE("mpsc_queue plain pushes from different threads come out in happens-before order", "[mpsc_queue][order]") {
+  constexpr int threads = 4;
+  const std::uint64_t total = tether_test::scaled(40000, 4000);
+  tether::mpsc_queue<std::uint64_t> q;
+  std::atomic<std::uint64_t> turn{0};  // the next number to push; its holder is turn % threads
+  std::uint64_t out_of_order = 0, popped = 0;
+  std::atomic<int> refused{0};
+  std::thread consumer([&] {
+    std::uint64_t expect = 0;
+    while (expect < total) {
+      auto r = q.pop_for(std::chrono::seconds(10));
+      if (!r) break;
+      out_of_order += *r != expect;
+      expect = *r + 1;
+      ++popped;
+    }
+  });
+  {
+    tether_test::thread_group producers;
+    for (int t = 0; t < threads; ++t)
+      producers.spawn([&, t] {
+        for (;;) {
+          std::uint64_t next = turn.load(std::memory_order_acquire);
+          while (next < total && next % threads != static_cast<std::uint64_t>(t)) {
+            std::this_thread::yield();
+            next = turn.load(std::memory_order_acquire);
+          }
+          if (next >= total) return;
+          if (!q.push(next)) refused.fetch_add(1);
+          turn.store(next + 1, std::memory_order_release);
+        }
+      });
+  }
+  consumer.join();
+  CHECK(refused == 0);
+  CHECK(popped == total);
+  CHECK(out_of_order == 0);
+}
