@@ -11,10 +11,11 @@
 //                                    consume at once).
 //
 // Outcomes: a push returns push_result: ok; full (try_push); timeout (push_for /
-// push_until); closed - on every outcome but ok its argument is untouched. push() blocks
+// push_until); cancelled (the std::stop_token forms); closed - on every outcome but ok its
+// argument is untouched. push() blocks
 // while the queue is full. A pop returns pop_result<T>: the oldest ready item, or empty
-// (try_pop), timeout (_for / _until) or closed (closed and every item taken); bulk pops return
-// how many items they took. Items pushed by one thread come out in the order pushed. A
+// (try_pop), timeout (_for / _until), cancelled (the std::stop_token forms) or closed (closed
+// and every item taken); bulk pops return how many items they took. Items pushed by one thread come out in the order pushed. A
 // throwing move of T leaves the item queued (see each method). The destructor destroys the
 // items still queued. Memory is allocated once, by the constructor.
 //
@@ -34,6 +35,7 @@
 #include <memory>
 #include <new>
 #include <stdexcept>
+#include <stop_token>
 #include <type_traits>
 #include <utility>
 
@@ -110,6 +112,19 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     return push_until_steady(std::forward<U>(v), detail::to_steady(deadline));
   }
 
+  // The cancellable forms: as above, and cancelled (v untouched) once st's stop is requested
+  // while the queue is full; a stop already requested still tries once. Thread-safe.
+  push_result push(T&& v, std::stop_token st) { return push_until_steady(std::move(v), detail::no_deadline, &st); }
+  push_result push(const T& v, std::stop_token st) { return push_until_steady(v, detail::no_deadline, &st); }
+  template <class U, class Rep, class Period>
+  push_result push_for(U&& v, const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return push_until_steady(std::forward<U>(v), detail::deadline_after(timeout), &st);
+  }
+  template <class U, class Clock, class Duration>
+  push_result push_until(U&& v, const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
+    return push_until_steady(std::forward<U>(v), detail::to_steady(deadline), &st);
+  }
+
   // Closes the queue: later pushes fail (handing their item back) and blocked producers wake
   // with status::closed; the consumer still receives everything pushed before, then sees
   // closed. Returns true if this call closed it. Thread-safe; never blocks.
@@ -157,6 +172,9 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   // As try_pop if T's move throws. Any clock's time point is accepted by pop_until.
   using base::pop_for;
   using base::pop_until;
+  // pop, pop_for and pop_until (and the bulk pops below) also take a std::stop_token last:
+  // a stop request wakes the wait at once and the call returns cancelled (bulk: 0), the item
+  // left queued; an item ready when the stop is seen is still taken.
 
   // Moves up to max ready items to the output iterator out, oldest first; never blocks.
   // Returns how many (0: none ready, or closed). Each item leaves the queue only once its
@@ -264,7 +282,8 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   }
 
   template <class U>
-  push_result push_until_steady(U&& v, detail::steady_time deadline) {
+  push_result push_until_steady(U&& v, detail::steady_time deadline, const std::stop_token* st = nullptr) {
+    detail::stop_wake stop(st);
     for (;;) {
       std::uint64_t pos;
       const status s = claim(pos);
@@ -273,7 +292,9 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
         return status::ok;
       }
       if (s == status::closed) return s;
-      if (!detail::park_until(space_wait_, [this] { return tail_ready(); }, deadline)) {
+      if (stop.requested()) return status::cancelled;
+      stop.arm(space_wait_);
+      if (!detail::park_until(space_wait_, [this, &stop] { return tail_ready() || stop.requested(); }, deadline)) {
         return status::timeout;
       }
     }

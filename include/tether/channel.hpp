@@ -14,11 +14,12 @@
 // destroy - not concurrently with any other call on that endpoint.
 //
 // Outcomes: sends return push_result - ok, full (try_send, bounded), timeout (send_for /
-// send_until, bounded) or closed, and on every outcome but ok the message is untouched.
-// Receives return pop_result<Recv> - the message, or empty / timeout / closed; a throwing
-// move of a message leaves it queued. close() on either endpoint, or destroying it, closes
-// both directions: each side still receives what was sent to it before, then sees closed;
-// blocked senders and receivers wake. Messages never received are destroyed with the last
+// send_until, bounded), cancelled (the std::stop_token forms, bounded) or closed, and on
+// every outcome but ok the message is untouched. Receives return pop_result<Recv> - the
+// message, or empty / timeout / cancelled / closed; a throwing move of a message leaves it
+// queued. close() on either endpoint, or destroying it, closes both directions: each side
+// still receives what was sent to it before, then sees closed; blocked senders and receivers
+// wake. Messages never received are destroyed with the last
 // owner of the pair (both endpoints, and any poller watching one).
 //
 // Memory ordering: a send happens-before the receive that returns its message; a close
@@ -31,6 +32,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <stop_token>
 #include <utility>
 
 #include "detail/platform/futex.hpp"
@@ -121,6 +123,31 @@ class endpoint {
     return tx_->push_until(v, detail::to_steady(deadline));
   }
 
+  // The cancellable sends: as send / send_for / send_until, and cancelled (v untouched) once
+  // st's stop is requested while a bounded pair's inbox is full. An unbounded send never
+  // waits, so it never reports cancelled. Thread-safe.
+  push_result send(Send&& v, std::stop_token st) {
+    return tx_->push_until(std::move(v), detail::no_deadline, std::move(st));
+  }
+  push_result send(const Send& v, std::stop_token st) { return tx_->push_until(v, detail::no_deadline, std::move(st)); }
+  template <class Rep, class Period>
+  push_result send_for(Send&& v, const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return tx_->push_until(std::move(v), detail::deadline_after(timeout), std::move(st));
+  }
+  template <class Rep, class Period>
+  push_result send_for(const Send& v, const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return tx_->push_until(v, detail::deadline_after(timeout), std::move(st));
+  }
+  template <class Clock, class Duration>
+  push_result send_until(Send&& v, const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
+    return tx_->push_until(std::move(v), detail::to_steady(deadline), std::move(st));
+  }
+  template <class Clock, class Duration>
+  push_result send_until(const Send& v, const std::chrono::time_point<Clock, Duration>& deadline,
+                         std::stop_token st) {
+    return tx_->push_until(v, detail::to_steady(deadline), std::move(st));
+  }
+
   // ---- receiving (one thread at a time) --------------------------------------------------
 
   // Takes the oldest message the peer sent, blocking (spin briefly, then park) until there is
@@ -142,6 +169,18 @@ class endpoint {
   template <class Clock, class Duration>
   pop_result<Recv> recv_until(const std::chrono::time_point<Clock, Duration>& deadline) {
     return rx_->pop_until(detail::to_steady(deadline));
+  }
+
+  // The cancellable receives: as recv / recv_for / recv_until, and cancelled once st's stop
+  // is requested (the wait wakes at once; a message ready by then is still received).
+  pop_result<Recv> recv(std::stop_token st) { return rx_->pop_until(detail::no_deadline, st); }
+  template <class Rep, class Period>
+  pop_result<Recv> recv_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return rx_->pop_until(detail::deadline_after(timeout), st);
+  }
+  template <class Clock, class Duration>
+  pop_result<Recv> recv_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
+    return rx_->pop_until(detail::to_steady(deadline), st);
   }
 
   // ---- both sides ------------------------------------------------------------------------

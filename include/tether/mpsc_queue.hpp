@@ -12,7 +12,8 @@
 //
 // Outcomes: a push never blocks and returns push_result ok, or closed with its argument
 // untouched. A pop returns pop_result<T>: the oldest ready item, or empty (try_pop), timeout
-// (_for / _until) or closed (closed and every item taken). Bulk pops return how many items
+// (_for / _until), cancelled (the std::stop_token forms) or closed (closed and every item
+// taken). Bulk pops return how many items
 // they took. Items pushed by one thread (or one producer handle) come out in the order pushed;
 // plain pushes from different threads too, whenever one push happens-before the other (they
 // share one ring, claimed in turn); items of different handles keep only per-handle order.
@@ -221,6 +222,9 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   // As try_pop if T's move throws. Any clock's time point is accepted by pop_until.
   using base::pop_for;
   using base::pop_until;
+  // pop, pop_for and pop_until (and the bulk pops below) also take a std::stop_token last:
+  // a stop request wakes the wait at once and the call returns cancelled (bulk: 0), the item
+  // left queued; an item ready when the stop is seen is still taken.
 
   // Moves up to max ready items to the output iterator out, oldest first; never blocks.
   // Returns how many (0: none ready, or closed). Each item leaves the queue only once its

@@ -7,9 +7,9 @@
 //
 // receiver<T> holds a pointer to an mpsc_queue<T>: it is cheap to copy, and every copy is the
 // same view. It offers the queue's pop family (try_pop, pop, pop_for, pop_until,
-// try_pop_bulk, pop_bulk, pop_bulk_for, pop_bulk_until, try_pop_each) with exactly the
-// queue's outcomes (see mpsc_queue.hpp), plus is_closed and size_approx - no push, no close.
-// A poller or select accepts it like the queue itself.
+// try_pop_bulk, pop_bulk, pop_bulk_for, pop_bulk_until, try_pop_each; the waits also with a
+// std::stop_token) with exactly the queue's outcomes (see mpsc_queue.hpp), plus is_closed
+// and size_approx - no push, no close. A poller or select accepts it like the queue itself.
 //
 // Who may call what: the pop family - the queue's one consumer thread at a time (all copies
 // of a receiver and the queue itself share that one consumer); is_closed / size_approx - any
@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <stop_token>
 #include <utility>
 
 #include "mpsc_queue.hpp"
@@ -80,6 +81,31 @@ class receiver {
   template <class OutputIt, class Clock, class Duration>
   std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline) {
     return q_->pop_bulk_until(std::move(out), max, deadline);
+  }
+
+  // The std::stop_token forms, as mpsc_queue's: cancelled (bulk: 0) once a stop is requested.
+  pop_result<T> pop(std::stop_token st) { return q_->pop(std::move(st)); }
+  template <class Rep, class Period>
+  pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return q_->pop_for(timeout, std::move(st));
+  }
+  template <class Clock, class Duration>
+  pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
+    return q_->pop_until(deadline, std::move(st));
+  }
+  template <class OutputIt>
+  std::size_t pop_bulk(OutputIt out, std::size_t max, std::stop_token st) {
+    return q_->pop_bulk(std::move(out), max, std::move(st));
+  }
+  template <class OutputIt, class Rep, class Period>
+  std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout,
+                           std::stop_token st) {
+    return q_->pop_bulk_for(std::move(out), max, timeout, std::move(st));
+  }
+  template <class OutputIt, class Clock, class Duration>
+  std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline,
+                             std::stop_token st) {
+    return q_->pop_bulk_until(std::move(out), max, deadline, std::move(st));
   }
 
   // As mpsc_queue::try_pop_each: calls f(T&&) for up to max ready items; how many.

@@ -2,8 +2,8 @@
 // tether/result.hpp - what a push or pop reports: a value, or why there is none.
 //
 // Every non-blocking and timed call in tether says exactly what happened, so a caller can
-// tell "nothing yet" (empty), "gave up waiting" (timeout), "no room" (full) and "the other
-// side is gone" (closed) apart. A failed push never consumes its argument: the value stays
+// tell "nothing yet" (empty), "gave up waiting" (timeout), "no room" (full), "the other
+// side is gone" (closed) and "asked to stop waiting" (cancelled) apart. A failed push never consumes its argument: the value stays
 // with the caller.
 #pragma once
 
@@ -29,6 +29,7 @@ enum class status : std::uint8_t {
   full,     // try_push: no room right now (the queue is open)
   timeout,  // *_for / *_until: the deadline passed first
   closed,   // closed (and, for pops, drained): no value will ever come / be accepted
+  cancelled,  // std::stop_token overloads: a stop was requested before a value came / fitted
 };
 
 constexpr const char* to_string(status s) noexcept {
@@ -38,6 +39,7 @@ constexpr const char* to_string(status s) noexcept {
     case status::full: return "full";
     case status::timeout: return "timeout";
     case status::closed: return "closed";
+    case status::cancelled: return "cancelled";
   }
   return "unknown";
 }
@@ -52,6 +54,7 @@ class [[nodiscard]] push_result {
   constexpr bool is_full() const noexcept { return status_ == tether::status::full; }
   constexpr bool is_timeout() const noexcept { return status_ == tether::status::timeout; }
   constexpr bool is_closed() const noexcept { return status_ == tether::status::closed; }
+  constexpr bool is_cancelled() const noexcept { return status_ == tether::status::cancelled; }
   friend constexpr bool operator==(push_result a, push_result b) noexcept = default;
 
  private:
@@ -59,7 +62,7 @@ class [[nodiscard]] push_result {
 };
 
 // Outcome of a pop or receive: holds a value (status ok) or says why not (empty, timeout,
-// closed). Reads like std::optional: `if (auto r = q.pop_for(10ms)) use(*r);`.
+// closed, cancelled). Reads like std::optional: `if (auto r = q.pop_for(10ms)) use(*r);`.
 template <class T>
 class [[nodiscard]] pop_result {
  public:
@@ -89,6 +92,7 @@ class [[nodiscard]] pop_result {
   bool is_empty() const noexcept { return status_ == tether::status::empty; }
   bool is_timeout() const noexcept { return status_ == tether::status::timeout; }
   bool is_closed() const noexcept { return status_ == tether::status::closed; }
+  bool is_cancelled() const noexcept { return status_ == tether::status::cancelled; }
 
   T& operator*() & noexcept { return *value_; }
   const T& operator*() const& noexcept { return *value_; }

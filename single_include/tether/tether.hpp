@@ -413,6 +413,8 @@ inline void heavy_fence() noexcept {
 // load, on the cache line it already reads. detach() waits out notifiers still inside the
 // listener, so the listener may be destroyed as soon as it returns.
 
+#include <optional>
+#include <stop_token>
 
 
 namespace tether::detail {
@@ -715,6 +717,31 @@ inline void parker::detach(parker_listener& l) noexcept {
              [this] { return listener_calls_.load(std::memory_order_seq_cst) == 0; }, no_deadline);
 }
 
+// Cancellable waits: a std::stop_callback whose callable wakes a parker's waiters, so that a
+// stop request ends a wait at once. The waiter adds `stop requested` to its condition; the
+// stop state's flag is published before the callback runs, and the callback notifies like any
+// other publisher (the same handshake). Built lazily, only by a wait that is about to block:
+// registering costs a lock in the stop state.
+struct notify_on_stop {
+  parker* p;
+  void operator()() const noexcept { p->notify_all(); }
+};
+
+class stop_wake {
+ public:
+  // st: null for the overloads without a token (then nothing is registered, nothing stops).
+  explicit stop_wake(const std::stop_token* st) noexcept : st_(st) {}
+  bool requested() const noexcept { return st_ != nullptr && st_->stop_requested(); }
+  // Call before each wait on p: the first call registers the callback.
+  void arm(parker& p) {
+    if (st_ != nullptr && !cb_) cb_.emplace(*st_, notify_on_stop{&p});
+  }
+
+ private:
+  const std::stop_token* st_;
+  std::optional<std::stop_callback<notify_on_stop>> cb_;
+};
+
 // Short backoff for a thread that must let another finish a few instructions (a producer
 // waiting for another to link the next block of mpsc_queue's ring): pause, then give the
 // core away. Never sleeps.
@@ -800,11 +827,10 @@ void hand_over(T* p, Sink& sink, Leave&& leave) {
 // tether/result.hpp - what a push or pop reports: a value, or why there is none.
 //
 // Every non-blocking and timed call in tether says exactly what happened, so a caller can
-// tell "nothing yet" (empty), "gave up waiting" (timeout), "no room" (full) and "the other
-// side is gone" (closed) apart. A failed push never consumes its argument: the value stays
+// tell "nothing yet" (empty), "gave up waiting" (timeout), "no room" (full), "the other
+// side is gone" (closed) and "asked to stop waiting" (cancelled) apart. A failed push never consumes its argument: the value stays
 // with the caller.
 
-#include <optional>
 #include <string>
 
 namespace tether {
@@ -823,6 +849,7 @@ enum class status : std::uint8_t {
   full,     // try_push: no room right now (the queue is open)
   timeout,  // *_for / *_until: the deadline passed first
   closed,   // closed (and, for pops, drained): no value will ever come / be accepted
+  cancelled,  // std::stop_token overloads: a stop was requested before a value came / fitted
 };
 
 constexpr const char* to_string(status s) noexcept {
@@ -832,6 +859,7 @@ constexpr const char* to_string(status s) noexcept {
     case status::full: return "full";
     case status::timeout: return "timeout";
     case status::closed: return "closed";
+    case status::cancelled: return "cancelled";
   }
   return "unknown";
 }
@@ -846,6 +874,7 @@ class [[nodiscard]] push_result {
   constexpr bool is_full() const noexcept { return status_ == tether::status::full; }
   constexpr bool is_timeout() const noexcept { return status_ == tether::status::timeout; }
   constexpr bool is_closed() const noexcept { return status_ == tether::status::closed; }
+  constexpr bool is_cancelled() const noexcept { return status_ == tether::status::cancelled; }
   friend constexpr bool operator==(push_result a, push_result b) noexcept = default;
 
  private:
@@ -853,7 +882,7 @@ class [[nodiscard]] push_result {
 };
 
 // Outcome of a pop or receive: holds a value (status ok) or says why not (empty, timeout,
-// closed). Reads like std::optional: `if (auto r = q.pop_for(10ms)) use(*r);`.
+// closed, cancelled). Reads like std::optional: `if (auto r = q.pop_for(10ms)) use(*r);`.
 template <class T>
 class [[nodiscard]] pop_result {
  public:
@@ -883,6 +912,7 @@ class [[nodiscard]] pop_result {
   bool is_empty() const noexcept { return status_ == tether::status::empty; }
   bool is_timeout() const noexcept { return status_ == tether::status::timeout; }
   bool is_closed() const noexcept { return status_ == tether::status::closed; }
+  bool is_cancelled() const noexcept { return status_ == tether::status::cancelled; }
 
   T& operator*() & noexcept { return *value_; }
   const T& operator*() const& noexcept { return *value_; }
@@ -961,15 +991,27 @@ class consumer_ops {
     }
   }
 
-  pop_result<T> pop() { return pop_until_steady(no_deadline); }
+  pop_result<T> pop() { return pop_until_steady(no_deadline, nullptr); }
 
   template <class Rep, class Period>
   pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return pop_until_steady(deadline_after(timeout));
+    return pop_until_steady(deadline_after(timeout), nullptr);
   }
   template <class Clock, class Duration>
   pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    return pop_until_steady(to_steady(deadline));
+    return pop_until_steady(to_steady(deadline), nullptr);
+  }
+
+  // The cancellable forms: as above, and cancelled once st's stop is requested (an item
+  // ready by then is still taken: a stop already requested tries once).
+  pop_result<T> pop(std::stop_token st) { return pop_until_steady(no_deadline, &st); }
+  template <class Rep, class Period>
+  pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return pop_until_steady(deadline_after(timeout), &st);
+  }
+  template <class Clock, class Duration>
+  pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
+    return pop_until_steady(to_steady(deadline), &st);
   }
 
   template <class OutputIt>
@@ -980,15 +1022,29 @@ class consumer_ops {
 
   template <class OutputIt>
   std::size_t pop_bulk(OutputIt out, std::size_t max) {
-    return pop_bulk_until_steady(out, max, no_deadline);
+    return pop_bulk_until_steady(out, max, no_deadline, nullptr);
   }
   template <class OutputIt, class Rep, class Period>
   std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout) {
-    return pop_bulk_until_steady(out, max, deadline_after(timeout));
+    return pop_bulk_until_steady(out, max, deadline_after(timeout), nullptr);
   }
   template <class OutputIt, class Clock, class Duration>
   std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline) {
-    return pop_bulk_until_steady(out, max, to_steady(deadline));
+    return pop_bulk_until_steady(out, max, to_steady(deadline), nullptr);
+  }
+  template <class OutputIt>
+  std::size_t pop_bulk(OutputIt out, std::size_t max, std::stop_token st) {
+    return pop_bulk_until_steady(out, max, no_deadline, &st);
+  }
+  template <class OutputIt, class Rep, class Period>
+  std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout,
+                           std::stop_token st) {
+    return pop_bulk_until_steady(out, max, deadline_after(timeout), &st);
+  }
+  template <class OutputIt, class Clock, class Duration>
+  std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline,
+                             std::stop_token st) {
+    return pop_bulk_until_steady(out, max, to_steady(deadline), &st);
   }
 
   template <class F>
@@ -1013,15 +1069,19 @@ class consumer_ops {
     return q().head_ready();
   }
 
-  bool wait_for_head(steady_time deadline) {
-    return park_until_streaming(q().consumer_wait_, [this] { return q().head_ready(); }, deadline, q().stream_,
-                                static_cast<std::uint32_t>(q().head_));
+  // Waits until the head is ready, the deadline passes (false) or stop is requested.
+  bool wait_for_head(steady_time deadline, stop_wake& stop) {
+    stop.arm(q().consumer_wait_);
+    return park_until_streaming(
+        q().consumer_wait_, [this, &stop] { return q().head_ready() || stop.requested(); }, deadline, q().stream_,
+        static_cast<std::uint32_t>(q().head_));
   }
 
-  // The deadline loop of the single-item pops. A deadline already past still takes a ready
-  // item (try once).
-  pop_result<T> pop_until_steady(steady_time deadline) {
+  // The deadline loop of the single-item pops. A deadline already past (or a stop already
+  // requested) still takes a ready item (try once).
+  pop_result<T> pop_until_steady(steady_time deadline, const std::stop_token* st) {
     consumer_scope scope(q().check_);
+    stop_wake stop(st);
     for (;;) {
       switch (q().probe()) {
         case head_state::ready:
@@ -1030,16 +1090,19 @@ class consumer_ops {
         case head_state::closed: return status::closed;
         default: break;
       }
-      if (!wait_for_head(deadline)) return status::timeout;
+      if (stop.requested()) return status::cancelled;
+      if (!wait_for_head(deadline, stop)) return status::timeout;
     }
   }
 
-  // The deadline loop of the bulk pops: waits for the first item until the deadline, then
-  // takes what is ready. 0 when closed and drained, timed out, or max == 0.
+  // The deadline loop of the bulk pops: waits for the first item until the deadline (or a
+  // stop request), then takes what is ready. 0 when closed and drained, timed out,
+  // cancelled, or max == 0.
   template <class OutputIt>
-  std::size_t pop_bulk_until_steady(OutputIt out, std::size_t max, steady_time deadline) {
+  std::size_t pop_bulk_until_steady(OutputIt out, std::size_t max, steady_time deadline, const std::stop_token* st) {
     consumer_scope scope(q().check_);
     if (max == 0) return 0;
+    stop_wake stop(st);
     for (;;) {
       const head_state hs = q().probe();
       if (hs == head_state::closed) return 0;
@@ -1048,7 +1111,8 @@ class consumer_ops {
         if (n != 0) return n;
         continue;  // only skipped slots
       }
-      if (!wait_for_head(deadline)) return 0;
+      if (stop.requested()) return 0;
+      if (!wait_for_head(deadline, stop)) return 0;
     }
   }
 };
@@ -1068,10 +1132,11 @@ class consumer_ops {
 //                                    consume at once).
 //
 // Outcomes: a push returns push_result: ok; full (try_push); timeout (push_for /
-// push_until); closed - on every outcome but ok its argument is untouched. push() blocks
+// push_until); cancelled (the std::stop_token forms); closed - on every outcome but ok its
+// argument is untouched. push() blocks
 // while the queue is full. A pop returns pop_result<T>: the oldest ready item, or empty
-// (try_pop), timeout (_for / _until) or closed (closed and every item taken); bulk pops return
-// how many items they took. Items pushed by one thread come out in the order pushed. A
+// (try_pop), timeout (_for / _until), cancelled (the std::stop_token forms) or closed (closed
+// and every item taken); bulk pops return how many items they took. Items pushed by one thread come out in the order pushed. A
 // throwing move of T leaves the item queued (see each method). The destructor destroys the
 // items still queued. Memory is allocated once, by the constructor.
 //
@@ -1151,6 +1216,19 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
     return push_until_steady(std::forward<U>(v), detail::to_steady(deadline));
   }
 
+  // The cancellable forms: as above, and cancelled (v untouched) once st's stop is requested
+  // while the queue is full; a stop already requested still tries once. Thread-safe.
+  push_result push(T&& v, std::stop_token st) { return push_until_steady(std::move(v), detail::no_deadline, &st); }
+  push_result push(const T& v, std::stop_token st) { return push_until_steady(v, detail::no_deadline, &st); }
+  template <class U, class Rep, class Period>
+  push_result push_for(U&& v, const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return push_until_steady(std::forward<U>(v), detail::deadline_after(timeout), &st);
+  }
+  template <class U, class Clock, class Duration>
+  push_result push_until(U&& v, const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
+    return push_until_steady(std::forward<U>(v), detail::to_steady(deadline), &st);
+  }
+
   // Closes the queue: later pushes fail (handing their item back) and blocked producers wake
   // with status::closed; the consumer still receives everything pushed before, then sees
   // closed. Returns true if this call closed it. Thread-safe; never blocks.
@@ -1198,6 +1276,9 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   // As try_pop if T's move throws. Any clock's time point is accepted by pop_until.
   using base::pop_for;
   using base::pop_until;
+  // pop, pop_for and pop_until (and the bulk pops below) also take a std::stop_token last:
+  // a stop request wakes the wait at once and the call returns cancelled (bulk: 0), the item
+  // left queued; an item ready when the stop is seen is still taken.
 
   // Moves up to max ready items to the output iterator out, oldest first; never blocks.
   // Returns how many (0: none ready, or closed). Each item leaves the queue only once its
@@ -1305,7 +1386,8 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   }
 
   template <class U>
-  push_result push_until_steady(U&& v, detail::steady_time deadline) {
+  push_result push_until_steady(U&& v, detail::steady_time deadline, const std::stop_token* st = nullptr) {
+    detail::stop_wake stop(st);
     for (;;) {
       std::uint64_t pos;
       const status s = claim(pos);
@@ -1314,7 +1396,9 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
         return status::ok;
       }
       if (s == status::closed) return s;
-      if (!detail::park_until(space_wait_, [this] { return tail_ready(); }, deadline)) {
+      if (stop.requested()) return status::cancelled;
+      stop.arm(space_wait_);
+      if (!detail::park_until(space_wait_, [this, &stop] { return tail_ready() || stop.requested(); }, deadline)) {
         return status::timeout;
       }
     }
@@ -1765,7 +1849,8 @@ class producer_lane {
 //
 // Outcomes: a push never blocks and returns push_result ok, or closed with its argument
 // untouched. A pop returns pop_result<T>: the oldest ready item, or empty (try_pop), timeout
-// (_for / _until) or closed (closed and every item taken). Bulk pops return how many items
+// (_for / _until), cancelled (the std::stop_token forms) or closed (closed and every item
+// taken). Bulk pops return how many items
 // they took. Items pushed by one thread (or one producer handle) come out in the order pushed;
 // plain pushes from different threads too, whenever one push happens-before the other (they
 // share one ring, claimed in turn); items of different handles keep only per-handle order.
@@ -1956,6 +2041,9 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   // As try_pop if T's move throws. Any clock's time point is accepted by pop_until.
   using base::pop_for;
   using base::pop_until;
+  // pop, pop_for and pop_until (and the bulk pops below) also take a std::stop_token last:
+  // a stop request wakes the wait at once and the call returns cancelled (bulk: 0), the item
+  // left queued; an item ready when the stop is seen is still taken.
 
   // Moves up to max ready items to the output iterator out, oldest first; never blocks.
   // Returns how many (0: none ready, or closed). Each item leaves the queue only once its
@@ -2481,6 +2569,13 @@ class channel_direction {
     return std::get_if<1>(&q_)->push_until(std::forward<U>(v), deadline);
   }
 
+  // As push_until; a stop request while bounded and full ends the wait: cancelled.
+  template <class U>
+  push_result push_until(U&& v, steady_time deadline, std::stop_token st) {
+    if (auto* q = std::get_if<0>(&q_)) return q->push(std::forward<U>(v));
+    return std::get_if<1>(&q_)->push_until(std::forward<U>(v), deadline, std::move(st));
+  }
+
   // Every pop_result below is returned as a prvalue straight from the queue (no move of T
   // on the way: a throwing move leaves the message queued, see result.hpp).
   pop_result<T> try_pop() {
@@ -2490,6 +2585,10 @@ class channel_direction {
   // ok, timeout or closed (closed only once every message was received).
   pop_result<T> pop_until(steady_time deadline) {
     return with_queue([deadline](auto& q) { return q.pop_until(deadline); });
+  }
+  // As pop_until; a stop request ends the wait: cancelled.
+  pop_result<T> pop_until(steady_time deadline, const std::stop_token& st) {
+    return with_queue([deadline, &st](auto& q) { return q.pop_until(deadline, st); });
   }
 
   // True for the call that closed it.
@@ -2546,11 +2645,12 @@ class channel_direction {
 // destroy - not concurrently with any other call on that endpoint.
 //
 // Outcomes: sends return push_result - ok, full (try_send, bounded), timeout (send_for /
-// send_until, bounded) or closed, and on every outcome but ok the message is untouched.
-// Receives return pop_result<Recv> - the message, or empty / timeout / closed; a throwing
-// move of a message leaves it queued. close() on either endpoint, or destroying it, closes
-// both directions: each side still receives what was sent to it before, then sees closed;
-// blocked senders and receivers wake. Messages never received are destroyed with the last
+// send_until, bounded), cancelled (the std::stop_token forms, bounded) or closed, and on
+// every outcome but ok the message is untouched. Receives return pop_result<Recv> - the
+// message, or empty / timeout / cancelled / closed; a throwing move of a message leaves it
+// queued. close() on either endpoint, or destroying it, closes both directions: each side
+// still receives what was sent to it before, then sees closed; blocked senders and receivers
+// wake. Messages never received are destroyed with the last
 // owner of the pair (both endpoints, and any poller watching one).
 //
 // Memory ordering: a send happens-before the receive that returns its message; a close
@@ -2644,6 +2744,31 @@ class endpoint {
     return tx_->push_until(v, detail::to_steady(deadline));
   }
 
+  // The cancellable sends: as send / send_for / send_until, and cancelled (v untouched) once
+  // st's stop is requested while a bounded pair's inbox is full. An unbounded send never
+  // waits, so it never reports cancelled. Thread-safe.
+  push_result send(Send&& v, std::stop_token st) {
+    return tx_->push_until(std::move(v), detail::no_deadline, std::move(st));
+  }
+  push_result send(const Send& v, std::stop_token st) { return tx_->push_until(v, detail::no_deadline, std::move(st)); }
+  template <class Rep, class Period>
+  push_result send_for(Send&& v, const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return tx_->push_until(std::move(v), detail::deadline_after(timeout), std::move(st));
+  }
+  template <class Rep, class Period>
+  push_result send_for(const Send& v, const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return tx_->push_until(v, detail::deadline_after(timeout), std::move(st));
+  }
+  template <class Clock, class Duration>
+  push_result send_until(Send&& v, const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
+    return tx_->push_until(std::move(v), detail::to_steady(deadline), std::move(st));
+  }
+  template <class Clock, class Duration>
+  push_result send_until(const Send& v, const std::chrono::time_point<Clock, Duration>& deadline,
+                         std::stop_token st) {
+    return tx_->push_until(v, detail::to_steady(deadline), std::move(st));
+  }
+
   // ---- receiving (one thread at a time) --------------------------------------------------
 
   // Takes the oldest message the peer sent, blocking (spin briefly, then park) until there is
@@ -2665,6 +2790,18 @@ class endpoint {
   template <class Clock, class Duration>
   pop_result<Recv> recv_until(const std::chrono::time_point<Clock, Duration>& deadline) {
     return rx_->pop_until(detail::to_steady(deadline));
+  }
+
+  // The cancellable receives: as recv / recv_for / recv_until, and cancelled once st's stop
+  // is requested (the wait wakes at once; a message ready by then is still received).
+  pop_result<Recv> recv(std::stop_token st) { return rx_->pop_until(detail::no_deadline, st); }
+  template <class Rep, class Period>
+  pop_result<Recv> recv_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return rx_->pop_until(detail::deadline_after(timeout), st);
+  }
+  template <class Clock, class Duration>
+  pop_result<Recv> recv_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
+    return rx_->pop_until(detail::to_steady(deadline), st);
   }
 
   // ---- both sides ------------------------------------------------------------------------
@@ -4131,7 +4268,6 @@ class wake_fd {
 // depth high-water mark, long tasks), which any thread reads through stats().
 
 #include <future>
-#include <stop_token>
 
 
 namespace tether::detail {
@@ -5827,9 +5963,9 @@ inline bool rx_ready(fd_source& s) noexcept { return s.ready(); }
 //
 // receiver<T> holds a pointer to an mpsc_queue<T>: it is cheap to copy, and every copy is the
 // same view. It offers the queue's pop family (try_pop, pop, pop_for, pop_until,
-// try_pop_bulk, pop_bulk, pop_bulk_for, pop_bulk_until, try_pop_each) with exactly the
-// queue's outcomes (see mpsc_queue.hpp), plus is_closed and size_approx - no push, no close.
-// A poller or select accepts it like the queue itself.
+// try_pop_bulk, pop_bulk, pop_bulk_for, pop_bulk_until, try_pop_each; the waits also with a
+// std::stop_token) with exactly the queue's outcomes (see mpsc_queue.hpp), plus is_closed
+// and size_approx - no push, no close. A poller or select accepts it like the queue itself.
 //
 // Who may call what: the pop family - the queue's one consumer thread at a time (all copies
 // of a receiver and the queue itself share that one consumer); is_closed / size_approx - any
@@ -5893,6 +6029,31 @@ class receiver {
   template <class OutputIt, class Clock, class Duration>
   std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline) {
     return q_->pop_bulk_until(std::move(out), max, deadline);
+  }
+
+  // The std::stop_token forms, as mpsc_queue's: cancelled (bulk: 0) once a stop is requested.
+  pop_result<T> pop(std::stop_token st) { return q_->pop(std::move(st)); }
+  template <class Rep, class Period>
+  pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return q_->pop_for(timeout, std::move(st));
+  }
+  template <class Clock, class Duration>
+  pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
+    return q_->pop_until(deadline, std::move(st));
+  }
+  template <class OutputIt>
+  std::size_t pop_bulk(OutputIt out, std::size_t max, std::stop_token st) {
+    return q_->pop_bulk(std::move(out), max, std::move(st));
+  }
+  template <class OutputIt, class Rep, class Period>
+  std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout,
+                           std::stop_token st) {
+    return q_->pop_bulk_for(std::move(out), max, timeout, std::move(st));
+  }
+  template <class OutputIt, class Clock, class Duration>
+  std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline,
+                             std::stop_token st) {
+    return q_->pop_bulk_until(std::move(out), max, deadline, std::move(st));
   }
 
   // As mpsc_queue::try_pop_each: calls f(T&&) for up to max ready items; how many.

@@ -11,6 +11,8 @@ TEST_CASE("push_result converts to true only for ok", "[result]") {
   CHECK(tether::push_result(tether::status::full).is_full());
   CHECK(tether::push_result(tether::status::timeout).is_timeout());
   CHECK(tether::push_result(tether::status::closed).is_closed());
+  CHECK(tether::push_result(tether::status::cancelled).is_cancelled());
+  CHECK_FALSE(static_cast<bool>(tether::push_result(tether::status::cancelled)));
 }
 
 TEST_CASE("pop_result holds a value or says why not", "[result]") {
@@ -26,4 +28,10 @@ TEST_CASE("pop_result holds a value or says why not", "[result]") {
   CHECK(t.is_timeout());
   CHECK_THROWS_WITH(t.value(), Catch::Contains("timeout"));
   CHECK(std::string(tether::to_string(tether::status::closed)) == "closed");
+
+  tether::pop_result<std::string> c(tether::status::cancelled);
+  CHECK_FALSE(c);
+  CHECK(c.is_cancelled());
+  CHECK_FALSE(c.is_timeout());
+  CHECK_THROWS_WITH(c.value(), Catch::Contains("cancelled"));
 }

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <stop_token>
 #include <utility>
 #include <variant>
 
@@ -54,6 +55,13 @@ class channel_direction {
     return std::get_if<1>(&q_)->push_until(std::forward<U>(v), deadline);
   }
 
+  // As push_until; a stop request while bounded and full ends the wait: cancelled.
+  template <class U>
+  push_result push_until(U&& v, steady_time deadline, std::stop_token st) {
+    if (auto* q = std::get_if<0>(&q_)) return q->push(std::forward<U>(v));
+    return std::get_if<1>(&q_)->push_until(std::forward<U>(v), deadline, std::move(st));
+  }
+
   // Every pop_result below is returned as a prvalue straight from the queue (no move of T
   // on the way: a throwing move leaves the message queued, see result.hpp).
   pop_result<T> try_pop() {
@@ -63,6 +71,10 @@ class channel_direction {
   // ok, timeout or closed (closed only once every message was received).
   pop_result<T> pop_until(steady_time deadline) {
     return with_queue([deadline](auto& q) { return q.pop_until(deadline); });
+  }
+  // As pop_until; a stop request ends the wait: cancelled.
+  pop_result<T> pop_until(steady_time deadline, const std::stop_token& st) {
+    return with_queue([deadline, &st](auto& q) { return q.pop_until(deadline, st); });
   }
 
   // True for the call that closed it.

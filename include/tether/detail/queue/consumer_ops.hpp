@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <stop_token>
 #include <utility>
 
 #include "consumer_check.hpp"
@@ -59,15 +60,27 @@ class consumer_ops {
     }
   }
 
-  pop_result<T> pop() { return pop_until_steady(no_deadline); }
+  pop_result<T> pop() { return pop_until_steady(no_deadline, nullptr); }
 
   template <class Rep, class Period>
   pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return pop_until_steady(deadline_after(timeout));
+    return pop_until_steady(deadline_after(timeout), nullptr);
   }
   template <class Clock, class Duration>
   pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    return pop_until_steady(to_steady(deadline));
+    return pop_until_steady(to_steady(deadline), nullptr);
+  }
+
+  // The cancellable forms: as above, and cancelled once st's stop is requested (an item
+  // ready by then is still taken: a stop already requested tries once).
+  pop_result<T> pop(std::stop_token st) { return pop_until_steady(no_deadline, &st); }
+  template <class Rep, class Period>
+  pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return pop_until_steady(deadline_after(timeout), &st);
+  }
+  template <class Clock, class Duration>
+  pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
+    return pop_until_steady(to_steady(deadline), &st);
   }
 
   template <class OutputIt>
@@ -78,15 +91,29 @@ class consumer_ops {
 
   template <class OutputIt>
   std::size_t pop_bulk(OutputIt out, std::size_t max) {
-    return pop_bulk_until_steady(out, max, no_deadline);
+    return pop_bulk_until_steady(out, max, no_deadline, nullptr);
   }
   template <class OutputIt, class Rep, class Period>
   std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout) {
-    return pop_bulk_until_steady(out, max, deadline_after(timeout));
+    return pop_bulk_until_steady(out, max, deadline_after(timeout), nullptr);
   }
   template <class OutputIt, class Clock, class Duration>
   std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline) {
-    return pop_bulk_until_steady(out, max, to_steady(deadline));
+    return pop_bulk_until_steady(out, max, to_steady(deadline), nullptr);
+  }
+  template <class OutputIt>
+  std::size_t pop_bulk(OutputIt out, std::size_t max, std::stop_token st) {
+    return pop_bulk_until_steady(out, max, no_deadline, &st);
+  }
+  template <class OutputIt, class Rep, class Period>
+  std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout,
+                           std::stop_token st) {
+    return pop_bulk_until_steady(out, max, deadline_after(timeout), &st);
+  }
+  template <class OutputIt, class Clock, class Duration>
+  std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline,
+                             std::stop_token st) {
+    return pop_bulk_until_steady(out, max, to_steady(deadline), &st);
   }
 
   template <class F>
@@ -111,15 +138,19 @@ class consumer_ops {
     return q().head_ready();
   }
 
-  bool wait_for_head(steady_time deadline) {
-    return park_until_streaming(q().consumer_wait_, [this] { return q().head_ready(); }, deadline, q().stream_,
-                                static_cast<std::uint32_t>(q().head_));
+  // Waits until the head is ready, the deadline passes (false) or stop is requested.
+  bool wait_for_head(steady_time deadline, stop_wake& stop) {
+    stop.arm(q().consumer_wait_);
+    return park_until_streaming(
+        q().consumer_wait_, [this, &stop] { return q().head_ready() || stop.requested(); }, deadline, q().stream_,
+        static_cast<std::uint32_t>(q().head_));
   }
 
-  // The deadline loop of the single-item pops. A deadline already past still takes a ready
-  // item (try once).
-  pop_result<T> pop_until_steady(steady_time deadline) {
+  // The deadline loop of the single-item pops. A deadline already past (or a stop already
+  // requested) still takes a ready item (try once).
+  pop_result<T> pop_until_steady(steady_time deadline, const std::stop_token* st) {
     consumer_scope scope(q().check_);
+    stop_wake stop(st);
     for (;;) {
       switch (q().probe()) {
         case head_state::ready:
@@ -128,16 +159,19 @@ class consumer_ops {
         case head_state::closed: return status::closed;
         default: break;
       }
-      if (!wait_for_head(deadline)) return status::timeout;
+      if (stop.requested()) return status::cancelled;
+      if (!wait_for_head(deadline, stop)) return status::timeout;
     }
   }
 
-  // The deadline loop of the bulk pops: waits for the first item until the deadline, then
-  // takes what is ready. 0 when closed and drained, timed out, or max == 0.
+  // The deadline loop of the bulk pops: waits for the first item until the deadline (or a
+  // stop request), then takes what is ready. 0 when closed and drained, timed out,
+  // cancelled, or max == 0.
   template <class OutputIt>
-  std::size_t pop_bulk_until_steady(OutputIt out, std::size_t max, steady_time deadline) {
+  std::size_t pop_bulk_until_steady(OutputIt out, std::size_t max, steady_time deadline, const std::stop_token* st) {
     consumer_scope scope(q().check_);
     if (max == 0) return 0;
+    stop_wake stop(st);
     for (;;) {
       const head_state hs = q().probe();
       if (hs == head_state::closed) return 0;
@@ -146,7 +180,8 @@ class consumer_ops {
         if (n != 0) return n;
         continue;  // only skipped slots
       }
-      if (!wait_for_head(deadline)) return 0;
+      if (stop.requested()) return 0;
+      if (!wait_for_head(deadline, stop)) return 0;
     }
   }
 };

@@ -32,6 +32,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <optional>
+#include <stop_token>
 #include <thread>
 
 #include "../platform/config.hpp"
@@ -337,6 +339,31 @@ inline void parker::detach(parker_listener& l) noexcept {
   park_until(listener_exit_parker(this),
              [this] { return listener_calls_.load(std::memory_order_seq_cst) == 0; }, no_deadline);
 }
+
+// Cancellable waits: a std::stop_callback whose callable wakes a parker's waiters, so that a
+// stop request ends a wait at once. The waiter adds `stop requested` to its condition; the
+// stop state's flag is published before the callback runs, and the callback notifies like any
+// other publisher (the same handshake). Built lazily, only by a wait that is about to block:
+// registering costs a lock in the stop state.
+struct notify_on_stop {
+  parker* p;
+  void operator()() const noexcept { p->notify_all(); }
+};
+
+class stop_wake {
+ public:
+  // st: null for the overloads without a token (then nothing is registered, nothing stops).
+  explicit stop_wake(const std::stop_token* st) noexcept : st_(st) {}
+  bool requested() const noexcept { return st_ != nullptr && st_->stop_requested(); }
+  // Call before each wait on p: the first call registers the callback.
+  void arm(parker& p) {
+    if (st_ != nullptr && !cb_) cb_.emplace(*st_, notify_on_stop{&p});
+  }
+
+ private:
+  const std::stop_token* st_;
+  std::optional<std::stop_callback<notify_on_stop>> cb_;
+};
 
 // Short backoff for a thread that must let another finish a few instructions (a producer
 // waiting for another to link the next block of mpsc_queue's ring): pause, then give the

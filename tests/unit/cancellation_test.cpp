@@ -1,0 +1,257 @@
+// Unit tests for the std::stop_token forms of the blocking queue and channel calls: a stop
+// request wakes the waiter at once and the call reports cancelled; nothing is lost (the item
+// stays queued, the value stays with the caller); an item ready when the stop is seen is still
+// taken; a stop already requested tries once; without a request the calls behave as before.
+#include <tether/bounded_mpsc_queue.hpp>
+#include <tether/channel.hpp>
+#include <tether/mpsc_queue.hpp>
+#include <tether/receiver.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <future>
+#include <memory>
+#include <random>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "catch.hpp"
+#include "queue_test_support.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+// Requests a stop on src after `delay`, from another thread; returns the time of the request.
+std::shared_future<clock_type::time_point> request_stop_after(std::stop_source& src,
+                                                              std::chrono::milliseconds delay) {
+  return std::async(std::launch::async, [&src, delay] {
+    std::this_thread::sleep_for(delay);
+    const auto at = clock_type::now();
+    src.request_stop();
+    return at;
+  }).share();
+}
+
+// How late a woken waiter may return after the request and still count as "at once": far
+// below the 10 s the waits would otherwise last, loose enough for a loaded sanitizer run.
+constexpr auto prompt = 2s;
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("a stop request ends a blocked pop with cancelled, at once", "[cancel][queue]",
+                   tether::mpsc_queue<std::uint64_t>, tether::bounded_mpsc_queue<std::uint64_t>) {
+  auto q = [] {
+    if constexpr (std::is_same_v<TestType, tether::mpsc_queue<std::uint64_t>>) return std::make_unique<TestType>();
+    else return std::make_unique<TestType>(8);
+  }();
+  std::stop_source src;
+  auto requested = request_stop_after(src, 50ms);
+
+  SECTION("pop") {
+    const auto r = q->pop(src.get_token());
+    const auto back = clock_type::now();
+    CHECK(r.is_cancelled());
+    CHECK(r.status() == tether::status::cancelled);
+    CHECK(back - requested.get() < prompt);
+  }
+  SECTION("pop_for with a long timeout: cancelled, not timeout") {
+    const auto r = q->pop_for(10s, src.get_token());
+    const auto back = clock_type::now();
+    CHECK(r.is_cancelled());
+    CHECK(back - requested.get() < prompt);
+  }
+  SECTION("pop_until (system_clock deadline)") {
+    const auto r = q->pop_until(std::chrono::system_clock::now() + 10s, src.get_token());
+    CHECK(r.is_cancelled());
+    CHECK(clock_type::now() - requested.get() < prompt);
+  }
+  SECTION("pop_bulk returns 0 and takes nothing") {
+    std::vector<std::uint64_t> out;
+    const std::size_t n = q->pop_bulk(std::back_inserter(out), 16, src.get_token());
+    CHECK(n == 0);
+    CHECK(out.empty());
+    CHECK(src.stop_requested());
+    CHECK(clock_type::now() - requested.get() < prompt);
+  }
+  // The queue keeps working after a cancelled wait: the next push is popped.
+  requested.wait();
+  REQUIRE(q->push(7));
+  const auto r = q->pop_for(1s);
+  REQUIRE(r);
+  CHECK(*r == 7);
+}
+
+TEMPLATE_TEST_CASE("a stop already requested tries once: a ready item is taken, else cancelled", "[cancel][queue]",
+                   tether::mpsc_queue<std::uint64_t>, tether::bounded_mpsc_queue<std::uint64_t>) {
+  auto q = [] {
+    if constexpr (std::is_same_v<TestType, tether::mpsc_queue<std::uint64_t>>) return std::make_unique<TestType>();
+    else return std::make_unique<TestType>(8);
+  }();
+  std::stop_source src;
+  src.request_stop();
+  const auto t0 = clock_type::now();
+  CHECK(q->pop(src.get_token()).is_cancelled());
+  CHECK(q->pop_for(10s, src.get_token()).is_cancelled());
+  CHECK(clock_type::now() - t0 < prompt);
+
+  REQUIRE(q->push(1));
+  REQUIRE(q->push(2));
+  auto first = q->pop(src.get_token());
+  REQUIRE(first);
+  CHECK(*first == 1);
+  std::vector<std::uint64_t> out;
+  CHECK(q->pop_bulk(std::back_inserter(out), 8, src.get_token()) == 1);
+  CHECK(out == std::vector<std::uint64_t>{2});
+
+  // Closed and drained wins over cancelled: the end is reported as closed.
+  REQUIRE(q->close());
+  CHECK(q->pop(src.get_token()).is_closed());
+}
+
+TEST_CASE("without a stop request the token forms behave as the plain ones", "[cancel][queue]") {
+  tether::mpsc_queue<std::uint64_t> q;
+  std::stop_source src;
+  CHECK(q.pop_for(20ms, src.get_token()).is_timeout());
+  std::jthread producer([&] {
+    std::this_thread::sleep_for(20ms);
+    (void)q.push(5);
+  });
+  const auto r = q.pop(src.get_token());
+  REQUIRE(r);
+  CHECK(*r == 5);
+  // A default-constructed token can never be stopped: the plain behaviour, timeouts included.
+  CHECK(q.pop_for(10ms, std::stop_token{}).is_timeout());
+}
+
+TEST_CASE("bounded push: a stop request ends the wait for room; the value stays with the caller", "[cancel][bounded]") {
+  tether::bounded_mpsc_queue<std::string> q(2);
+  REQUIRE(q.push(std::string("a")));
+  REQUIRE(q.push(std::string("b")));
+  REQUIRE(q.try_push(std::string("c")).is_full());
+
+  std::stop_source src;
+  auto requested = request_stop_after(src, 50ms);
+  std::string v(100, 'x');  // long enough that a move would leave it empty
+  const auto r = q.push(std::move(v), src.get_token());
+  CHECK(r.is_cancelled());
+  CHECK(clock_type::now() - requested.get() < prompt);
+  CHECK(v == std::string(100, 'x'));
+
+  // Timed form, stop already requested: tries once (full), then cancelled.
+  CHECK(q.push_for(v, 10s, src.get_token()).is_cancelled());
+  // Room made: a stop already requested still pushes (tries once).
+  REQUIRE(q.pop());
+  CHECK(q.push_until(v, clock_type::now() + 10s, src.get_token()));
+  CHECK(q.size_approx() == 2);
+}
+
+TEST_CASE("channel: recv and a bounded send end with cancelled on a stop request", "[cancel][channel]") {
+  SECTION("recv") {
+    auto [a, b] = tether::make_channel<int>();
+    std::stop_source src;
+    auto requested = request_stop_after(src, 50ms);
+    CHECK(b.recv(src.get_token()).is_cancelled());
+    CHECK(clock_type::now() - requested.get() < prompt);
+    CHECK(b.recv_for(10s, src.get_token()).is_cancelled());
+    REQUIRE(a.send(3));
+    const auto r = b.recv_until(clock_type::now() + 10s, src.get_token());
+    REQUIRE(r);
+    CHECK(*r == 3);
+  }
+  SECTION("bounded send") {
+    auto [a, b] = tether::make_channel<int>(2);
+    REQUIRE(a.send(1));
+    REQUIRE(a.send(2));
+    std::stop_source src;
+    auto requested = request_stop_after(src, 50ms);
+    CHECK(a.send(3, src.get_token()).is_cancelled());
+    CHECK(clock_type::now() - requested.get() < prompt);
+    CHECK(a.send_for(3, 10s, src.get_token()).is_cancelled());
+    // Nothing lost, nothing extra: the receiver sees 1, 2 and no 3.
+    CHECK(*b.recv() == 1);
+    CHECK(*b.recv() == 2);
+    CHECK(b.try_recv().is_empty());
+  }
+  SECTION("an unbounded send never waits, so it is never cancelled") {
+    auto [a, b] = tether::make_channel<int>();
+    std::stop_source src;
+    src.request_stop();
+    CHECK(a.send(4, src.get_token()));
+    CHECK(*b.recv() == 4);
+  }
+}
+
+// Stop requests racing a stream of pushes: every item is popped exactly once, in order, by a
+// consumer whose waits are cancelled at random moments and simply retried.
+TEMPLATE_TEST_CASE("stop requests racing pushes lose and duplicate nothing", "[cancel][queue][stress]",
+                   tether::mpsc_queue<std::uint64_t>, tether::bounded_mpsc_queue<std::uint64_t>) {
+  const std::uint64_t total = tether_test::scaled(50000, 5000);
+  auto q = [] {
+    if constexpr (std::is_same_v<TestType, tether::mpsc_queue<std::uint64_t>>) return std::make_unique<TestType>();
+    else return std::make_unique<TestType>(64);
+  }();
+  // Every wait gets its own source; all outlive the threads (a deque keeps their addresses),
+  // so the stopper may request a stop on one the consumer is done with.
+  std::deque<std::stop_source> sources;
+  std::atomic<bool> done{false};
+  std::atomic<std::stop_source*> current{nullptr};
+  std::atomic<std::uint64_t> refused{0};
+  std::jthread producer([&] {
+    std::minstd_rand rng(7);
+    for (std::uint64_t i = 0; i < total; ++i) {
+      if (!q->push(i)) refused.fetch_add(1);
+      if (rng() % 64 == 0) std::this_thread::yield();
+    }
+  });
+  std::jthread stopper([&] {
+    std::minstd_rand rng(11);
+    while (!done.load()) {
+      if (std::stop_source* s = current.load()) s->request_stop();
+      std::this_thread::sleep_for(std::chrono::microseconds(rng() % 200));
+    }
+  });
+  std::uint64_t expect = 0, out_of_order = 0, cancelled = 0, timeouts = 0;
+  while (expect < total && timeouts == 0) {
+    std::stop_source& src = sources.emplace_back();
+    current.store(&src);
+    auto r = q->pop_for(10s, src.get_token());
+    if (r) {
+      out_of_order += *r != expect;
+      expect = *r + 1;
+    } else if (r.is_cancelled()) {
+      ++cancelled;
+    } else {
+      ++timeouts;
+    }
+  }
+  current.store(nullptr);
+  done.store(true);
+  INFO("cancelled waits: " << cancelled);
+  CHECK(refused == 0);
+  CHECK(timeouts == 0);
+  CHECK(out_of_order == 0);
+  CHECK(expect == total);
+}
+
+TEST_CASE("receiver: the token forms reach the queue", "[cancel][receiver]") {
+  tether::mpsc_queue<int> q;
+  tether::receiver<int> rx(q);
+  std::stop_source src;
+  auto requested = request_stop_after(src, 30ms);
+  CHECK(rx.pop(src.get_token()).is_cancelled());
+  CHECK(clock_type::now() - requested.get() < prompt);
+  std::vector<int> out;
+  CHECK(rx.pop_bulk_for(std::back_inserter(out), 4, 10s, src.get_token()) == 0);
+  REQUIRE(q.push(9));
+  const auto r = rx.pop_until(clock_type::now() + 10s, src.get_token());
+  REQUIRE(r);
+  CHECK(*r == 9);
+}
