@@ -50,7 +50,8 @@ DESCRIPTIONS = {
                "change several-fold for minutes at a time.",
     "wakeup": "A consumer parked in pop(): `latency` from the push to the consumer running "
               "(lower is better; p50/p99 in brackets), `idle_cpu` the CPU it burns while parked, "
-              "in ms of CPU per s (lower is better).",
+              "in ms of CPU per s (lower is better); tether's `cancel_latency` from `request_stop()` to "
+              "a parked `pop(stop_token)` returning cancelled (lower is better).",
 }
 
 # Units that say more than the metric's default.

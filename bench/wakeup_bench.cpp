@@ -13,13 +13,19 @@
 //     before it calls pop() and after pop() returns; the benchmark thread pushes one item
 //     after --idle_seconds=S (default 1). The count includes the spin before parking and the
 //     wake-up at the end, as a real idle consumer pays them.
+//   wakeup/<tether queue>/cancel_latency   time from request_stop() to the consumer's
+//     pop(stop_token) returning cancelled, in ns: as latency, but the consumer is freed by its
+//     stop token instead of an item (a new consumer thread and stop_source per sample, not
+//     timed). tether only: the peers' pops take no stop token.
 // Each sample checks the item the consumer got; a wrong or missing one fails the run.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <stop_token>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "harness.hpp"
@@ -139,6 +145,60 @@ void run_idle(benchmark::State& state, const std::string& run) {
   set_queue_label(state, Q::bounded);
 }
 
+template <class Queue>
+void run_cancel_latency(benchmark::State& state, const std::string& run) {
+  Queue q = [] {
+    if constexpr (std::is_constructible_v<Queue, std::size_t>) return Queue(queue_capacity);
+    else return Queue();
+  }();
+  std::vector<std::int64_t> samples;
+  samples.reserve(static_cast<std::size_t>(state.max_iterations));
+  std::string error;
+  for (auto _ : state) {
+    std::stop_source src;
+    std::atomic<std::int64_t> woke_at{0};  // consumer: clock when pop() returned; 0 = not yet
+    tether::status got = tether::status::ok;
+    std::thread consumer([&] {
+      const tether::status s = q.pop(src.get_token()).status();
+      const std::int64_t t = now_ns();
+      got = s;
+      woke_at.store(t, std::memory_order_release);  // release: pairs with the acquire poll
+    });
+    std::this_thread::sleep_for(park_delay);
+    const std::int64_t t0 = now_ns();
+    src.request_stop();
+    const auto give_up = bench_clock::now() + answer_limit;
+    std::int64_t t1 = 0;
+    // acquire: pairs with the consumer's release store; got is then current.
+    while ((t1 = woke_at.load(std::memory_order_acquire)) == 0 && bench_clock::now() < give_up)
+      std::this_thread::sleep_for(answer_poll);
+    if (t1 == 0) {
+      (void)q.push(stop_value);  // free the consumer before joining it
+      error = "the consumer's pop did not return within 10 s of request_stop()";
+    } else if (got != tether::status::cancelled) {
+      error = std::string("pop(stop_token) returned ") + tether::to_string(got) + ", not cancelled";
+    }
+    consumer.join();
+    if (!error.empty()) {
+      fail(state, run, error);
+      break;
+    }
+    samples.push_back(t1 - t0);
+    state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
+  }
+  if (!error.empty()) return;
+  state.counters["p50_ns"] = percentile(samples, 0.50);
+  state.counters["p99_ns"] = percentile(samples, 0.99);
+}
+
+template <class Queue>
+void add_cancel_latency(const char* queue_name) {
+  const std::string name = std::string("wakeup/") + queue_name + "/cancel_latency";
+  benchmark::RegisterBenchmark(name.c_str(), [name](benchmark::State& state) {
+    run_cancel_latency<Queue>(state, name);
+  })->UseManualTime()->Iterations(opts().wakeup_samples)->Unit(benchmark::kMicrosecond);
+}
+
 template <template <class> class Adapter>
 void add_wakeup() {
   using Q = Adapter<std::uint64_t>;
@@ -156,6 +216,8 @@ void add_wakeup() {
 void register_all() {
   add_wakeup<peers::tether_unbounded>();
   add_wakeup<peers::tether_bounded>();
+  add_cancel_latency<tether::mpsc_queue<std::uint64_t>>(peers::tether_unbounded<std::uint64_t>::name);
+  add_cancel_latency<tether::bounded_mpsc_queue<std::uint64_t>>(peers::tether_bounded<std::uint64_t>::name);
   add_wakeup<peers::mutex_deque>();
 #if defined(TETHER_BENCH_HAVE_MOODYCAMEL)
   add_wakeup<peers::moodycamel_blocking>();
