@@ -44,14 +44,18 @@ std::shared_future<clock_type::time_point> request_stop_after(std::stop_source& 
 // below the 10 s the waits would otherwise last, loose enough for a loaded sanitizer run.
 constexpr auto prompt = 2s;
 
+// A queue of the tested type; `capacity` applies to the bounded one only.
+template <class Queue>
+std::unique_ptr<Queue> make_queue(std::size_t capacity) {
+  if constexpr (std::is_constructible_v<Queue, std::size_t>) return std::make_unique<Queue>(capacity);
+  else return std::make_unique<Queue>();
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("a stop request ends a blocked pop with cancelled, at once", "[cancel][queue]",
                    tether::mpsc_queue<std::uint64_t>, tether::bounded_mpsc_queue<std::uint64_t>) {
-  auto q = [] {
-    if constexpr (std::is_same_v<TestType, tether::mpsc_queue<std::uint64_t>>) return std::make_unique<TestType>();
-    else return std::make_unique<TestType>(8);
-  }();
+  auto q = make_queue<TestType>(8);
   std::stop_source src;
   auto requested = request_stop_after(src, 50ms);
 
@@ -91,10 +95,7 @@ TEMPLATE_TEST_CASE("a stop request ends a blocked pop with cancelled, at once", 
 
 TEMPLATE_TEST_CASE("a stop already requested tries once: a ready item is taken, else cancelled", "[cancel][queue]",
                    tether::mpsc_queue<std::uint64_t>, tether::bounded_mpsc_queue<std::uint64_t>) {
-  auto q = [] {
-    if constexpr (std::is_same_v<TestType, tether::mpsc_queue<std::uint64_t>>) return std::make_unique<TestType>();
-    else return std::make_unique<TestType>(8);
-  }();
+  auto q = make_queue<TestType>(8);
   std::stop_source src;
   src.request_stop();
   const auto t0 = clock_type::now();
@@ -194,10 +195,7 @@ TEST_CASE("channel: recv and a bounded send end with cancelled on a stop request
 TEMPLATE_TEST_CASE("stop requests racing pushes lose and duplicate nothing", "[cancel][queue][stress]",
                    tether::mpsc_queue<std::uint64_t>, tether::bounded_mpsc_queue<std::uint64_t>) {
   const std::uint64_t total = tether_test::scaled(50000, 5000);
-  auto q = [] {
-    if constexpr (std::is_same_v<TestType, tether::mpsc_queue<std::uint64_t>>) return std::make_unique<TestType>();
-    else return std::make_unique<TestType>(64);
-  }();
+  auto q = make_queue<TestType>(64);
   // Every wait gets its own source; all outlive the threads (a deque keeps their addresses),
   // so the stopper may request a stop on one the consumer is done with.
   std::deque<std::stop_source> sources;
