@@ -949,7 +949,8 @@ TEST_CASE("executor: posts from different threads run in happens-before order", 
           }
           if (next >= total) return;
           if (!ex.post([&seen, next] { seen.push_back(next); })) refused.fetch_add(1);
-          turn.store(next + 1, std::memory_order_release);
+          turn.store(next + 1, std::memory_order_release);  // release: pairs with the acquire loads above,
+          // so this push happens-before the next holder's
         }
       });
   }

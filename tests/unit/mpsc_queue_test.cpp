@@ -2064,7 +2064,8 @@ TEST_CASE("mpsc_queue plain pushes from different threads come out in happens-be
           }
           if (next >= total) return;
           if (!q.push(next)) refused.fetch_add(1);
-          turn.store(next + 1, std::memory_order_release);
+          turn.store(next + 1, std::memory_order_release);  // release: pairs with the acquire loads above,
+          // so this push happens-before the next holder's
         }
       });
   }

@@ -339,7 +339,7 @@ TEST_CASE("park_until_streaming loses no wake-up while a producer streams", "[pa
   std::atomic<std::uint64_t> published{0};
   std::thread producer([&] {
     for (std::uint64_t i = 1; i <= n; ++i) {
-      published.store(i, std::memory_order_release);
+      published.store(i, std::memory_order_release);  // release: pairs with the acquire loads below
       p.notify_one();
     }
   });
