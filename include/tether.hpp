@@ -6,6 +6,7 @@
 #include "tether/channel.hpp"
 #include "tether/confined.hpp"
 #include "tether/context_guard.hpp"
+#include "tether/coroutine.hpp"
 #include "tether/errors.hpp"
 #include "tether/executor.hpp"
 #include "tether/executor_options.hpp"

@@ -8,7 +8,8 @@ The stack, bottom to top (a header may include its own level and the levels unde
   2 queue      mpsc_queue.hpp bounded_mpsc_queue.hpp receiver.hpp detail/queue/
   3 executor   executor.hpp executor_options.hpp executor_stats.hpp confined.hpp context_guard.hpp
                thread_checker.hpp detail/executor/
-  4 channel, select   channel.hpp select.hpp fd_source.hpp detail/channel/ detail/select/
+  4 channel, select, coroutines   channel.hpp select.hpp fd_source.hpp coroutine.hpp detail/channel/
+                                   detail/select/ detail/coro/
   5 router     router.hpp router_messages.hpp detail/router/
   6 umbrella   tether.hpp
 
@@ -27,8 +28,9 @@ LEVELS = [
                "tether/detail/queue/"]),
     ("executor", ["tether/executor.hpp", "tether/executor_options.hpp", "tether/executor_stats.hpp", "tether/confined.hpp",
                   "tether/context_guard.hpp", "tether/thread_checker.hpp", "tether/detail/executor/"]),
-    ("channel/select", ["tether/channel.hpp", "tether/select.hpp", "tether/fd_source.hpp", "tether/detail/channel/",
-                        "tether/detail/select/"]),
+    ("channel/select/coroutine", ["tether/channel.hpp", "tether/select.hpp", "tether/fd_source.hpp",
+                                  "tether/coroutine.hpp", "tether/detail/channel/", "tether/detail/select/",
+                                  "tether/detail/coro/"]),
     ("router", ["tether/router.hpp", "tether/router_messages.hpp", "tether/detail/router/"]),
     ("umbrella", ["tether.hpp"]),
 ]

@@ -14,7 +14,10 @@
 //                                             (delivered through that task's future, call or
 //                                             post_and_reply reply), or a reply executor
 //                                             refused a reply (to the sender's on_error).
-//   (post, dispatch and post_and_reply report refusal as a value: push_result, closed.)
+//   operation_cancelled (std::runtime_error) - a stop request abandoned an awaited call before
+//                                             it ran (co_call, co_with); the call never runs.
+//   (post, dispatch and post_and_reply report refusal as a value: push_result, closed; waits
+//   that return a status report a stop request as status::cancelled.)
 //
 // Who may call what: these are plain exception types; any thread.
 // Memory ordering: none (no shared state).
@@ -44,6 +47,11 @@ class deadlock_error : public std::logic_error {
 };
 
 class executor_stopped : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class operation_cancelled : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };

@@ -62,6 +62,7 @@ namespace tether {
 
 namespace detail {
 struct source_access;  // a poller's view of the executor's queue and timers (detail/select/source_access.hpp)
+struct coro_access;    // coroutines resume through the reply gate (detail/coro/chain.hpp)
 }  // namespace detail
 
 template <class T>
@@ -434,6 +435,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
 
  private:
   friend struct detail::source_access;  // tether::poller watches adopting executors (select.hpp)
+  friend struct detail::coro_access;    // a coroutine's resumption goes through gate_ (coroutine.hpp)
   template <class T>
   friend class confined;  // hands its T's destruction over with defer_destroy()
 
@@ -458,6 +460,13 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       inside guard{state};
       if (before & 1) return status::closed;
       return ex->post(std::forward<F>(f), loc);
+    }
+    // defer_destroy() through the gate: false once closing or finished.
+    bool defer(detail::deferred_destroy* d) noexcept {
+      const std::uint32_t before = state.fetch_add(2, std::memory_order_seq_cst);
+      const bool ok = (before & 1) == 0 && ex->defer_destroy(d);
+      if (state.fetch_sub(2, std::memory_order_seq_cst) == 3) state.notify_all();  // as ~inside above
+      return ok;
     }
     void close() noexcept {
       state.fetch_or(1, std::memory_order_seq_cst);
