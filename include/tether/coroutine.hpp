@@ -96,8 +96,10 @@ struct task_promise : task_promise_base {
     result.template emplace<1>(std::forward<U>(v));
   }
   void unhandled_exception() noexcept { result.template emplace<2>(std::current_exception()); }
+  // Moves the exception out: the frame may be destroyed on another thread after the starter
+  // is done with it, and the last reference to an exception should not be dropped there.
   T take() {
-    if (result.index() == 2) std::rethrow_exception(std::get<2>(result));
+    if (result.index() == 2) std::rethrow_exception(std::exchange(std::get<2>(result), nullptr));
     return std::move(std::get<1>(result));
   }
   std::variant<std::monostate, T, std::exception_ptr> result;
@@ -109,7 +111,7 @@ struct task_promise<void> : task_promise_base {
   void return_void() noexcept {}
   void unhandled_exception() noexcept { error = std::current_exception(); }
   void take() {
-    if (error) std::rethrow_exception(error);
+    if (error) std::rethrow_exception(std::exchange(error, nullptr));  // as above
   }
   std::exception_ptr error;
 };
@@ -300,16 +302,21 @@ std::future<T> spawn(executor& ex, tether::task<T> t, std::stop_token token = {}
   struct to_future {
     std::promise<T> p;
     void operator()(task_result<T>&& r) noexcept {
+      // Nothing of the result stays here once the future has it: the waiter may be done with
+      // it before this thread lets go, and then this thread would free it.
+      std::promise<T> mine = std::move(p);
       try {
         if (!r) {
-          p.set_exception(r.error());
+          std::exception_ptr e = r.error();
+          r = task_result<T>(std::exception_ptr{});
+          mine.set_exception(std::move(e));
         } else if constexpr (std::is_void_v<T>) {
-          p.set_value();
+          mine.set_value();
         } else {
-          p.set_value(std::move(r).value());
+          mine.set_value(std::move(r).value());
         }
       } catch (...) {  // T's move threw
-        try { p.set_exception(std::current_exception()); } catch (...) {}  // already satisfied
+        try { mine.set_exception(std::current_exception()); } catch (...) {}  // already satisfied
       }
     }
   };
@@ -423,6 +430,7 @@ class call_awaiter {
   call_awaiter(call_awaiter&&) = delete;
   ~call_awaiter() {
     cancel_.reset();
+    edge_.reset();
     if (state_ != nullptr) state_->unref();
   }
 
@@ -440,6 +448,7 @@ class call_awaiter {
       mode_ = mode::cancelled;
       return false;
     }
+    if (sync_wait_depth > 0) coro_access::enter_wait(ex_, edge_);  // this thread waits: see sync_wait()
     auto* s = new call_state<F, R>(std::move(*fn_));
     fn_.reset();
     s->frame = h;
@@ -480,6 +489,7 @@ class call_awaiter {
         break;
     }
     cancel_.reset();  // waits out a stop callback still running elsewhere
+    edge_.reset();
     return state_->take();
   }
 
@@ -489,6 +499,7 @@ class call_awaiter {
   source_location loc_;
   call_state<F, R>* state_ = nullptr;
   std::optional<std::stop_callback<call_canceller<F, R>>> cancel_;
+  std::optional<blocking_call> edge_;  // only under sync_wait()
   enum class mode : std::uint8_t { queued, run_inline, stopped, cancelled } mode_ = mode::queued;
 };
 

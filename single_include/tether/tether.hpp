@@ -5887,6 +5887,15 @@ struct coro_access {
   using gate = executor::reply_gate;
   static std::shared_ptr<void> gate_of(executor& ex) { return ex.gate_; }
   static gate& as_gate(const std::shared_ptr<void>& g) noexcept { return *static_cast<gate*>(g.get()); }
+
+  // A thread blocked in sync_wait() waits for ex's owner while its chain awaits a call there:
+  // the deadlock detector's edge, as a blocking call() has (throws deadlock_error when the
+  // edge closes a cycle).
+  static void enter_wait(executor& ex, std::optional<blocking_call>& edge) {
+    thread_record& me = this_thread_record();
+    edge.emplace(me, ex.owner_record_, ex.owner_serial_, ex.name_id_);
+    ex.check_cycle(me);
+  }
 };
 
 // Sets the chain's home (schedule, spawn).
@@ -6166,8 +6175,10 @@ struct task_promise : task_promise_base {
     result.template emplace<1>(std::forward<U>(v));
   }
   void unhandled_exception() noexcept { result.template emplace<2>(std::current_exception()); }
+  // Moves the exception out: the frame may be destroyed on another thread after the starter
+  // is done with it, and the last reference to an exception should not be dropped there.
   T take() {
-    if (result.index() == 2) std::rethrow_exception(std::get<2>(result));
+    if (result.index() == 2) std::rethrow_exception(std::exchange(std::get<2>(result), nullptr));
     return std::move(std::get<1>(result));
   }
   std::variant<std::monostate, T, std::exception_ptr> result;
@@ -6179,7 +6190,7 @@ struct task_promise<void> : task_promise_base {
   void return_void() noexcept {}
   void unhandled_exception() noexcept { error = std::current_exception(); }
   void take() {
-    if (error) std::rethrow_exception(error);
+    if (error) std::rethrow_exception(std::exchange(error, nullptr));  // as above
   }
   std::exception_ptr error;
 };
@@ -6370,16 +6381,21 @@ std::future<T> spawn(executor& ex, tether::task<T> t, std::stop_token token = {}
   struct to_future {
     std::promise<T> p;
     void operator()(task_result<T>&& r) noexcept {
+      // Nothing of the result stays here once the future has it: the waiter may be done with
+      // it before this thread lets go, and then this thread would free it.
+      std::promise<T> mine = std::move(p);
       try {
         if (!r) {
-          p.set_exception(r.error());
+          std::exception_ptr e = r.error();
+          r = task_result<T>(std::exception_ptr{});
+          mine.set_exception(std::move(e));
         } else if constexpr (std::is_void_v<T>) {
-          p.set_value();
+          mine.set_value();
         } else {
-          p.set_value(std::move(r).value());
+          mine.set_value(std::move(r).value());
         }
       } catch (...) {  // T's move threw
-        try { p.set_exception(std::current_exception()); } catch (...) {}  // already satisfied
+        try { mine.set_exception(std::current_exception()); } catch (...) {}  // already satisfied
       }
     }
   };
@@ -6493,6 +6509,7 @@ class call_awaiter {
   call_awaiter(call_awaiter&&) = delete;
   ~call_awaiter() {
     cancel_.reset();
+    edge_.reset();
     if (state_ != nullptr) state_->unref();
   }
 
@@ -6510,6 +6527,7 @@ class call_awaiter {
       mode_ = mode::cancelled;
       return false;
     }
+    if (sync_wait_depth > 0) coro_access::enter_wait(ex_, edge_);  // this thread waits: see sync_wait()
     auto* s = new call_state<F, R>(std::move(*fn_));
     fn_.reset();
     s->frame = h;
@@ -6550,6 +6568,7 @@ class call_awaiter {
         break;
     }
     cancel_.reset();  // waits out a stop callback still running elsewhere
+    edge_.reset();
     return state_->take();
   }
 
@@ -6559,6 +6578,7 @@ class call_awaiter {
   source_location loc_;
   call_state<F, R>* state_ = nullptr;
   std::optional<std::stop_callback<call_canceller<F, R>>> cancel_;
+  std::optional<blocking_call> edge_;  // only under sync_wait()
   enum class mode : std::uint8_t { queued, run_inline, stopped, cancelled } mode_ = mode::queued;
 };
 

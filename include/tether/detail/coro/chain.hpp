@@ -24,11 +24,13 @@
 #include <coroutine>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <utility>
 
 #include "../../executor.hpp"
 #include "../executor/executor_core.hpp"
+#include "../platform/thread_record.hpp"
 
 namespace tether::detail {
 
@@ -54,6 +56,15 @@ struct coro_access {
   using gate = executor::reply_gate;
   static std::shared_ptr<void> gate_of(executor& ex) { return ex.gate_; }
   static gate& as_gate(const std::shared_ptr<void>& g) noexcept { return *static_cast<gate*>(g.get()); }
+
+  // A thread blocked in sync_wait() waits for ex's owner while its chain awaits a call there:
+  // the deadlock detector's edge, as a blocking call() has (throws deadlock_error when the
+  // edge closes a cycle).
+  static void enter_wait(executor& ex, std::optional<blocking_call>& edge) {
+    thread_record& me = this_thread_record();
+    edge.emplace(me, ex.owner_record_, ex.owner_serial_, ex.name_id_);
+    ex.check_cycle(me);
+  }
 };
 
 // Sets the chain's home (schedule, spawn).

@@ -1,0 +1,397 @@
+// Unit tests for coroutine.hpp: tasks, spawn, sync_wait, schedule, co_call / co_with, their
+// stop tokens, and the frames' lifetimes (each frame destroyed exactly once, counted) when an
+// executor stops or is destroyed under a suspended chain.
+#include <tether/confined.hpp>
+#include <tether/coroutine.hpp>
+#include <tether/executor.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <latch>
+#include <memory>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "catch.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using tether_test::counted;
+
+tether::task<int> add(int a, int b) { co_return a + b; }
+tether::task<void> nothing() { co_return; }
+tether::task<int> fails() {
+  throw std::runtime_error("boom");
+  co_return 0;
+}
+
+// Blocks an executor's owner until released: calls queued behind it stay pending.
+struct blocker {
+  std::promise<void> release_p;
+  std::shared_future<void> release = release_p.get_future().share();
+  std::promise<void> entered_p;
+  void block(tether::executor& ex) {
+    REQUIRE(ex.post([r = release, e = &entered_p] {
+      e->set_value();
+      r.wait();
+    }));
+    entered_p.get_future().wait();
+  }
+  void open() { release_p.set_value(); }
+};
+
+// Where the future's exception came from.
+template <class E, class T>
+bool throws_as(std::future<T>& f) {
+  try {
+    f.get();
+  } catch (const E&) {
+    return true;
+  } catch (...) {
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("a task is lazy and sync_wait runs it to its value or exception", "[coroutine]") {
+  bool started = false;
+  auto body = [&]() -> tether::task<int> {
+    started = true;
+    co_return co_await add(20, 22);
+  };
+  tether::task<int> t = body();
+  CHECK_FALSE(started);
+  CHECK(tether::sync_wait(std::move(t)) == 42);
+  CHECK(started);
+  tether::sync_wait(nothing());
+  CHECK_THROWS_WITH(tether::sync_wait(fails()), "boom");
+  CHECK_THROWS_AS(tether::sync_wait(tether::task<int>{}), std::logic_error);
+}
+
+TEST_CASE("awaiting a task propagates its exception to the awaiting task", "[coroutine]") {
+  auto outer = []() -> tether::task<std::string> {
+    try {
+      (void)co_await fails();
+    } catch (const std::runtime_error& e) {
+      co_return std::string("caught ") + e.what();
+    }
+    co_return "not thrown";
+  };
+  CHECK(tether::sync_wait(outer()) == "caught boom");
+}
+
+TEST_CASE("deep chains of awaited tasks complete in order", "[coroutine]") {
+  // Symmetric transfer hands each completion to its parent; whether that is a tail call
+  // (constant stack) is up to the optimiser, so the depth stays modest for -O0 / sanitizers.
+  struct rec {
+    static tether::task<long> depth(int n) {
+      if (n == 0) co_return 0;
+      co_return 1 + co_await depth(n - 1);
+    }
+  };
+  CHECK(tether::sync_wait(rec::depth(1000)) == 1000);
+}
+
+TEST_CASE("spawn runs a task on the executor: future and callback forms", "[coroutine]") {
+  tether::executor ex{{.name = "home"}};
+  auto where = [&]() -> tether::task<bool> { co_return ex.running_in_this_thread(); };
+  CHECK(tether::spawn(ex, where()).get());
+
+  std::promise<int> got;
+  REQUIRE(tether::spawn(ex, add(1, 2), [&](tether::task_result<int>&& r) { got.set_value(r.value()); }));
+  CHECK(got.get_future().get() == 3);
+
+  std::future<int> f = tether::spawn(ex, fails());
+  CHECK_THROWS_WITH(f.get(), "boom");
+
+  ex.stop();
+  ex.join();
+  CHECK_THROWS_AS(tether::spawn(ex, add(1, 2)), tether::executor_stopped);
+  bool called = false;
+  CHECK(tether::spawn(ex, add(1, 2), [&](tether::task_result<int>&&) { called = true; }) == tether::status::closed);
+  CHECK_FALSE(called);
+}
+
+TEST_CASE("schedule moves the chain to another executor's owner", "[coroutine]") {
+  tether::executor a{{.name = "a"}}, b{{.name = "b"}};
+  auto hop = [&]() -> tether::task<int> {
+    int ok = 0;
+    ok += a.running_in_this_thread();
+    co_await tether::schedule(b);
+    ok += b.running_in_this_thread();
+    // A child task runs where its parent is and moves its parent with it.
+    auto child = [&]() -> tether::task<void> { co_await tether::schedule(a); };
+    co_await child();
+    ok += a.running_in_this_thread();
+    co_return ok;
+  };
+  CHECK(tether::spawn(a, hop()).get() == 3);
+}
+
+TEST_CASE("schedule to a stopped executor throws executor_stopped and stays home", "[coroutine]") {
+  tether::executor a{{.name = "a"}}, b{{.name = "b"}};
+  b.stop();
+  auto t = [&]() -> tether::task<bool> {
+    try {
+      co_await tether::schedule(b);
+    } catch (const tether::executor_stopped&) {
+      co_return a.running_in_this_thread();
+    }
+    co_return false;
+  };
+  CHECK(tether::spawn(a, t()).get());
+}
+
+TEST_CASE("co_call runs on the target and resumes at home with the value or exception", "[coroutine]") {
+  tether::executor home{{.name = "home"}}, target{{.name = "target"}};
+  int on_target = 0;
+  auto t = [&]() -> tether::task<int> {
+    int v = co_await tether::co_call(target, [&] {
+      on_target += target.running_in_this_thread();
+      return 40;
+    });
+    if (!home.running_in_this_thread()) throw std::logic_error("resumed away from home");
+    int& ref = co_await tether::co_call(target, [&]() -> int& { return on_target; });
+    co_await tether::co_call(target, [] {});
+    try {
+      co_await tether::co_call(target, []() -> int { throw std::out_of_range("inner"); });
+    } catch (const std::out_of_range&) {
+      v += 1;
+    }
+    co_return v + ref;
+  };
+  CHECK(tether::spawn(home, t()).get() == 42);
+}
+
+TEST_CASE("co_call on the target's own thread runs inline", "[coroutine]") {
+  tether::executor ex{{.name = "one"}};
+  auto t = [&]() -> tether::task<std::thread::id> {
+    co_return co_await tether::co_call(ex, [] { return std::this_thread::get_id(); });
+  };
+  const auto owner = ex.call([] { return std::this_thread::get_id(); });
+  CHECK(tether::spawn(ex, t()).get() == owner);
+}
+
+TEST_CASE("co_with reaches a confined object on its owner", "[coroutine]") {
+  tether::executor owner{{.name = "vm"}}, sessions{{.name = "sessions"}};
+  tether::confined<std::vector<int>> vm{owner};
+  auto session = [&](int id) -> tether::task<std::size_t> {
+    co_return co_await tether::co_with(vm, [id](std::vector<int>& v) {
+      v.push_back(id);
+      return v.size();
+    });
+  };
+  std::vector<std::future<std::size_t>> fs;
+  for (int i = 0; i < 100; ++i) fs.push_back(tether::spawn(sessions, session(i)));
+  std::size_t sum = 0;
+  for (auto& f : fs) sum += f.get();
+  CHECK(sum == 100 * 101 / 2);  // sizes 1..100, each seen once
+  CHECK(vm.with([](std::vector<int>& v) { return v.size(); }) == 100);
+}
+
+TEST_CASE("co_call into a stopped target throws executor_stopped", "[coroutine]") {
+  tether::executor home{{.name = "home"}}, target{{.name = "target"}};
+  target.stop();
+  target.join();
+  auto t = [&]() -> tether::task<int> { co_return co_await tether::co_call(target, [] { return 1; }); };
+  auto f = tether::spawn(home, t());
+  CHECK(throws_as<tether::executor_stopped>(f));
+}
+
+TEST_CASE("stop(cancel) of the target delivers executor_stopped to the waiting frame", "[coroutine]") {
+  tether::executor home{{.name = "home"}};
+  auto target = std::make_unique<tether::executor>(tether::executor_options{.name = "target"});
+  blocker b;
+  b.block(*target);
+  std::atomic<int> ran{0};
+  auto t = [&]() -> tether::task<int> { co_return co_await tether::co_call(*target, [&] { return ++ran; }); };
+  auto f = tether::spawn(home, t());
+  while (target->stats().queue_depth == 0) std::this_thread::sleep_for(1ms);
+  target->stop(tether::cancel);
+  b.open();
+  CHECK(throws_as<tether::executor_stopped>(f));
+  CHECK(ran == 0);
+}
+
+TEST_CASE("a stop request abandons a queued co_call: it resumes at once and the call never runs", "[coroutine][cancel]") {
+  tether::executor home{{.name = "home"}}, target{{.name = "target"}};
+  blocker b;
+  b.block(target);
+  std::atomic<int> ran{0};
+  std::stop_source stop;
+  auto t = [&]() -> tether::task<int> { co_return co_await tether::co_call(target, [&] { return ++ran; }); };
+  auto f = tether::spawn(home, t(), stop.get_token());
+  while (target.stats().queue_depth == 0) std::this_thread::sleep_for(1ms);
+  stop.request_stop();
+  CHECK(f.wait_for(5s) == std::future_status::ready);  // while the target is still blocked
+  CHECK(throws_as<tether::operation_cancelled>(f));
+  b.open();
+  target.call([] {});  // the abandoned job has been reached
+  CHECK(ran == 0);
+}
+
+TEST_CASE("a stop already requested cancels without queueing; a started call completes", "[coroutine][cancel]") {
+  tether::executor home{{.name = "home"}}, target{{.name = "target"}};
+  std::atomic<int> ran{0};
+  std::stop_source early;
+  early.request_stop();
+  auto t = [&]() -> tether::task<int> { co_return co_await tether::co_call(target, [&] { return ++ran; }); };
+  auto f = tether::spawn(home, t(), early.get_token());
+  CHECK(throws_as<tether::operation_cancelled>(f));
+  CHECK(ran == 0);
+
+  // Requested while f runs: the frame waits and gets the result.
+  std::stop_source late;
+  std::promise<void> inside;
+  std::promise<void> go;
+  auto g = [&]() -> tether::task<int> {
+    co_return co_await tether::co_call(target, [&] {
+      inside.set_value();
+      go.get_future().wait();
+      return ++ran;
+    });
+  };
+  auto fg = tether::spawn(home, g(), late.get_token());
+  inside.get_future().wait();
+  late.request_stop();
+  go.set_value();
+  CHECK(fg.get() == 1);
+
+  auto token_of = []() -> tether::task<bool> { co_return (co_await tether::get_stop_token()).stop_requested(); };
+  CHECK(tether::spawn(home, token_of(), early.get_token()).get());
+  CHECK_FALSE(tether::spawn(home, token_of()).get());
+}
+
+TEST_CASE("stop(cancel) of the home destroys suspended frames exactly once", "[coroutine][frames]") {
+  const long live_before = counted::live.load();
+  tether::executor target{{.name = "target"}};
+  blocker b;
+  b.block(target);
+  std::vector<std::future<int>> fs;
+  std::atomic<int> resumed{0};
+  {
+    tether::executor home{{.name = "home"}};
+    auto t = [&](int i) -> tether::task<int> {
+      counted local(static_cast<std::uint64_t>(i));
+      auto inner = [&]() -> tether::task<int> {
+        counted inner_local(1);
+        co_return co_await tether::co_call(target, [] { return 1; });
+      };
+      int v = co_await inner();
+      resumed.fetch_add(1);  // must not happen: home is gone when the call completes
+      co_return v + static_cast<int>(local.value);
+    };
+    for (int i = 0; i < 50; ++i) fs.push_back(tether::spawn(home, t(i)));
+    while (target.stats().queue_depth < 50) std::this_thread::sleep_for(1ms);
+    CHECK(counted::live.load() - live_before == 100);  // two frames per chain, suspended
+    home.stop(tether::cancel);
+  }  // home destroyed while its chains wait on target
+  b.open();
+  target.call([] {});  // every call ran and tried to resume its frame
+  for (auto& f : fs) CHECK(throws_as<tether::executor_stopped>(f));
+  CHECK(resumed == 0);
+  CHECK(counted::live.load() == live_before);
+  CHECK(counted::destroyed_twice.load() == 0);
+}
+
+TEST_CASE("a resumption destroyed unrun by stop(cancel) destroys the chain on the owner", "[coroutine][frames]") {
+  const long live_before = counted::live.load();
+  tether::executor home{{.name = "home"}};
+  blocker b;
+  b.block(home);  // the first resumption of each chain waits behind this
+  std::vector<std::future<void>> fs;
+  auto t = []() -> tether::task<void> {
+    counted local(7);
+    co_return;
+  };
+  for (int i = 0; i < 20; ++i) fs.push_back(tether::spawn(home, t()));
+  home.stop(tether::cancel);
+  b.open();
+  home.join();
+  for (auto& f : fs) CHECK(throws_as<tether::executor_stopped>(f));
+  CHECK(counted::live.load() == live_before);
+  CHECK(counted::destroyed_twice.load() == 0);
+}
+
+TEST_CASE("stop(drain) of the home runs accepted resumptions; later ones destroy the chain", "[coroutine][frames]") {
+  const long live_before = counted::live.load();
+  tether::executor target{{.name = "target"}};
+  blocker b;
+  b.block(target);
+  tether::executor home{{.name = "home"}};
+  std::atomic<int> finished{0};
+  auto t = [&]() -> tether::task<int> {
+    counted local(1);
+    int v = co_await tether::co_call(target, [] { return 5; });
+    finished.fetch_add(1);
+    co_return v;
+  };
+  auto f = tether::spawn(home, t());
+  while (target.stats().queue_depth == 0) std::this_thread::sleep_for(1ms);
+  home.stop();  // drain: the frame is suspended, not queued; its resumption will be refused
+  home.join();
+  b.open();
+  CHECK(throws_as<tether::executor_stopped>(f));
+  CHECK(finished == 0);
+  CHECK(counted::live.load() == live_before);
+}
+
+TEST_CASE("an adopted executor is a home: its owner runs the frames in run()", "[coroutine]") {
+  tether::executor main_ex{tether::adopt_current_thread, {.name = "main"}};
+  tether::executor worker{{.name = "worker"}};
+  const auto me = std::this_thread::get_id();
+  int result = 0;
+  auto t = [&]() -> tether::task<void> {
+    int v = co_await tether::co_call(worker, [] { return 21; });
+    if (std::this_thread::get_id() != me) throw std::logic_error("not on the adopting thread");
+    result = 2 * v;
+    main_ex.stop();
+  };
+  REQUIRE(tether::spawn(main_ex, t(), [](tether::task_result<void>&& r) { r.value(); }));
+  main_ex.run();
+  CHECK(result == 42);
+}
+
+TEST_CASE("sync_wait on an executor's owner that the task must reach reports a deadlock", "[coroutine][deadlock]") {
+  tether::executor ex{{.name = "owner"}};
+  auto needs_owner = [&]() -> tether::task<int> {
+    co_await tether::schedule(ex);
+    co_return 1;
+  };
+  // Inside one of ex's tasks, ex cannot run what the awaited task posts to it.
+  auto r = ex.call([&] {
+    try {
+      return tether::sync_wait(needs_owner());
+    } catch (const tether::deadlock_error&) {
+      return -1;
+    }
+  });
+  CHECK(r == -1);
+  // co_call to the same owner from there runs inline instead: no deadlock.
+  auto inline_call = [&]() -> tether::task<int> { co_return co_await tether::co_call(ex, [] { return 7; }); };
+  CHECK(ex.call([&] { return tether::sync_wait(inline_call()); }) == 7);
+}
+
+TEST_CASE("a blocking call cycle through a co_call still reports deadlock_error", "[coroutine][deadlock]") {
+  tether::executor a{{.name = "a"}}, b{{.name = "b"}};
+  // A task on a sync_waits; the awaited co_call runs on b, whose f blocks in a.call(): a's owner
+  // is blocked in sync_wait, so a.call() can never run. The detector sees a -> b -> a.
+  auto t = [&]() -> tether::task<int> {
+    co_return co_await tether::co_call(b, [&] { return a.call([] { return 1; }); });
+  };
+  auto r = a.call([&] {
+    try {
+      return tether::sync_wait(t());
+    } catch (const tether::deadlock_error&) {
+      return -1;
+    }
+  });
+  CHECK(r == -1);
+}
