@@ -39,6 +39,7 @@
 // acquire): what a frame did before it suspended happens-before what it does after.
 #pragma once
 
+#include <atomic>
 #include <coroutine>
 #include <cstdio>
 #include <exception>
@@ -54,8 +55,15 @@
 #include "confined.hpp"
 #include "detail/coro/call_state.hpp"
 #include "detail/coro/chain.hpp"
+#include "detail/coro/readable.hpp"
+#include "detail/select/sources.hpp"
 #include "errors.hpp"
 #include "executor.hpp"
+#include "mpsc_queue.hpp"
+#include "bounded_mpsc_queue.hpp"
+#include "channel.hpp"
+#include "receiver.hpp"
+#include "result.hpp"
 
 namespace tether {
 
@@ -73,20 +81,47 @@ void require_chained() {
 }
 
 // A task frame: where its result goes and whom to resume when it ends.
+//
+// Awaiting a task resumes it with a plain call, not a symmetric transfer: whether a transfer
+// becomes a tail call is up to the optimiser (g++ below -O2 does not), and a loop of awaits
+// whose tasks finish without suspending would then grow the stack with every round. Instead
+// the awaiter and the finishing task meet at `finished` [TP1]: a task that ends inside the
+// awaiter's call finds it unset and just returns (the awaiter goes on without suspending); one
+// that ends later, resumed from elsewhere, finds it set and resumes the awaiter.
 struct task_promise_base : chained_promise {
   std::coroutine_handle<> continuation;
+  std::atomic<bool> finished{false};
+
+  // Both sides call it once; true for the second.
+  bool meet() noexcept { return finished.exchange(true, std::memory_order_acq_rel); }  // [TP1] acq_rel: orders the result
 
   std::suspend_always initial_suspend() noexcept { return {}; }
   struct final_awaiter {
     bool await_ready() noexcept { return false; }
     template <class P>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
-      return h.promise().continuation;  // symmetric transfer: no stack growth
+      task_promise_base& p = h.promise();
+      return p.meet() ? p.continuation : std::noop_coroutine();
     }
     void await_resume() noexcept {}
   };
   final_awaiter final_suspend() noexcept { return {}; }
 };
+
+// Starts child (awaited by parent) and reports whether parent must stay suspended.
+template <class Child, class P>
+bool start_awaited(std::coroutine_handle<Child> child, std::coroutine_handle<P> parent) {
+  coro_chain& c = *parent.promise().chain;
+  executor* const home = c.home;
+  child.promise().chain = &c;
+  child.promise().continuation = parent;
+  child.resume();
+  if (!child.promise().meet()) return true;  // still running: it resumes parent when it ends
+  if (c.home == home) return false;          // ended here: go on
+  // It moved the chain (schedule) and ended there before we got here: go on there too.
+  resume_on(c, parent);
+  return true;
+}
 
 template <class T>
 struct task_promise : task_promise_base {
@@ -162,11 +197,9 @@ class [[nodiscard]] task {
       return false;
     }
     template <class P>
-    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> parent) noexcept {
+    bool await_suspend(std::coroutine_handle<P> parent) {
       detail::require_chained<P>();
-      child.promise().chain = parent.promise().chain;
-      child.promise().continuation = parent;
-      return child;
+      return detail::start_awaited(child, parent);
     }
     T await_resume() { return child.promise().take(); }
   };
@@ -230,11 +263,8 @@ struct outcome_of {
   tether::task<T> t;
   bool await_ready() const noexcept { return false; }
   template <class P>
-  std::coroutine_handle<> await_suspend(std::coroutine_handle<P> parent) noexcept {
-    auto child = std::coroutine_handle<task_promise<T>>::from_address(handle_address());
-    child.promise().chain = parent.promise().chain;
-    child.promise().continuation = parent;
-    return child;
+  bool await_suspend(std::coroutine_handle<P> parent) {
+    return start_awaited(std::coroutine_handle<task_promise<T>>::from_address(handle_address()), parent);
   }
   task_result<T> await_resume() noexcept {
     auto child = std::coroutine_handle<task_promise<T>>::from_address(handle_address());
@@ -523,6 +553,48 @@ auto co_with(confined<T>& obj, F&& f, const source_location& loc = source_locati
       obj.get_executor(),
       [&obj, fn = std::forward<F>(f)]() mutable -> decltype(auto) { return std::invoke(std::move(fn), obj.local()); },
       loc);
+}
+
+namespace detail {
+
+// The awaited receive: take what is there; else suspend until the source notifies (a push or
+// the close) or the chain's stop is requested, and try again.
+template <class T, class Source, class Take>
+tether::task<pop_result<T>> receive(Source& src, Take take) {
+  auto& rx = rx_of(src);
+  for (;;) {
+    pop_result<T> r = take(src);
+    if (r.status() != status::empty) co_return std::move(r);
+    tether::get_stop_token ask;
+    const std::stop_token token = co_await ask;
+    if (token.stop_requested()) co_return status::cancelled;
+    readable<std::remove_reference_t<decltype(rx)>> wait(rx);  // named: see run_root
+    co_await wait;
+  }
+}
+
+}  // namespace detail
+
+// Awaitables: the queue's (or endpoint's) next item, without blocking a thread - pop_result:
+// the value, closed once closed and drained, or cancelled when the chain's stop is requested
+// first (an item already there is still taken). The awaiting frame is the source's one
+// consumer; a source that a poller watches, or another frame awaits, throws std::logic_error.
+// The source must outlive the await.
+template <class T>
+tether::task<pop_result<T>> co_pop(mpsc_queue<T>& q) {
+  return detail::receive<T>(q, [](mpsc_queue<T>& s) { return s.try_pop(); });
+}
+template <class T>
+tether::task<pop_result<T>> co_pop(bounded_mpsc_queue<T>& q) {
+  return detail::receive<T>(q, [](bounded_mpsc_queue<T>& s) { return s.try_pop(); });
+}
+template <class T>
+tether::task<pop_result<T>> co_pop(receiver<T>& r) {
+  return detail::receive<T>(r, [](receiver<T>& s) { return s.try_pop(); });
+}
+template <class S, class R>
+tether::task<pop_result<R>> co_recv(endpoint<S, R>& e) {
+  return detail::receive<R>(e, [](endpoint<S, R>& s) { return s.try_recv(); });
 }
 
 // Runs t to its end on the calling thread and returns its value (rethrows its exception).

@@ -5924,8 +5924,27 @@ inline void resume_chain_deferred(deferred_destroy* d) noexcept {
   static_cast<coro_chain*>(d)->waiting.resume();  // frames catch their own exceptions
 }
 
+// Destroys the chain when nobody is left to run it: here, or - for a caller that must not
+// destroy frames where it stands (a notifier inside a parker listener the frame would
+// detach, see readable.hpp) - on a thread of its own. No thread to be had: the chain is
+// leaked, reachable, with a line on stderr.
+inline void destroy_orphan(coro_chain& c, bool here) noexcept {
+  if (here) {
+    c.root.destroy();
+    return;
+  }
+  try {
+    std::thread([root = c.root] { root.destroy(); }).detach();
+  } catch (...) {
+    keep_leaked(&c);
+    std::fputs("tether: a coroutine whose executor had finished could not be destroyed (no thread); it is leaked\n",
+               stderr);
+  }
+}
+
 // Resumes `frame` (a frame of chain c) on c's home. See the file comment for refusals.
-inline void resume_on(coro_chain& c, std::coroutine_handle<> frame) noexcept {
+// destroy_here: false when the caller must not destroy frames itself (destroy_orphan).
+inline void resume_on(coro_chain& c, std::coroutine_handle<> frame, bool destroy_here = true) noexcept {
   // The gate, not the executor: it stays valid (refusing) if the home is being destroyed.
   // Copied: resuming the frame may end the chain (and free c) before post() returns.
   const std::shared_ptr<void> keep = c.home_gate;
@@ -5940,15 +5959,15 @@ inline void resume_on(coro_chain& c, std::coroutine_handle<> frame) noexcept {
       c.waiting = frame;
       c.destroy = &resume_chain_deferred;
       if (gate.defer(&c)) return;
-      c.root.destroy();  // the home finished meanwhile: nobody is left to resume it
+      destroy_orphan(c, destroy_here);  // the home finished meanwhile: nobody is left to resume it
     }
     return;
   }
   if (!refused) return;
   job.h = {};  // not moved from: it still holds the frame
   c.destroy = &destroy_chain_deferred;
-  if (gate.defer(&c)) return;  // the owner destroys the chain
-  c.root.destroy();            // the home finished (or is gone): destroy it here
+  if (gate.defer(&c)) return;       // the owner destroys the chain
+  destroy_orphan(c, destroy_here);  // the home finished (or is gone)
 }
 
 // sync_wait() blocks its thread while its own executor runs the chain: an executor owned by
@@ -6094,6 +6113,453 @@ struct call_canceller {
 
 }  // namespace tether::detail
 
+// ---- tether/fd_source.hpp ---------------------------------------------------
+// tether/fd_source.hpp - a file descriptor as a poller source: wait on sockets, pipes and
+// foreign event fds in the same place as on tether's queues, channels and executors.
+//
+//   tether::fd_source shell{zmq_fd_of(shell_socket)};        // readable interest
+//   tether::poller p;
+//   p.on(shell, [&](tether::fd_events) { drain(shell_socket); })
+//    .on(router.replies(), [&](reply r) { send(shell_socket, r); });
+//   while (running) p.run_one();                              // zero CPU while idle
+//
+// A poller that watches at least one fd_source waits in ppoll(2) instead of its futex: on the
+// watched descriptors and on a wake descriptor of its own, which a push to any other watched
+// source signals (once per sleep, not once per push). Ready events are level-triggered as
+// poll(2) reports them: a descriptor that stays readable is reported again at the next wait.
+// The handler (or try_pop()) receives the events that are pending: readable, writable,
+// error, hangup as poll(2) saw them, and notified for a notify() call.
+//
+// Edge-triggered descriptors (ZeroMQ's ZMQ_FD, which says "look at ZMQ_EVENTS" rather than
+// "a message is waiting"): after any send or receive on such a socket, read its pending
+// events (ZMQ_EVENTS) and, if work is left, call notify(): the poller then serves the source
+// at its next turn even though the descriptor itself stays quiet (the lost wake-up of
+// ipykernel #1554 is exactly a missing re-check here).
+//
+// Who may call what: notify(), fd(), interest() - any thread. try_pop() / ready() - the thread
+// that waits on the poller (or, unwatched, the one thread that polls it). Construct and
+// destroy: no poller may watch it (remove() it first; a poller never closes the descriptor,
+// and after remove() returns it never touches either the descriptor or this object).
+// Neither copyable nor movable (a poller refers to it).
+//
+// Memory ordering: [F1] notify()'s and the waiter's fetch_or (release) publish the events and
+// what the notifying thread did before; [F2] try_pop()'s exchange (acquire) takes them. The
+// wake-up itself is the parker's handshake (detail/wait/parker.hpp): the events are stored
+// before the parker is notified, and a poller re-checks ready() after attaching.
+//
+// After epoll's ready list and libuv's uv_poll_t (one loop waits on descriptors and on an
+// async wake-up handle), with ZeroMQ's documented ZMQ_FD / ZMQ_EVENTS protocol.
+
+
+
+namespace tether {
+
+// What a descriptor is watched for, and what the poller found. A bit set.
+enum class fd_events : std::uint8_t {
+  none = 0,
+  readable = 1,   // POLLIN
+  writable = 2,   // POLLOUT
+  error = 4,      // POLLERR or POLLNVAL (a closed descriptor: remove the source)
+  hangup = 8,     // POLLHUP (the peer closed; reading returns the rest, then end of file)
+  notified = 16,  // fd_source::notify() was called
+};
+constexpr fd_events operator|(fd_events a, fd_events b) noexcept {
+  return static_cast<fd_events>(static_cast<std::uint8_t>(a) | static_cast<std::uint8_t>(b));
+}
+constexpr fd_events operator&(fd_events a, fd_events b) noexcept {
+  return static_cast<fd_events>(static_cast<std::uint8_t>(a) & static_cast<std::uint8_t>(b));
+}
+constexpr fd_events& operator|=(fd_events& a, fd_events b) noexcept { return a = a | b; }
+// True when e holds any of the events in which.
+constexpr bool has(fd_events e, fd_events which) noexcept { return (e & which) != fd_events::none; }
+
+class fd_source;
+
+namespace detail {
+struct fd_access;
+}  // namespace detail
+
+class fd_source {
+ public:
+  // Watches fd for interest (readable, writable or both; error and hangup are always
+  // reported). The descriptor stays the caller's: it is never read, written or closed here.
+  explicit fd_source(int fd, fd_events interest = fd_events::readable) noexcept : fd_(fd), interest_(interest) {}
+  fd_source(const fd_source&) = delete;
+  fd_source& operator=(const fd_source&) = delete;
+
+  int fd() const noexcept { return fd_; }
+  fd_events interest() const noexcept { return interest_; }
+
+  // Marks the source ready as if its descriptor had reported an event: the waiting thread
+  // calls its handler at its next turn, with fd_events::notified among the events. Several
+  // calls before that turn are one. Never blocks. Thread-safe, also from handlers.
+  void notify() noexcept { deliver(static_cast<std::uint8_t>(fd_events::notified)); }
+
+  // The events pending since the last call (ok), or empty. Never closed: a descriptor has no
+  // end here (hangup and error are events; remove the source for good). Waiting thread only.
+  pop_result<fd_events> try_pop() noexcept {
+    // [F2] acquire: pairs with [F1]; what the notifier did before is visible to the caller.
+    const std::uint8_t e = pending_.exchange(0, std::memory_order_acquire);
+    if (e == 0) return status::empty;
+    return pop_result<fd_events>(std::in_place, static_cast<fd_events>(e));
+  }
+
+  // Whether events are pending (try_pop() would return ok). seq_cst: the re-check half of
+  // the parker handshake. Waiting thread only.
+  bool ready() const noexcept { return pending_.load(std::memory_order_seq_cst) != 0; }
+
+ private:
+  friend struct detail::fd_access;
+
+  // Adds events and wakes whoever watches: notify(), or the poller's waiter after ppoll().
+  void deliver(std::uint8_t events) noexcept {
+    // [F1] release: pairs with [F2]. seq_cst: ordered before the notify's handshake.
+    pending_.fetch_or(events, std::memory_order_seq_cst);
+    parker_.notify_all();
+  }
+
+  const int fd_;
+  const fd_events interest_;
+  // Events reported and not yet taken: written by notify() (any thread) and the poller's
+  // waiter; taken by try_pop() (the waiter).
+  std::atomic<std::uint8_t> pending_{0};
+  // Where a poller hangs its listener (one poller at a time), as on a queue's consumer parker.
+  detail::parker parker_;
+};
+
+namespace detail {
+
+// What the poller's core (detail/select/poller_core.hpp) needs from an fd_source.
+struct fd_access {
+  static parker& watched_parker(fd_source& s) noexcept { return s.parker_; }
+  static void deliver(fd_source& s, fd_events e) noexcept { s.deliver(static_cast<std::uint8_t>(e)); }
+};
+
+// A poller source (see detail/select/sources.hpp): itself, named by its address, woken through
+// its parker, ready while events are pending.
+inline fd_source& rx_of(fd_source& s) noexcept { return s; }
+inline const void* identity_of(const fd_source& s) noexcept { return &s; }
+inline parker& rx_parker(fd_source& s) noexcept { return fd_access::watched_parker(s); }
+inline bool rx_ready(fd_source& s) noexcept { return s.ready(); }
+
+}  // namespace detail
+
+}  // namespace tether
+
+// ---- tether/receiver.hpp ----------------------------------------------------
+// tether/receiver.hpp - a receive-only view of an mpsc_queue's consumer side.
+//
+//   tether::mpsc_queue<reply> q;
+//   tether::receiver<reply> replies(q);       // hand this out: it can pop, not push or close
+//   if (auto r = replies.pop_for(10ms)) use(*r);
+//
+// receiver<T> holds a pointer to an mpsc_queue<T>: it is cheap to copy, and every copy is the
+// same view. It offers the queue's pop family (try_pop, pop, pop_for, pop_until,
+// try_pop_bulk, pop_bulk, pop_bulk_for, pop_bulk_until, try_pop_each; the waits also with a
+// std::stop_token) with exactly the queue's outcomes (see mpsc_queue.hpp), plus is_closed
+// and size_approx - no push, no close. A poller or select accepts it like the queue itself.
+//
+// Who may call what: the pop family - the queue's one consumer thread at a time (all copies
+// of a receiver and the queue itself share that one consumer); is_closed / size_approx - any
+// thread. The queue must outlive every receiver viewing it.
+//
+// Memory ordering: the queue's (a push happens-before the pop that returns its item).
+//
+// Library hook: detail::receiver_queue(r) returns the viewed queue, for the parts of tether
+// that watch or wrap a receiver (select, router); not for users.
+
+
+
+namespace tether {
+
+template <class T>
+class receiver;
+
+namespace detail {
+template <class T>
+mpsc_queue<T>& receiver_queue(const receiver<T>& r) noexcept;
+}  // namespace detail
+
+template <class T>
+class receiver {
+ public:
+  using value_type = T;
+
+  // A view of q's consumer side. q must outlive the receiver (and its copies).
+  explicit receiver(mpsc_queue<T>& q) noexcept : q_(&q) {}
+
+  // ---- consumer (the queue's one consumer thread at a time) ------------------------------
+
+  // As mpsc_queue::try_pop: ok, empty or closed; never blocks.
+  pop_result<T> try_pop() { return q_->try_pop(); }
+  // As mpsc_queue::pop: ok, or closed once closed and every item taken.
+  pop_result<T> pop() { return q_->pop(); }
+  // As mpsc_queue::pop_for / pop_until: ok, timeout or closed.
+  template <class Rep, class Period>
+  pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout) {
+    return q_->pop_for(timeout);
+  }
+  template <class Clock, class Duration>
+  pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    return q_->pop_until(deadline);
+  }
+
+  // As mpsc_queue::try_pop_bulk / pop_bulk / pop_bulk_for / pop_bulk_until: how many items
+  // were moved to out.
+  template <class OutputIt>
+  std::size_t try_pop_bulk(OutputIt out, std::size_t max) {
+    return q_->try_pop_bulk(std::move(out), max);
+  }
+  template <class OutputIt>
+  std::size_t pop_bulk(OutputIt out, std::size_t max) {
+    return q_->pop_bulk(std::move(out), max);
+  }
+  template <class OutputIt, class Rep, class Period>
+  std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout) {
+    return q_->pop_bulk_for(std::move(out), max, timeout);
+  }
+  template <class OutputIt, class Clock, class Duration>
+  std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline) {
+    return q_->pop_bulk_until(std::move(out), max, deadline);
+  }
+
+  // The std::stop_token forms, as mpsc_queue's: cancelled (bulk: 0) once a stop is requested.
+  pop_result<T> pop(std::stop_token st) { return q_->pop(std::move(st)); }
+  template <class Rep, class Period>
+  pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
+    return q_->pop_for(timeout, std::move(st));
+  }
+  template <class Clock, class Duration>
+  pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
+    return q_->pop_until(deadline, std::move(st));
+  }
+  template <class OutputIt>
+  std::size_t pop_bulk(OutputIt out, std::size_t max, std::stop_token st) {
+    return q_->pop_bulk(std::move(out), max, std::move(st));
+  }
+  template <class OutputIt, class Rep, class Period>
+  std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout,
+                           std::stop_token st) {
+    return q_->pop_bulk_for(std::move(out), max, timeout, std::move(st));
+  }
+  template <class OutputIt, class Clock, class Duration>
+  std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline,
+                             std::stop_token st) {
+    return q_->pop_bulk_until(std::move(out), max, deadline, std::move(st));
+  }
+
+  // As mpsc_queue::try_pop_each: calls f(T&&) for up to max ready items; how many.
+  template <class F>
+  std::size_t try_pop_each(F&& f, std::size_t max = SIZE_MAX) {
+    return q_->try_pop_each(std::forward<F>(f), max);
+  }
+
+  // ---- any thread ------------------------------------------------------------------------
+
+  // True once the queue was closed (items may still be waiting). Thread-safe.
+  bool is_closed() const noexcept { return q_->is_closed(); }
+  // Items pushed and not yet popped; stale as soon as it returns. Thread-safe.
+  std::size_t size_approx() const noexcept { return q_->size_approx(); }
+
+  // Two receivers are equal when they view the same queue.
+  friend bool operator==(const receiver& a, const receiver& b) noexcept { return a.q_ == b.q_; }
+
+ private:
+  friend mpsc_queue<T>& detail::receiver_queue<T>(const receiver<T>& r) noexcept;
+
+  mpsc_queue<T>* q_;
+};
+
+namespace detail {
+// The queue a receiver views (see the banner: for select and router).
+template <class T>
+mpsc_queue<T>& receiver_queue(const receiver<T>& r) noexcept {
+  return *r.q_;
+}
+}  // namespace detail
+
+}  // namespace tether
+
+// ---- tether/detail/select/sources.hpp ---------------------------------------
+// tether/detail/select/sources.hpp - what a poller needs from each kind of source it watches.
+//
+// A poller (select.hpp) treats every source alike through four questions, answered here by
+// overloads per kind: which object receives (rx_of), which address names it (identity_of:
+// the same for an endpoint and whatever it is moved into, and for a receiver and the queue
+// it views), what keeps it alive while watched (keep_alive_of: a channel pair's state), and
+// the parker its consumer sleeps on with that parker's condition (rx_parker, rx_ready).
+// Adopting executors add the earliest delayed-task deadline (rx_deadline), which only their
+// owner may read. Nothing here is public API.
+//
+// Who may call what: rx_ready / rx_deadline - the thread that receives from the source (for
+// an executor: its owner, else wrong_thread); the others only read what never changes after
+// construction.
+// Memory ordering: rx_ready is the queue's own parker condition (seq_cst loads); nothing
+// else here touches shared state.
+
+
+
+namespace tether::detail {
+
+// The receiving object: the queue itself (also for a receiver), or the endpoint's receiving
+// direction.
+template <class T>
+mpsc_queue<T>& rx_of(mpsc_queue<T>& q) noexcept { return q; }
+template <class T>
+bounded_mpsc_queue<T>& rx_of(bounded_mpsc_queue<T>& q) noexcept { return q; }
+template <class S, class R>
+channel_direction<R>& rx_of(const endpoint<S, R>& e) noexcept { return source_access::rx_direction(e); }
+template <class T>
+mpsc_queue<T>& rx_of(const receiver<T>& r) noexcept { return receiver_queue(r); }
+
+template <class T>
+const void* identity_of(const mpsc_queue<T>& q) noexcept { return &q; }
+template <class T>
+const void* identity_of(const bounded_mpsc_queue<T>& q) noexcept { return &q; }
+template <class S, class R>
+const void* identity_of(const endpoint<S, R>& e) noexcept { return &source_access::rx_direction(e); }
+template <class T>  // the queue it views: a receiver and its queue are one source
+const void* identity_of(const receiver<T>& r) noexcept { return &receiver_queue(r); }
+
+template <class Source>
+std::shared_ptr<void> keep_alive_of(const Source&) noexcept { return nullptr; }
+template <class S, class R>
+std::shared_ptr<void> keep_alive_of(const endpoint<S, R>& e) noexcept { return source_access::shared_state(e); }
+
+template <class Queue, class T>
+parker& rx_parker(consumer_ops<Queue, T>& q) noexcept { return source_access::watched_parker(q); }
+template <class T>
+parker& rx_parker(channel_direction<T>& l) noexcept { return l.watched_parker(); }
+
+template <class Queue, class T>
+bool rx_ready(consumer_ops<Queue, T>& q) { return source_access::watched_ready(q); }
+template <class T>
+bool rx_ready(channel_direction<T>& l) { return l.watched_ready(); }
+
+// An adopting executor: its task queue (a push notifies the queue's consumer parker, a close
+// too) and its delayed tasks (no notify when one falls due: the waiter parks until the
+// earliest, see poller_core::next_ready()). Its owner is the queue's consumer and the only
+// thread that may read the timer heap, so only the owner may wait on a poller that watches it.
+inline executor& rx_of(executor& ex) noexcept { return ex; }
+inline const void* identity_of(const executor& ex) noexcept { return &ex; }
+inline parker& rx_parker(executor& ex) noexcept {
+  return source_access::watched_parker(source_access::executor_queue(ex));
+}
+
+[[noreturn]] inline void throw_wrong_waiter(const executor& ex) {
+  const std::string name = ex.name().empty() ? "(unnamed)" : ex.name();
+  throw wrong_thread(wrong_thread_message(
+      "executor '" + name + "' (watched by a tether::poller)", source_access::executor_owner_record(ex),
+      source_access::executor_owner_serial(ex),
+      "a poller that watches an executor must be waited on (wait*, run_one*, select) by that executor's owner thread"));
+}
+
+// The earliest delayed-task deadline (no_deadline: none). Throws wrong_thread off the owner.
+inline steady_time rx_deadline(executor& ex) {
+  if (!ex.running_in_this_thread()) throw_wrong_waiter(ex);
+  return source_access::executor_next_deadline(ex);
+}
+
+// A delayed task is due, a task is ready, or the queue is closed and drained. Owner only.
+inline bool rx_ready(executor& ex) {
+  const steady_time next = rx_deadline(ex);
+  if (next != no_deadline && std::chrono::steady_clock::now() >= next) return true;
+  return source_access::watched_ready(source_access::executor_queue(ex));
+}
+
+// How many tasks run_one*() runs per call on an executor registered with on(): a busy
+// executor takes its turn like any other source, it does not starve them.
+inline constexpr std::size_t executor_batch = 64;
+
+}  // namespace tether::detail
+
+// ---- tether/detail/coro/readable.hpp ----------------------------------------
+// tether/detail/coro/readable.hpp - suspend a frame until a queue or channel has something to take.
+//
+// The queues' consumer parker can carry one listener (detail/wait/parker.hpp), which a poller
+// uses to watch many sources from one thread; an awaiting frame uses the same hook. It hangs
+// itself on the source's parker, re-checks (the parker handshake: heavy_fence() between the
+// attach and the re-check, against the notifier's fence between its publish and the listener
+// load), and suspends. The first notify after that - a push, or the close - resumes the frame
+// on its home (resume_on); so does a stop request. The frame then detaches, which waits out
+// a notifier still inside the listener, and takes what is there.
+//
+// One listener per parker: a source a poller watches, or that another frame awaits, cannot be
+// awaited (std::logic_error) - a queue has one consumer anyway.
+//
+// Who may call what: the awaiter - the awaiting frame (the source's one consumer); fire() -
+// any notifier, and the stop callback.
+// Memory ordering: [RD1] the acq_rel exchange on `fired` lets exactly one of the notifiers
+// and the stop callback resume the frame; the resumption is an executor hand-over.
+
+
+
+namespace tether::detail {
+
+template <class Rx>
+class readable : parker_listener {
+ public:
+  explicit readable(Rx& rx) noexcept : rx_(rx) { on_notify = &notified; }
+  readable(const readable&) = delete;
+  readable& operator=(const readable&) = delete;
+  ~readable() { let_go(); }
+
+  bool await_ready() const noexcept { return false; }
+
+  template <class P>
+  bool await_suspend(std::coroutine_handle<P> h) {
+    static_assert(is_chained<P>, "tether: co_await this inside a tether::task");
+    chain_ = h.promise().chain;
+    frame_ = h;
+    if (!rx_parker(rx_).attach(*this))
+      throw std::logic_error(
+          "tether: co_pop / co_recv on a source that is already watched (by a poller, or another awaiting frame); "
+          "a queue has one consumer");
+    attached_ = true;
+    heavy_fence();  // the waiter's half of the handshake: the re-check below sees any publish we missed
+    if (rx_ready(rx_)) {
+      fired_.store(true, std::memory_order_relaxed);  // relaxed: only this frame reads it from now on
+      return false;
+    }
+    // Called at once when stop is already requested: the resumption queues behind this task.
+    if (chain_->token.stop_possible()) stop_.emplace(chain_->token, stop_fire{this});
+    return true;
+  }
+
+  void await_resume() noexcept { let_go(); }
+
+ private:
+  struct stop_fire {
+    readable* self;
+    void operator()() noexcept { self->fire(); }
+  };
+
+  static void notified(parker_listener& l) noexcept { static_cast<readable&>(l).fire(); }
+
+  void fire() noexcept {
+    // Not destroyed here when the home is gone: this may be a notifier inside our listener,
+    // which the frame's destruction would wait for (resume_on, destroy_orphan).
+    if (!fired_.exchange(true, std::memory_order_acq_rel)) resume_on(*chain_, frame_, false);  // [RD1]
+  }
+
+  void let_go() noexcept {
+    stop_.reset();  // waits out a stop callback running elsewhere
+    if (attached_) {
+      attached_ = false;
+      rx_parker(rx_).detach(*this);  // waits out a notifier inside the listener
+    }
+  }
+
+  Rx& rx_;
+  coro_chain* chain_ = nullptr;
+  std::coroutine_handle<> frame_;
+  std::atomic<bool> fired_{false};
+  bool attached_ = false;
+  std::optional<std::stop_callback<stop_fire>> stop_;
+};
+
+}  // namespace tether::detail
+
 // ---- tether/coroutine.hpp ---------------------------------------------------
 // tether/coroutine.hpp - C++20 coroutines on executors: sessions that wait without a thread.
 //
@@ -6152,20 +6618,47 @@ void require_chained() {
 }
 
 // A task frame: where its result goes and whom to resume when it ends.
+//
+// Awaiting a task resumes it with a plain call, not a symmetric transfer: whether a transfer
+// becomes a tail call is up to the optimiser (g++ below -O2 does not), and a loop of awaits
+// whose tasks finish without suspending would then grow the stack with every round. Instead
+// the awaiter and the finishing task meet at `finished` [TP1]: a task that ends inside the
+// awaiter's call finds it unset and just returns (the awaiter goes on without suspending); one
+// that ends later, resumed from elsewhere, finds it set and resumes the awaiter.
 struct task_promise_base : chained_promise {
   std::coroutine_handle<> continuation;
+  std::atomic<bool> finished{false};
+
+  // Both sides call it once; true for the second.
+  bool meet() noexcept { return finished.exchange(true, std::memory_order_acq_rel); }  // [TP1] acq_rel: orders the result
 
   std::suspend_always initial_suspend() noexcept { return {}; }
   struct final_awaiter {
     bool await_ready() noexcept { return false; }
     template <class P>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
-      return h.promise().continuation;  // symmetric transfer: no stack growth
+      task_promise_base& p = h.promise();
+      return p.meet() ? p.continuation : std::noop_coroutine();
     }
     void await_resume() noexcept {}
   };
   final_awaiter final_suspend() noexcept { return {}; }
 };
+
+// Starts child (awaited by parent) and reports whether parent must stay suspended.
+template <class Child, class P>
+bool start_awaited(std::coroutine_handle<Child> child, std::coroutine_handle<P> parent) {
+  coro_chain& c = *parent.promise().chain;
+  executor* const home = c.home;
+  child.promise().chain = &c;
+  child.promise().continuation = parent;
+  child.resume();
+  if (!child.promise().meet()) return true;  // still running: it resumes parent when it ends
+  if (c.home == home) return false;          // ended here: go on
+  // It moved the chain (schedule) and ended there before we got here: go on there too.
+  resume_on(c, parent);
+  return true;
+}
 
 template <class T>
 struct task_promise : task_promise_base {
@@ -6241,11 +6734,9 @@ class [[nodiscard]] task {
       return false;
     }
     template <class P>
-    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> parent) noexcept {
+    bool await_suspend(std::coroutine_handle<P> parent) {
       detail::require_chained<P>();
-      child.promise().chain = parent.promise().chain;
-      child.promise().continuation = parent;
-      return child;
+      return detail::start_awaited(child, parent);
     }
     T await_resume() { return child.promise().take(); }
   };
@@ -6309,11 +6800,8 @@ struct outcome_of {
   tether::task<T> t;
   bool await_ready() const noexcept { return false; }
   template <class P>
-  std::coroutine_handle<> await_suspend(std::coroutine_handle<P> parent) noexcept {
-    auto child = std::coroutine_handle<task_promise<T>>::from_address(handle_address());
-    child.promise().chain = parent.promise().chain;
-    child.promise().continuation = parent;
-    return child;
+  bool await_suspend(std::coroutine_handle<P> parent) {
+    return start_awaited(std::coroutine_handle<task_promise<T>>::from_address(handle_address()), parent);
   }
   task_result<T> await_resume() noexcept {
     auto child = std::coroutine_handle<task_promise<T>>::from_address(handle_address());
@@ -6604,6 +7092,48 @@ auto co_with(confined<T>& obj, F&& f, const source_location& loc = source_locati
       loc);
 }
 
+namespace detail {
+
+// The awaited receive: take what is there; else suspend until the source notifies (a push or
+// the close) or the chain's stop is requested, and try again.
+template <class T, class Source, class Take>
+tether::task<pop_result<T>> receive(Source& src, Take take) {
+  auto& rx = rx_of(src);
+  for (;;) {
+    pop_result<T> r = take(src);
+    if (r.status() != status::empty) co_return std::move(r);
+    tether::get_stop_token ask;
+    const std::stop_token token = co_await ask;
+    if (token.stop_requested()) co_return status::cancelled;
+    readable<std::remove_reference_t<decltype(rx)>> wait(rx);  // named: see run_root
+    co_await wait;
+  }
+}
+
+}  // namespace detail
+
+// Awaitables: the queue's (or endpoint's) next item, without blocking a thread - pop_result:
+// the value, closed once closed and drained, or cancelled when the chain's stop is requested
+// first (an item already there is still taken). The awaiting frame is the source's one
+// consumer; a source that a poller watches, or another frame awaits, throws std::logic_error.
+// The source must outlive the await.
+template <class T>
+tether::task<pop_result<T>> co_pop(mpsc_queue<T>& q) {
+  return detail::receive<T>(q, [](mpsc_queue<T>& s) { return s.try_pop(); });
+}
+template <class T>
+tether::task<pop_result<T>> co_pop(bounded_mpsc_queue<T>& q) {
+  return detail::receive<T>(q, [](bounded_mpsc_queue<T>& s) { return s.try_pop(); });
+}
+template <class T>
+tether::task<pop_result<T>> co_pop(receiver<T>& r) {
+  return detail::receive<T>(r, [](receiver<T>& s) { return s.try_pop(); });
+}
+template <class S, class R>
+tether::task<pop_result<R>> co_recv(endpoint<S, R>& e) {
+  return detail::receive<R>(e, [](endpoint<S, R>& s) { return s.try_recv(); });
+}
+
 // Runs t to its end on the calling thread and returns its value (rethrows its exception).
 // The chain's home is an executor that this call drives; awaits that need another thread
 // suspend it until they resume it here. Blocks. Any thread, including an executor's owner
@@ -6642,273 +7172,6 @@ T sync_wait(tether::task<T> t, std::stop_token token = {}) {
   if (!out) throw executor_stopped("tether: sync_wait(): the task was destroyed before it finished");
   return std::move(*out).value();
 }
-
-}  // namespace tether
-
-// ---- tether/fd_source.hpp ---------------------------------------------------
-// tether/fd_source.hpp - a file descriptor as a poller source: wait on sockets, pipes and
-// foreign event fds in the same place as on tether's queues, channels and executors.
-//
-//   tether::fd_source shell{zmq_fd_of(shell_socket)};        // readable interest
-//   tether::poller p;
-//   p.on(shell, [&](tether::fd_events) { drain(shell_socket); })
-//    .on(router.replies(), [&](reply r) { send(shell_socket, r); });
-//   while (running) p.run_one();                              // zero CPU while idle
-//
-// A poller that watches at least one fd_source waits in ppoll(2) instead of its futex: on the
-// watched descriptors and on a wake descriptor of its own, which a push to any other watched
-// source signals (once per sleep, not once per push). Ready events are level-triggered as
-// poll(2) reports them: a descriptor that stays readable is reported again at the next wait.
-// The handler (or try_pop()) receives the events that are pending: readable, writable,
-// error, hangup as poll(2) saw them, and notified for a notify() call.
-//
-// Edge-triggered descriptors (ZeroMQ's ZMQ_FD, which says "look at ZMQ_EVENTS" rather than
-// "a message is waiting"): after any send or receive on such a socket, read its pending
-// events (ZMQ_EVENTS) and, if work is left, call notify(): the poller then serves the source
-// at its next turn even though the descriptor itself stays quiet (the lost wake-up of
-// ipykernel #1554 is exactly a missing re-check here).
-//
-// Who may call what: notify(), fd(), interest() - any thread. try_pop() / ready() - the thread
-// that waits on the poller (or, unwatched, the one thread that polls it). Construct and
-// destroy: no poller may watch it (remove() it first; a poller never closes the descriptor,
-// and after remove() returns it never touches either the descriptor or this object).
-// Neither copyable nor movable (a poller refers to it).
-//
-// Memory ordering: [F1] notify()'s and the waiter's fetch_or (release) publish the events and
-// what the notifying thread did before; [F2] try_pop()'s exchange (acquire) takes them. The
-// wake-up itself is the parker's handshake (detail/wait/parker.hpp): the events are stored
-// before the parker is notified, and a poller re-checks ready() after attaching.
-//
-// After epoll's ready list and libuv's uv_poll_t (one loop waits on descriptors and on an
-// async wake-up handle), with ZeroMQ's documented ZMQ_FD / ZMQ_EVENTS protocol.
-
-
-
-namespace tether {
-
-// What a descriptor is watched for, and what the poller found. A bit set.
-enum class fd_events : std::uint8_t {
-  none = 0,
-  readable = 1,   // POLLIN
-  writable = 2,   // POLLOUT
-  error = 4,      // POLLERR or POLLNVAL (a closed descriptor: remove the source)
-  hangup = 8,     // POLLHUP (the peer closed; reading returns the rest, then end of file)
-  notified = 16,  // fd_source::notify() was called
-};
-constexpr fd_events operator|(fd_events a, fd_events b) noexcept {
-  return static_cast<fd_events>(static_cast<std::uint8_t>(a) | static_cast<std::uint8_t>(b));
-}
-constexpr fd_events operator&(fd_events a, fd_events b) noexcept {
-  return static_cast<fd_events>(static_cast<std::uint8_t>(a) & static_cast<std::uint8_t>(b));
-}
-constexpr fd_events& operator|=(fd_events& a, fd_events b) noexcept { return a = a | b; }
-// True when e holds any of the events in which.
-constexpr bool has(fd_events e, fd_events which) noexcept { return (e & which) != fd_events::none; }
-
-class fd_source;
-
-namespace detail {
-struct fd_access;
-}  // namespace detail
-
-class fd_source {
- public:
-  // Watches fd for interest (readable, writable or both; error and hangup are always
-  // reported). The descriptor stays the caller's: it is never read, written or closed here.
-  explicit fd_source(int fd, fd_events interest = fd_events::readable) noexcept : fd_(fd), interest_(interest) {}
-  fd_source(const fd_source&) = delete;
-  fd_source& operator=(const fd_source&) = delete;
-
-  int fd() const noexcept { return fd_; }
-  fd_events interest() const noexcept { return interest_; }
-
-  // Marks the source ready as if its descriptor had reported an event: the waiting thread
-  // calls its handler at its next turn, with fd_events::notified among the events. Several
-  // calls before that turn are one. Never blocks. Thread-safe, also from handlers.
-  void notify() noexcept { deliver(static_cast<std::uint8_t>(fd_events::notified)); }
-
-  // The events pending since the last call (ok), or empty. Never closed: a descriptor has no
-  // end here (hangup and error are events; remove the source for good). Waiting thread only.
-  pop_result<fd_events> try_pop() noexcept {
-    // [F2] acquire: pairs with [F1]; what the notifier did before is visible to the caller.
-    const std::uint8_t e = pending_.exchange(0, std::memory_order_acquire);
-    if (e == 0) return status::empty;
-    return pop_result<fd_events>(std::in_place, static_cast<fd_events>(e));
-  }
-
-  // Whether events are pending (try_pop() would return ok). seq_cst: the re-check half of
-  // the parker handshake. Waiting thread only.
-  bool ready() const noexcept { return pending_.load(std::memory_order_seq_cst) != 0; }
-
- private:
-  friend struct detail::fd_access;
-
-  // Adds events and wakes whoever watches: notify(), or the poller's waiter after ppoll().
-  void deliver(std::uint8_t events) noexcept {
-    // [F1] release: pairs with [F2]. seq_cst: ordered before the notify's handshake.
-    pending_.fetch_or(events, std::memory_order_seq_cst);
-    parker_.notify_all();
-  }
-
-  const int fd_;
-  const fd_events interest_;
-  // Events reported and not yet taken: written by notify() (any thread) and the poller's
-  // waiter; taken by try_pop() (the waiter).
-  std::atomic<std::uint8_t> pending_{0};
-  // Where a poller hangs its listener (one poller at a time), as on a queue's consumer parker.
-  detail::parker parker_;
-};
-
-namespace detail {
-
-// What the poller's core (detail/select/poller_core.hpp) needs from an fd_source.
-struct fd_access {
-  static parker& watched_parker(fd_source& s) noexcept { return s.parker_; }
-  static void deliver(fd_source& s, fd_events e) noexcept { s.deliver(static_cast<std::uint8_t>(e)); }
-};
-
-// A poller source (see detail/select/sources.hpp): itself, named by its address, woken through
-// its parker, ready while events are pending.
-inline fd_source& rx_of(fd_source& s) noexcept { return s; }
-inline const void* identity_of(const fd_source& s) noexcept { return &s; }
-inline parker& rx_parker(fd_source& s) noexcept { return fd_access::watched_parker(s); }
-inline bool rx_ready(fd_source& s) noexcept { return s.ready(); }
-
-}  // namespace detail
-
-}  // namespace tether
-
-// ---- tether/receiver.hpp ----------------------------------------------------
-// tether/receiver.hpp - a receive-only view of an mpsc_queue's consumer side.
-//
-//   tether::mpsc_queue<reply> q;
-//   tether::receiver<reply> replies(q);       // hand this out: it can pop, not push or close
-//   if (auto r = replies.pop_for(10ms)) use(*r);
-//
-// receiver<T> holds a pointer to an mpsc_queue<T>: it is cheap to copy, and every copy is the
-// same view. It offers the queue's pop family (try_pop, pop, pop_for, pop_until,
-// try_pop_bulk, pop_bulk, pop_bulk_for, pop_bulk_until, try_pop_each; the waits also with a
-// std::stop_token) with exactly the queue's outcomes (see mpsc_queue.hpp), plus is_closed
-// and size_approx - no push, no close. A poller or select accepts it like the queue itself.
-//
-// Who may call what: the pop family - the queue's one consumer thread at a time (all copies
-// of a receiver and the queue itself share that one consumer); is_closed / size_approx - any
-// thread. The queue must outlive every receiver viewing it.
-//
-// Memory ordering: the queue's (a push happens-before the pop that returns its item).
-//
-// Library hook: detail::receiver_queue(r) returns the viewed queue, for the parts of tether
-// that watch or wrap a receiver (select, router); not for users.
-
-
-
-namespace tether {
-
-template <class T>
-class receiver;
-
-namespace detail {
-template <class T>
-mpsc_queue<T>& receiver_queue(const receiver<T>& r) noexcept;
-}  // namespace detail
-
-template <class T>
-class receiver {
- public:
-  using value_type = T;
-
-  // A view of q's consumer side. q must outlive the receiver (and its copies).
-  explicit receiver(mpsc_queue<T>& q) noexcept : q_(&q) {}
-
-  // ---- consumer (the queue's one consumer thread at a time) ------------------------------
-
-  // As mpsc_queue::try_pop: ok, empty or closed; never blocks.
-  pop_result<T> try_pop() { return q_->try_pop(); }
-  // As mpsc_queue::pop: ok, or closed once closed and every item taken.
-  pop_result<T> pop() { return q_->pop(); }
-  // As mpsc_queue::pop_for / pop_until: ok, timeout or closed.
-  template <class Rep, class Period>
-  pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout) {
-    return q_->pop_for(timeout);
-  }
-  template <class Clock, class Duration>
-  pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline) {
-    return q_->pop_until(deadline);
-  }
-
-  // As mpsc_queue::try_pop_bulk / pop_bulk / pop_bulk_for / pop_bulk_until: how many items
-  // were moved to out.
-  template <class OutputIt>
-  std::size_t try_pop_bulk(OutputIt out, std::size_t max) {
-    return q_->try_pop_bulk(std::move(out), max);
-  }
-  template <class OutputIt>
-  std::size_t pop_bulk(OutputIt out, std::size_t max) {
-    return q_->pop_bulk(std::move(out), max);
-  }
-  template <class OutputIt, class Rep, class Period>
-  std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout) {
-    return q_->pop_bulk_for(std::move(out), max, timeout);
-  }
-  template <class OutputIt, class Clock, class Duration>
-  std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline) {
-    return q_->pop_bulk_until(std::move(out), max, deadline);
-  }
-
-  // The std::stop_token forms, as mpsc_queue's: cancelled (bulk: 0) once a stop is requested.
-  pop_result<T> pop(std::stop_token st) { return q_->pop(std::move(st)); }
-  template <class Rep, class Period>
-  pop_result<T> pop_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token st) {
-    return q_->pop_for(timeout, std::move(st));
-  }
-  template <class Clock, class Duration>
-  pop_result<T> pop_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token st) {
-    return q_->pop_until(deadline, std::move(st));
-  }
-  template <class OutputIt>
-  std::size_t pop_bulk(OutputIt out, std::size_t max, std::stop_token st) {
-    return q_->pop_bulk(std::move(out), max, std::move(st));
-  }
-  template <class OutputIt, class Rep, class Period>
-  std::size_t pop_bulk_for(OutputIt out, std::size_t max, const std::chrono::duration<Rep, Period>& timeout,
-                           std::stop_token st) {
-    return q_->pop_bulk_for(std::move(out), max, timeout, std::move(st));
-  }
-  template <class OutputIt, class Clock, class Duration>
-  std::size_t pop_bulk_until(OutputIt out, std::size_t max, const std::chrono::time_point<Clock, Duration>& deadline,
-                             std::stop_token st) {
-    return q_->pop_bulk_until(std::move(out), max, deadline, std::move(st));
-  }
-
-  // As mpsc_queue::try_pop_each: calls f(T&&) for up to max ready items; how many.
-  template <class F>
-  std::size_t try_pop_each(F&& f, std::size_t max = SIZE_MAX) {
-    return q_->try_pop_each(std::forward<F>(f), max);
-  }
-
-  // ---- any thread ------------------------------------------------------------------------
-
-  // True once the queue was closed (items may still be waiting). Thread-safe.
-  bool is_closed() const noexcept { return q_->is_closed(); }
-  // Items pushed and not yet popped; stale as soon as it returns. Thread-safe.
-  std::size_t size_approx() const noexcept { return q_->size_approx(); }
-
-  // Two receivers are equal when they view the same queue.
-  friend bool operator==(const receiver& a, const receiver& b) noexcept { return a.q_ == b.q_; }
-
- private:
-  friend mpsc_queue<T>& detail::receiver_queue<T>(const receiver<T>& r) noexcept;
-
-  mpsc_queue<T>* q_;
-};
-
-namespace detail {
-// The queue a receiver views (see the banner: for select and router).
-template <class T>
-mpsc_queue<T>& receiver_queue(const receiver<T>& r) noexcept {
-  return *r.q_;
-}
-}  // namespace detail
 
 }  // namespace tether
 
@@ -7349,99 +7612,6 @@ inline void notify_poller(parker_listener& l) noexcept {
   // poller's false, its last use of n.next_ready happened before push() rewrites it.
   if (!n.signalled.exchange(true, std::memory_order_acq_rel)) n.list->push(n);
 }
-
-}  // namespace tether::detail
-
-// ---- tether/detail/select/sources.hpp ---------------------------------------
-// tether/detail/select/sources.hpp - what a poller needs from each kind of source it watches.
-//
-// A poller (select.hpp) treats every source alike through four questions, answered here by
-// overloads per kind: which object receives (rx_of), which address names it (identity_of:
-// the same for an endpoint and whatever it is moved into, and for a receiver and the queue
-// it views), what keeps it alive while watched (keep_alive_of: a channel pair's state), and
-// the parker its consumer sleeps on with that parker's condition (rx_parker, rx_ready).
-// Adopting executors add the earliest delayed-task deadline (rx_deadline), which only their
-// owner may read. Nothing here is public API.
-//
-// Who may call what: rx_ready / rx_deadline - the thread that receives from the source (for
-// an executor: its owner, else wrong_thread); the others only read what never changes after
-// construction.
-// Memory ordering: rx_ready is the queue's own parker condition (seq_cst loads); nothing
-// else here touches shared state.
-
-
-
-namespace tether::detail {
-
-// The receiving object: the queue itself (also for a receiver), or the endpoint's receiving
-// direction.
-template <class T>
-mpsc_queue<T>& rx_of(mpsc_queue<T>& q) noexcept { return q; }
-template <class T>
-bounded_mpsc_queue<T>& rx_of(bounded_mpsc_queue<T>& q) noexcept { return q; }
-template <class S, class R>
-channel_direction<R>& rx_of(const endpoint<S, R>& e) noexcept { return source_access::rx_direction(e); }
-template <class T>
-mpsc_queue<T>& rx_of(const receiver<T>& r) noexcept { return receiver_queue(r); }
-
-template <class T>
-const void* identity_of(const mpsc_queue<T>& q) noexcept { return &q; }
-template <class T>
-const void* identity_of(const bounded_mpsc_queue<T>& q) noexcept { return &q; }
-template <class S, class R>
-const void* identity_of(const endpoint<S, R>& e) noexcept { return &source_access::rx_direction(e); }
-template <class T>  // the queue it views: a receiver and its queue are one source
-const void* identity_of(const receiver<T>& r) noexcept { return &receiver_queue(r); }
-
-template <class Source>
-std::shared_ptr<void> keep_alive_of(const Source&) noexcept { return nullptr; }
-template <class S, class R>
-std::shared_ptr<void> keep_alive_of(const endpoint<S, R>& e) noexcept { return source_access::shared_state(e); }
-
-template <class Queue, class T>
-parker& rx_parker(consumer_ops<Queue, T>& q) noexcept { return source_access::watched_parker(q); }
-template <class T>
-parker& rx_parker(channel_direction<T>& l) noexcept { return l.watched_parker(); }
-
-template <class Queue, class T>
-bool rx_ready(consumer_ops<Queue, T>& q) { return source_access::watched_ready(q); }
-template <class T>
-bool rx_ready(channel_direction<T>& l) { return l.watched_ready(); }
-
-// An adopting executor: its task queue (a push notifies the queue's consumer parker, a close
-// too) and its delayed tasks (no notify when one falls due: the waiter parks until the
-// earliest, see poller_core::next_ready()). Its owner is the queue's consumer and the only
-// thread that may read the timer heap, so only the owner may wait on a poller that watches it.
-inline executor& rx_of(executor& ex) noexcept { return ex; }
-inline const void* identity_of(const executor& ex) noexcept { return &ex; }
-inline parker& rx_parker(executor& ex) noexcept {
-  return source_access::watched_parker(source_access::executor_queue(ex));
-}
-
-[[noreturn]] inline void throw_wrong_waiter(const executor& ex) {
-  const std::string name = ex.name().empty() ? "(unnamed)" : ex.name();
-  throw wrong_thread(wrong_thread_message(
-      "executor '" + name + "' (watched by a tether::poller)", source_access::executor_owner_record(ex),
-      source_access::executor_owner_serial(ex),
-      "a poller that watches an executor must be waited on (wait*, run_one*, select) by that executor's owner thread"));
-}
-
-// The earliest delayed-task deadline (no_deadline: none). Throws wrong_thread off the owner.
-inline steady_time rx_deadline(executor& ex) {
-  if (!ex.running_in_this_thread()) throw_wrong_waiter(ex);
-  return source_access::executor_next_deadline(ex);
-}
-
-// A delayed task is due, a task is ready, or the queue is closed and drained. Owner only.
-inline bool rx_ready(executor& ex) {
-  const steady_time next = rx_deadline(ex);
-  if (next != no_deadline && std::chrono::steady_clock::now() >= next) return true;
-  return source_access::watched_ready(source_access::executor_queue(ex));
-}
-
-// How many tasks run_one*() runs per call on an executor registered with on(): a busy
-// executor takes its turn like any other source, it does not starve them.
-inline constexpr std::size_t executor_batch = 64;
 
 }  // namespace tether::detail
 

@@ -1,9 +1,13 @@
 // Unit tests for coroutine.hpp: tasks, spawn, sync_wait, schedule, co_call / co_with, their
 // stop tokens, and the frames' lifetimes (each frame destroyed exactly once, counted) when an
 // executor stops or is destroyed under a suspended chain.
+#include <tether/bounded_mpsc_queue.hpp>
+#include <tether/channel.hpp>
 #include <tether/confined.hpp>
 #include <tether/coroutine.hpp>
 #include <tether/executor.hpp>
+#include <tether/mpsc_queue.hpp>
+#include <tether/receiver.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -87,9 +91,19 @@ TEST_CASE("awaiting a task propagates its exception to the awaiting task", "[cor
   CHECK(tether::sync_wait(outer()) == "caught boom");
 }
 
+TEST_CASE("a long loop of awaits on tasks that finish at once keeps the stack flat", "[coroutine]") {
+  // Each awaited task returns to its awaiter, which goes on without suspending: a million
+  // rounds in any build mode (a transfer per round that is not a tail call would overflow).
+  auto loop = []() -> tether::task<long> {
+    long sum = 0;
+    for (int i = 0; i < 1000000; ++i) sum += co_await add(i, 1);
+    co_return sum;
+  };
+  CHECK(tether::sync_wait(loop()) == 1000000L * 1000001 / 2);
+}
+
 TEST_CASE("deep chains of awaited tasks complete in order", "[coroutine]") {
-  // Symmetric transfer hands each completion to its parent; whether that is a tail call
-  // (constant stack) is up to the optimiser, so the depth stays modest for -O0 / sanitizers.
+  // Each level is a nested call while the chain runs without suspending.
   struct rec {
     static tether::task<long> depth(int n) {
       if (n == 0) co_return 0;
@@ -394,4 +408,114 @@ TEST_CASE("a blocking call cycle through a co_call still reports deadlock_error"
     }
   });
   CHECK(r == -1);
+}
+
+TEST_CASE("a child that moves the chain and ends at once takes its awaiter along", "[coroutine]") {
+  tether::executor a{{.name = "a"}}, b{{.name = "b"}};
+  auto round_trips = [&]() -> tether::task<int> {
+    int wrong = 0;
+    for (int i = 0; i < 2000; ++i) {
+      auto to_b = [&]() -> tether::task<void> { co_await tether::schedule(b); };
+      co_await to_b();  // may end on b before the awaiter has finished suspending on a
+      wrong += !b.running_in_this_thread();
+      co_await tether::schedule(a);
+      wrong += !a.running_in_this_thread();
+    }
+    co_return wrong;
+  };
+  CHECK(tether::spawn(a, round_trips()).get() == 0);
+}
+
+TEST_CASE("co_pop and co_recv take items in order, then report closed", "[coroutine][receive]") {
+  tether::executor home{{.name = "home"}};
+  tether::mpsc_queue<int> q;
+  auto consume = [&]() -> tether::task<std::vector<int>> {
+    std::vector<int> got;
+    for (;;) {
+      auto r = co_await tether::co_pop(q);
+      if (r.is_closed()) break;
+      got.push_back(*r);
+    }
+    co_return got;
+  };
+  auto f = tether::spawn(home, consume());
+  for (int i = 0; i < 1000; ++i) {
+    REQUIRE(q.push(i));
+    if (i % 100 == 0) std::this_thread::sleep_for(1ms);  // let it suspend now and then
+  }
+  q.close();
+  std::vector<int> got = f.get();
+  REQUIRE(got.size() == 1000);
+  for (int i = 0; i < 1000; ++i) CHECK(got[static_cast<std::size_t>(i)] == i);
+
+  auto [left, right] = tether::make_channel<int, std::string>(4);
+  auto echo = [&r = right]() -> tether::task<int> {
+    auto m = co_await tether::co_recv(r);
+    co_return *m * 2;
+  };
+  auto g = tether::spawn(home, echo());
+  std::this_thread::sleep_for(2ms);
+  REQUIRE(left.send(21));
+  CHECK(g.get() == 42);
+
+  tether::bounded_mpsc_queue<int> bq(8);
+  tether::mpsc_queue<int> viewed;
+  tether::receiver<int> rx(viewed);
+  auto both = [&]() -> tether::task<int> {
+    auto x = co_await tether::co_pop(bq);
+    auto y = co_await tether::co_pop(rx);
+    co_return *x + *y;
+  };
+  auto h = tether::spawn(home, both());
+  REQUIRE(bq.push(1));
+  REQUIRE(viewed.push(2));
+  CHECK(h.get() == 3);
+}
+
+TEST_CASE("a stop request ends a co_pop that waits; an item already there is still taken", "[coroutine][receive][cancel]") {
+  tether::executor home{{.name = "home"}};
+  tether::mpsc_queue<int> q;
+  std::stop_source stop;
+  auto one = [&]() -> tether::task<tether::status> { co_return (co_await tether::co_pop(q)).status(); };
+  auto f = tether::spawn(home, one(), stop.get_token());
+  std::this_thread::sleep_for(5ms);
+  stop.request_stop();
+  CHECK(f.get() == tether::status::cancelled);
+  REQUIRE(q.push(7));  // nothing was taken; the queue is open and still usable
+  CHECK(tether::spawn(home, one(), stop.get_token()).get() == tether::status::ok);
+  CHECK(q.size_approx() == 0);
+}
+
+TEST_CASE("a source already watched cannot be awaited", "[coroutine][receive]") {
+  tether::executor home{{.name = "home"}};
+  tether::mpsc_queue<int> q;
+  std::stop_source stop;
+  auto one = [&]() -> tether::task<tether::status> { co_return (co_await tether::co_pop(q)).status(); };
+  // Both run on home, in order: the first hangs its listener on q and suspends, then the
+  // second starts and finds the listener there.
+  auto first = tether::spawn(home, one(), stop.get_token());
+  auto second = tether::spawn(home, one(), stop.get_token());
+  CHECK_THROWS_AS(second.get(), std::logic_error);
+  stop.request_stop();
+  CHECK(first.get() == tether::status::cancelled);
+}
+
+TEST_CASE("a frame awaiting a queue when its home is destroyed is destroyed once, and told", "[coroutine][receive][frames]") {
+  const long live_before = counted::live.load();
+  tether::mpsc_queue<int> q;
+  std::future<int> f;
+  {
+    tether::executor home{{.name = "home"}};
+    auto t = [&]() -> tether::task<int> {
+      counted local(3);
+      auto r = co_await tether::co_pop(q);
+      co_return *r;
+    };
+    f = tether::spawn(home, t());
+    std::this_thread::sleep_for(5ms);
+  }
+  REQUIRE(q.push(1));  // the notify finds no home: the chain is destroyed, not resumed
+  CHECK(throws_as<tether::executor_stopped>(f));
+  for (int i = 0; i < 1000 && counted::live.load() != live_before; ++i) std::this_thread::sleep_for(1ms);
+  CHECK(counted::live.load() == live_before);
 }

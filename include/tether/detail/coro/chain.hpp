@@ -26,6 +26,7 @@
 #include <memory>
 #include <optional>
 #include <stop_token>
+#include <thread>
 #include <utility>
 
 #include "../../executor.hpp"
@@ -93,8 +94,27 @@ inline void resume_chain_deferred(deferred_destroy* d) noexcept {
   static_cast<coro_chain*>(d)->waiting.resume();  // frames catch their own exceptions
 }
 
+// Destroys the chain when nobody is left to run it: here, or - for a caller that must not
+// destroy frames where it stands (a notifier inside a parker listener the frame would
+// detach, see readable.hpp) - on a thread of its own. No thread to be had: the chain is
+// leaked, reachable, with a line on stderr.
+inline void destroy_orphan(coro_chain& c, bool here) noexcept {
+  if (here) {
+    c.root.destroy();
+    return;
+  }
+  try {
+    std::thread([root = c.root] { root.destroy(); }).detach();
+  } catch (...) {
+    keep_leaked(&c);
+    std::fputs("tether: a coroutine whose executor had finished could not be destroyed (no thread); it is leaked\n",
+               stderr);
+  }
+}
+
 // Resumes `frame` (a frame of chain c) on c's home. See the file comment for refusals.
-inline void resume_on(coro_chain& c, std::coroutine_handle<> frame) noexcept {
+// destroy_here: false when the caller must not destroy frames itself (destroy_orphan).
+inline void resume_on(coro_chain& c, std::coroutine_handle<> frame, bool destroy_here = true) noexcept {
   // The gate, not the executor: it stays valid (refusing) if the home is being destroyed.
   // Copied: resuming the frame may end the chain (and free c) before post() returns.
   const std::shared_ptr<void> keep = c.home_gate;
@@ -109,15 +129,15 @@ inline void resume_on(coro_chain& c, std::coroutine_handle<> frame) noexcept {
       c.waiting = frame;
       c.destroy = &resume_chain_deferred;
       if (gate.defer(&c)) return;
-      c.root.destroy();  // the home finished meanwhile: nobody is left to resume it
+      destroy_orphan(c, destroy_here);  // the home finished meanwhile: nobody is left to resume it
     }
     return;
   }
   if (!refused) return;
   job.h = {};  // not moved from: it still holds the frame
   c.destroy = &destroy_chain_deferred;
-  if (gate.defer(&c)) return;  // the owner destroys the chain
-  c.root.destroy();            // the home finished (or is gone): destroy it here
+  if (gate.defer(&c)) return;       // the owner destroys the chain
+  destroy_orphan(c, destroy_here);  // the home finished (or is gone)
 }
 
 // sync_wait() blocks its thread while its own executor runs the chain: an executor owned by
