@@ -35,6 +35,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <stop_token>
 #include <type_traits>
 #include <utility>
 
@@ -92,6 +93,15 @@ class TETHER_CAPABILITY("confined object") confined {
   std::invoke_result_t<F&&, T&> with(F&& f, const source_location& loc = source_location::current()) {
     T* v = &node_->value;
     return ex_.call([&]() -> std::invoke_result_t<F&&, T&> { return std::invoke(std::forward<F>(f), *v); }, loc);
+  }
+
+  // As with(f), abandoned when `token` is stopped before f starts (operation_cancelled; f
+  // never runs); see executor::call(f, stop_token).
+  template <class F>
+  std::invoke_result_t<F&&, T&> with(F&& f, std::stop_token token, const source_location& loc = source_location::current()) {
+    T* v = &node_->value;
+    return ex_.call([&]() -> std::invoke_result_t<F&&, T&> { return std::invoke(std::forward<F>(f), *v); },
+                    std::move(token), loc);
   }
 
   // Queues f(T&); the future carries the result or exception (executor_stopped when

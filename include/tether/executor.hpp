@@ -260,6 +260,55 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     return slot.take();
   }
 
+  // As call(f), abandoned when `token` is stopped before the owner starts f: the caller
+  // returns at once with operation_cancelled and f never runs. Once f has started the caller
+  // waits for it (f is used in place) and gets its result. A stop already requested throws
+  // without queueing anything. Costs one allocation more than call(f) when the token can be
+  // stopped (the outcome must outlive an abandoning caller). Thread-safe.
+  template <class F>
+  std::invoke_result_t<F&&> call(F&& f, std::stop_token token, const source_location& loc = source_location::current()) {
+    using R = std::invoke_result_t<F&&>;
+    if (!token.stop_possible()) return call(std::forward<F>(f), loc);
+    if (token.stop_requested())
+      throw operation_cancelled(std::string("tether: call() on executor '") + name_or_unnamed() +
+                                "': its stop token was already stopped; the call was not queued");
+    if (running_in_this_thread()) {
+      if (is_stopped()) throw executor_stopped(refusal("call()"));
+      return run_inline<R>(std::forward<F>(f));
+    }
+    detail::thread_record& me = detail::this_thread_record();
+    detail::blocking_call edge(me, owner_record_, owner_serial_, name_id_);
+    check_cycle(me);
+    auto* state = new detail::abandonable_call<R>();
+    using job = abandonable_call_job<F, R>;
+    push_result ok = status::closed;
+    try {
+      ok = !tracing_ ? queue_.emplace(std::in_place_type<job>, core(), std::addressof(f), state)
+                     : emplace_traced<job>(loc, core(), std::addressof(f), state);
+    } catch (...) {
+      delete state;  // not queued: nobody else holds it
+      throw;
+    }
+    if (!ok) {
+      delete state;
+      throw executor_stopped(refusal("call()"));
+    }
+    after_push();
+    struct owner_of {
+      detail::abandonable_call<R>* s;
+      ~owner_of() { s->unref(); }
+    } release{state};
+    bool cancelled;
+    {
+      std::stop_callback on_stop(token, [state] { state->cancel(); });
+      cancelled = state->wait();
+    }
+    if (cancelled)
+      throw operation_cancelled(std::string("tether: call() on executor '") + name_or_unnamed() +
+                                "' was cancelled by its stop token before it ran; it will not run");
+    return state->take();
+  }
+
   // Runs task here, then reply(task_result<R>) on reply_to - the continuation comes back to
   // the caller's executor and learns every outcome: the value, the task's exception, or
   // executor_stopped when stop(cancel) destroys the task unrun. Returns closed when this

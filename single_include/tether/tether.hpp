@@ -3346,6 +3346,95 @@ class call_slot {
   parker parker_{fences::symmetric};
 };
 
+// A call() that a stop token may abandon: the caller may return before the owner reaches the
+// job, so the outcome lives on the heap, shared by the caller and the job (two references).
+// One compare-and-swap out of `pending` decides: the owner claims it (running, then done, with
+// the value or exception - executor_stopped when the job is destroyed unrun), or the stop
+// callback abandons it (cancelled: the job, when reached, runs nothing). A claimed call is
+// waited for: its callable is the caller's, used in place.
+//
+// Memory ordering: [AC1] the acq_rel CAS picks one outcome; [AC2] the release store of done
+// publishes the result to the caller's acquire load [AC3]; [AC4] acq_rel on the count orders
+// each side's last touch before the delete.
+template <class R>
+class abandonable_call {
+ public:
+  enum class phase : std::uint8_t { pending, running, done, cancelled };
+
+  bool claim() noexcept { return decide(phase::running); }
+  // Stop callback: abandons the call if the owner has not claimed it, and wakes the caller.
+  void cancel() noexcept {
+    if (decide(phase::cancelled)) parker_.notify_one();
+  }
+
+  // Owner, after claim(): runs f into the state and completes.
+  template <class F>
+  void run(F&& f) noexcept {
+    try {
+      if constexpr (std::is_void_v<R>) {
+        std::invoke(std::forward<F>(f));
+      } else if constexpr (std::is_reference_v<R>) {
+        value_ = std::addressof(std::invoke(std::forward<F>(f)));
+      } else {
+        value_.emplace(std::invoke(std::forward<F>(f)));
+      }
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+    complete();
+  }
+  // Owner (or whoever destroys the unrun job), after claim(): completes with an exception.
+  void fail(std::exception_ptr e) noexcept {
+    error_ = std::move(e);
+    complete();
+  }
+
+  // Caller: blocks until done or cancelled; true if cancelled.
+  bool wait() noexcept {
+    park(parker_, [this] {
+      const phase p = state_.load(std::memory_order_acquire);  // [AC3] acquire: pairs with [AC2]
+      return p == phase::done || p == phase::cancelled;
+    }, no_deadline, false);
+    return state_.load(std::memory_order_acquire) == phase::cancelled;  // [AC3]
+  }
+
+  // Caller, after wait() returned false: the result, or rethrows the exception.
+  R take() {
+    if (error_) std::rethrow_exception(error_);
+    if constexpr (std::is_void_v<R>) {
+      return;
+    } else if constexpr (std::is_reference_v<R>) {
+      return static_cast<R>(*value_);
+    } else {
+      return std::move(*value_);
+    }
+  }
+
+  void unref() noexcept {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;  // [AC4]
+  }
+
+ private:
+  bool decide(phase to) noexcept {
+    phase from = phase::pending;
+    return state_.compare_exchange_strong(from, to, std::memory_order_acq_rel);  // [AC1]
+  }
+  void complete() noexcept {
+    state_.store(phase::done, std::memory_order_release);  // [AC2]
+    parker_.notify_one();
+  }
+
+  using storage = std::conditional_t<std::is_void_v<R>, char,
+                                     std::conditional_t<std::is_reference_v<R>,
+                                                        std::remove_reference_t<R>*,
+                                                        std::optional<R>>>;
+  storage value_{};
+  std::exception_ptr error_;
+  std::atomic<phase> state_{phase::pending};
+  std::atomic<std::uint8_t> refs_{2};  // the caller and the job
+  parker parker_{fences::symmetric};
+};
+
 }  // namespace tether::detail
 
 // ---- tether/detail/platform/source_location.hpp -----------------------------
@@ -4404,6 +4493,34 @@ class executor_core {
     const executor_core* ex;
   };
 
+  // call(f, stop_token): as call_job, into a shared abandonable_call; an abandoned call is
+  // skipped (f may be gone with its caller).
+  template <class F, class R>
+  struct abandonable_call_job {
+    abandonable_call_job(const executor_core* e, std::remove_reference_t<F>* f, detail::abandonable_call<R>* s) noexcept
+        : fn(f), state(s), ex(e) {}
+    abandonable_call_job(abandonable_call_job&& o) noexcept : fn(o.fn), state(std::exchange(o.state, nullptr)), ex(o.ex) {}
+    void operator()() {
+      detail::abandonable_call<R>* s = std::exchange(state, nullptr);
+      if (s->claim()) s->run(std::forward<F>(*fn));
+      s->unref();
+    }
+    ~abandonable_call_job() {
+      if (state == nullptr) return;
+      if (state->claim()) {
+        try {
+          state->fail(std::make_exception_ptr(executor_stopped(ex->dropped("call()"))));
+        } catch (...) {
+          state->fail(std::current_exception());  // out of memory: the caller gets bad_alloc
+        }
+      }
+      state->unref();
+    }
+    std::remove_reference_t<F>* fn;
+    detail::abandonable_call<R>* state;
+    const executor_core* ex;
+  };
+
   // post_at(): carries the callable to the owner, which stores it in the timer's state and
   // inserts the timer into its heap; destroyed unrun -> stopped. The callable travels in the
   // registration, not in the state, so that every allocation on the caller's side (the state,
@@ -5301,6 +5418,55 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     return slot.take();
   }
 
+  // As call(f), abandoned when `token` is stopped before the owner starts f: the caller
+  // returns at once with operation_cancelled and f never runs. Once f has started the caller
+  // waits for it (f is used in place) and gets its result. A stop already requested throws
+  // without queueing anything. Costs one allocation more than call(f) when the token can be
+  // stopped (the outcome must outlive an abandoning caller). Thread-safe.
+  template <class F>
+  std::invoke_result_t<F&&> call(F&& f, std::stop_token token, const source_location& loc = source_location::current()) {
+    using R = std::invoke_result_t<F&&>;
+    if (!token.stop_possible()) return call(std::forward<F>(f), loc);
+    if (token.stop_requested())
+      throw operation_cancelled(std::string("tether: call() on executor '") + name_or_unnamed() +
+                                "': its stop token was already stopped; the call was not queued");
+    if (running_in_this_thread()) {
+      if (is_stopped()) throw executor_stopped(refusal("call()"));
+      return run_inline<R>(std::forward<F>(f));
+    }
+    detail::thread_record& me = detail::this_thread_record();
+    detail::blocking_call edge(me, owner_record_, owner_serial_, name_id_);
+    check_cycle(me);
+    auto* state = new detail::abandonable_call<R>();
+    using job = abandonable_call_job<F, R>;
+    push_result ok = status::closed;
+    try {
+      ok = !tracing_ ? queue_.emplace(std::in_place_type<job>, core(), std::addressof(f), state)
+                     : emplace_traced<job>(loc, core(), std::addressof(f), state);
+    } catch (...) {
+      delete state;  // not queued: nobody else holds it
+      throw;
+    }
+    if (!ok) {
+      delete state;
+      throw executor_stopped(refusal("call()"));
+    }
+    after_push();
+    struct owner_of {
+      detail::abandonable_call<R>* s;
+      ~owner_of() { s->unref(); }
+    } release{state};
+    bool cancelled;
+    {
+      std::stop_callback on_stop(token, [state] { state->cancel(); });
+      cancelled = state->wait();
+    }
+    if (cancelled)
+      throw operation_cancelled(std::string("tether: call() on executor '") + name_or_unnamed() +
+                                "' was cancelled by its stop token before it ran; it will not run");
+    return state->take();
+  }
+
   // Runs task here, then reply(task_result<R>) on reply_to - the continuation comes back to
   // the caller's executor and learns every outcome: the value, the task's exception, or
   // executor_stopped when stop(cancel) destroys the task unrun. Returns closed when this
@@ -5677,6 +5843,15 @@ class TETHER_CAPABILITY("confined object") confined {
   std::invoke_result_t<F&&, T&> with(F&& f, const source_location& loc = source_location::current()) {
     T* v = &node_->value;
     return ex_.call([&]() -> std::invoke_result_t<F&&, T&> { return std::invoke(std::forward<F>(f), *v); }, loc);
+  }
+
+  // As with(f), abandoned when `token` is stopped before f starts (operation_cancelled; f
+  // never runs); see executor::call(f, stop_token).
+  template <class F>
+  std::invoke_result_t<F&&, T&> with(F&& f, std::stop_token token, const source_location& loc = source_location::current()) {
+    T* v = &node_->value;
+    return ex_.call([&]() -> std::invoke_result_t<F&&, T&> { return std::invoke(std::forward<F>(f), *v); },
+                    std::move(token), loc);
   }
 
   // Queues f(T&); the future carries the result or exception (executor_stopped when

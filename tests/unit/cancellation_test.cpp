@@ -4,6 +4,8 @@
 // taken; a stop already requested tries once; without a request the calls behave as before.
 #include <tether/bounded_mpsc_queue.hpp>
 #include <tether/channel.hpp>
+#include <tether/confined.hpp>
+#include <tether/executor.hpp>
 #include <tether/mpsc_queue.hpp>
 #include <tether/receiver.hpp>
 
@@ -252,4 +254,115 @@ TEST_CASE("receiver: the token forms reach the queue", "[cancel][receiver]") {
   const auto r = rx.pop_until(clock_type::now() + 10s, src.get_token());
   REQUIRE(r);
   CHECK(*r == 9);
+}
+
+// ---- executor::call and confined::with with a stop token ---------------------------------------
+
+TEST_CASE("call(f, token): a stop request abandons a queued call at once; it never runs", "[cancel][call]") {
+  tether::executor ex{{.name = "owner"}};
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::promise<void> entered;
+  REQUIRE(ex.post([&] {
+    entered.set_value();
+    released.wait();
+  }));
+  entered.get_future().wait();
+  std::atomic<int> ran{0};
+  std::stop_source stop;
+  auto caller = std::async(std::launch::async, [&] {
+    try {
+      return ex.call([&] { return ++ran; }, stop.get_token());
+    } catch (const tether::operation_cancelled&) {
+      return -1;
+    }
+  });
+  while (ex.stats().queue_depth == 0) std::this_thread::sleep_for(1ms);
+  stop.request_stop();
+  CHECK(caller.wait_for(5s) == std::future_status::ready);  // the owner is still blocked
+  CHECK(caller.get() == -1);
+  release.set_value();
+  ex.call([] {});
+  CHECK(ran == 0);
+}
+
+TEST_CASE("call(f, token): already stopped, started, or never stoppable", "[cancel][call]") {
+  tether::executor ex{{.name = "owner"}};
+  std::stop_source early;
+  early.request_stop();
+  int ran = 0;
+  CHECK_THROWS_AS(ex.call([&] { return ++ran; }, early.get_token()), tether::operation_cancelled);
+  CHECK(ran == 0);
+  CHECK(ex.call([&] { return ++ran; }, std::stop_token{}) == 1);  // no stop state: a plain call
+
+  std::stop_source late;
+  std::promise<void> inside;
+  std::promise<void> go;
+  auto caller = std::async(std::launch::async, [&] {
+    return ex.call([&] {
+      inside.set_value();
+      go.get_future().wait();
+      return ++ran;
+    }, late.get_token());
+  });
+  inside.get_future().wait();
+  late.request_stop();  // too late: f runs and its caller waits for it
+  go.set_value();
+  CHECK(caller.get() == 2);
+  CHECK_THROWS_AS(ex.call([]() -> int { throw std::runtime_error("from f"); }, late.get_token()),
+                  tether::operation_cancelled);  // stopped by now: not queued
+  std::stop_source fresh;
+  CHECK_THROWS_WITH(ex.call([]() -> int { throw std::runtime_error("from f"); }, fresh.get_token()), "from f");
+}
+
+TEST_CASE("confined::with(f, token) and call(f, token) into a stopped executor", "[cancel][call]") {
+  tether::executor ex{{.name = "owner"}};
+  tether::confined<std::string> s{ex, "abc"};
+  std::stop_source stop;
+  CHECK(s.with([](std::string& v) { return v.size(); }, stop.get_token()) == 3);
+  stop.request_stop();
+  CHECK_THROWS_AS(s.with([](std::string& v) { return v.size(); }, stop.get_token()), tether::operation_cancelled);
+  tether::executor gone{{.name = "gone"}};
+  gone.stop();
+  gone.join();
+  std::stop_source fresh;
+  CHECK_THROWS_AS(gone.call([] { return 1; }, fresh.get_token()), tether::executor_stopped);
+}
+
+TEST_CASE("call(f, token): stop requests racing calls never lose or repeat a result", "[cancel][call][stress]") {
+  tether::executor ex{{.name = "owner"}};
+  constexpr int callers = 4;
+  const int per_caller = static_cast<int>(tether_test::scaled(2000, 200));
+  std::atomic<long> ran{0}, returned{0}, cancelled{0}, wrong{0};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < callers; ++c) {
+    threads.emplace_back([&, c] {
+      std::mt19937 rng(static_cast<unsigned>(c));
+      for (int i = 0; i < per_caller; ++i) {
+        std::stop_source stop;
+        std::thread stopper;
+        if (rng() % 2) stopper = std::thread([&stop, d = rng() % 50] {
+          std::this_thread::sleep_for(std::chrono::microseconds(d));
+          stop.request_stop();
+        });
+        try {
+          const int v = ex.call([&, i] {
+            ran.fetch_add(1);
+            return i;
+          }, stop.get_token());
+          if (v != i) wrong.fetch_add(1);
+          returned.fetch_add(1);
+        } catch (const tether::operation_cancelled&) {
+          cancelled.fetch_add(1);
+        }
+        if (stopper.joinable()) stopper.join();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  ex.call([] {});  // every abandoned job has been reached
+  CHECK(wrong == 0);
+  CHECK(returned + cancelled == callers * per_caller);
+  CHECK(ran == returned);
+  CHECK(cancelled > 0);
 }

@@ -182,6 +182,34 @@ class executor_core {
     const executor_core* ex;
   };
 
+  // call(f, stop_token): as call_job, into a shared abandonable_call; an abandoned call is
+  // skipped (f may be gone with its caller).
+  template <class F, class R>
+  struct abandonable_call_job {
+    abandonable_call_job(const executor_core* e, std::remove_reference_t<F>* f, detail::abandonable_call<R>* s) noexcept
+        : fn(f), state(s), ex(e) {}
+    abandonable_call_job(abandonable_call_job&& o) noexcept : fn(o.fn), state(std::exchange(o.state, nullptr)), ex(o.ex) {}
+    void operator()() {
+      detail::abandonable_call<R>* s = std::exchange(state, nullptr);
+      if (s->claim()) s->run(std::forward<F>(*fn));
+      s->unref();
+    }
+    ~abandonable_call_job() {
+      if (state == nullptr) return;
+      if (state->claim()) {
+        try {
+          state->fail(std::make_exception_ptr(executor_stopped(ex->dropped("call()"))));
+        } catch (...) {
+          state->fail(std::current_exception());  // out of memory: the caller gets bad_alloc
+        }
+      }
+      state->unref();
+    }
+    std::remove_reference_t<F>* fn;
+    detail::abandonable_call<R>* state;
+    const executor_core* ex;
+  };
+
   // post_at(): carries the callable to the owner, which stores it in the timer's state and
   // inserts the timer into its heap; destroyed unrun -> stopped. The callable travels in the
   // registration, not in the state, so that every allocation on the caller's side (the state,

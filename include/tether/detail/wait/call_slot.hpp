@@ -111,4 +111,93 @@ class call_slot {
   parker parker_{fences::symmetric};
 };
 
+// A call() that a stop token may abandon: the caller may return before the owner reaches the
+// job, so the outcome lives on the heap, shared by the caller and the job (two references).
+// One compare-and-swap out of `pending` decides: the owner claims it (running, then done, with
+// the value or exception - executor_stopped when the job is destroyed unrun), or the stop
+// callback abandons it (cancelled: the job, when reached, runs nothing). A claimed call is
+// waited for: its callable is the caller's, used in place.
+//
+// Memory ordering: [AC1] the acq_rel CAS picks one outcome; [AC2] the release store of done
+// publishes the result to the caller's acquire load [AC3]; [AC4] acq_rel on the count orders
+// each side's last touch before the delete.
+template <class R>
+class abandonable_call {
+ public:
+  enum class phase : std::uint8_t { pending, running, done, cancelled };
+
+  bool claim() noexcept { return decide(phase::running); }
+  // Stop callback: abandons the call if the owner has not claimed it, and wakes the caller.
+  void cancel() noexcept {
+    if (decide(phase::cancelled)) parker_.notify_one();
+  }
+
+  // Owner, after claim(): runs f into the state and completes.
+  template <class F>
+  void run(F&& f) noexcept {
+    try {
+      if constexpr (std::is_void_v<R>) {
+        std::invoke(std::forward<F>(f));
+      } else if constexpr (std::is_reference_v<R>) {
+        value_ = std::addressof(std::invoke(std::forward<F>(f)));
+      } else {
+        value_.emplace(std::invoke(std::forward<F>(f)));
+      }
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+    complete();
+  }
+  // Owner (or whoever destroys the unrun job), after claim(): completes with an exception.
+  void fail(std::exception_ptr e) noexcept {
+    error_ = std::move(e);
+    complete();
+  }
+
+  // Caller: blocks until done or cancelled; true if cancelled.
+  bool wait() noexcept {
+    park(parker_, [this] {
+      const phase p = state_.load(std::memory_order_acquire);  // [AC3] acquire: pairs with [AC2]
+      return p == phase::done || p == phase::cancelled;
+    }, no_deadline, false);
+    return state_.load(std::memory_order_acquire) == phase::cancelled;  // [AC3]
+  }
+
+  // Caller, after wait() returned false: the result, or rethrows the exception.
+  R take() {
+    if (error_) std::rethrow_exception(error_);
+    if constexpr (std::is_void_v<R>) {
+      return;
+    } else if constexpr (std::is_reference_v<R>) {
+      return static_cast<R>(*value_);
+    } else {
+      return std::move(*value_);
+    }
+  }
+
+  void unref() noexcept {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;  // [AC4]
+  }
+
+ private:
+  bool decide(phase to) noexcept {
+    phase from = phase::pending;
+    return state_.compare_exchange_strong(from, to, std::memory_order_acq_rel);  // [AC1]
+  }
+  void complete() noexcept {
+    state_.store(phase::done, std::memory_order_release);  // [AC2]
+    parker_.notify_one();
+  }
+
+  using storage = std::conditional_t<std::is_void_v<R>, char,
+                                     std::conditional_t<std::is_reference_v<R>,
+                                                        std::remove_reference_t<R>*,
+                                                        std::optional<R>>>;
+  storage value_{};
+  std::exception_ptr error_;
+  std::atomic<phase> state_{phase::pending};
+  std::atomic<std::uint8_t> refs_{2};  // the caller and the job
+  parker parker_{fences::symmetric};
+};
+
 }  // namespace tether::detail
