@@ -430,6 +430,8 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   bool join_until(const std::chrono::time_point<Clock, Duration>& deadline) {
     return join_until_steady(detail::to_steady(deadline), true);
   }
+  // As join(), giving up when `token` is stopped: true once finished, false if cancelled.
+  bool join(std::stop_token token) { return join_until_steady(detail::no_deadline, true, &token); }
 
   // stop() was called: no more work is accepted. Thread-safe.
   bool is_stopped() const noexcept { return queue_.is_closed(); }
@@ -575,19 +577,22 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   };
 
   // The join family's one deadline loop; block false: try_join().
-  bool join_until_steady(detail::steady_time deadline, bool block) {
+  bool join_until_steady(detail::steady_time deadline, bool block, const std::stop_token* token = nullptr) {
     if (running_in_this_thread()) {
       if (own_thread_ || in_run_)
         throw deadlock_error(std::string("tether: join() on executor '") + name_or_unnamed() +
                                  "' from its own owner thread inside one of its tasks would wait for itself",
                              {name_or_unnamed()});
-      if (!finished_.load(std::memory_order_seq_cst)) drive(SIZE_MAX, deadline, block, nullptr);
+      if (!finished_.load(std::memory_order_seq_cst)) drive(SIZE_MAX, deadline, block, token);
       return finished_.load(std::memory_order_seq_cst);
     }
     if (!block) deadline = clock::now();  // park_until checks once, then times out
-    const auto finished = [this] { return finished_.load(std::memory_order_seq_cst); };
-    if (!own_thread_) return detail::park_until(state_wait_, finished, deadline);
-    if (!detail::park_until(state_wait_, finished, deadline)) return false;
+    detail::stop_wake stop(token);
+    stop.arm(state_wait_);
+    const auto finished = [&] { return finished_.load(std::memory_order_seq_cst) || stop.requested(); };
+    const auto done = [this] { return finished_.load(std::memory_order_seq_cst); };
+    if (!own_thread_) return detail::park_until(state_wait_, finished, deadline) && done();
+    if (!detail::park_until(state_wait_, finished, deadline) || !done()) return false;
     bool expected = false;
     if (join_claimed_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {  // acq_rel: one joiner claims the thread
       if (thread_.joinable()) thread_.join();  // finished: the thread is on its way out
@@ -595,7 +600,9 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       state_wait_.notify_all();
       return true;
     }
-    return detail::park_until(state_wait_, [this] { return joined_.load(std::memory_order_seq_cst); }, deadline);
+    return detail::park_until(state_wait_, [&] { return joined_.load(std::memory_order_seq_cst) || stop.requested(); },
+                              deadline) &&
+           joined_.load(std::memory_order_seq_cst);
   }
 
   std::shared_ptr<reply_gate> gate_;  // set once by the constructor

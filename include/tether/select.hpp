@@ -48,6 +48,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <stop_token>
 #include <type_traits>
 #include <utility>
 
@@ -213,6 +214,18 @@ class poller {
     return next_ready(detail::to_steady(deadline), true, false);
   }
 
+  // With a std::stop_token last: a stop request ends the wait at once with cancelled (a
+  // source ready at that moment is still reported; a stop already requested looks once).
+  pop_result<source_id> wait(std::stop_token token) { return next_ready(detail::no_deadline, true, false, &token); }
+  template <class Rep, class Period>
+  pop_result<source_id> wait_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token token) {
+    return next_ready(detail::deadline_after(timeout), true, false, &token);
+  }
+  template <class Clock, class Duration>
+  pop_result<source_id> wait_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token token) {
+    return next_ready(detail::to_steady(deadline), true, false, &token);
+  }
+
   // As the wait*() family; when the ready source was registered with on(), also receives
   // one message from it and calls its handler (or, closed and drained, removes it and calls
   // on_closed) before returning its id. Exceptions from handlers propagate; the message
@@ -227,6 +240,16 @@ class poller {
   pop_result<source_id> run_one_until(const std::chrono::time_point<Clock, Duration>& deadline) {
     return next_ready(detail::to_steady(deadline), true, true);
   }
+  // With a std::stop_token last, as wait(token).
+  pop_result<source_id> run_one(std::stop_token token) { return next_ready(detail::no_deadline, true, true, &token); }
+  template <class Rep, class Period>
+  pop_result<source_id> run_one_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token token) {
+    return next_ready(detail::deadline_after(timeout), true, true, &token);
+  }
+  template <class Clock, class Duration>
+  pop_result<source_id> run_one_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token token) {
+    return next_ready(detail::to_steady(deadline), true, true, &token);
+  }
 
  private:
   template <class Source>
@@ -234,8 +257,9 @@ class poller {
     core_.add(std::move(e), detail::identity_of(src), detail::keep_alive_of(src));
   }
 
-  pop_result<source_id> next_ready(detail::steady_time deadline, bool block, bool dispatch) {
-    pop_result<const void*> r = core_.next_ready(deadline, block, dispatch);
+  pop_result<source_id> next_ready(detail::steady_time deadline, bool block, bool dispatch,
+                                   const std::stop_token* token = nullptr) {
+    pop_result<const void*> r = core_.next_ready(deadline, block, dispatch, token);
     if (!r) return r.status();
     return pop_result<source_id>(std::in_place, source_id(*r));
   }

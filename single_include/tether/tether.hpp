@@ -5588,6 +5588,8 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   bool join_until(const std::chrono::time_point<Clock, Duration>& deadline) {
     return join_until_steady(detail::to_steady(deadline), true);
   }
+  // As join(), giving up when `token` is stopped: true once finished, false if cancelled.
+  bool join(std::stop_token token) { return join_until_steady(detail::no_deadline, true, &token); }
 
   // stop() was called: no more work is accepted. Thread-safe.
   bool is_stopped() const noexcept { return queue_.is_closed(); }
@@ -5733,19 +5735,22 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   };
 
   // The join family's one deadline loop; block false: try_join().
-  bool join_until_steady(detail::steady_time deadline, bool block) {
+  bool join_until_steady(detail::steady_time deadline, bool block, const std::stop_token* token = nullptr) {
     if (running_in_this_thread()) {
       if (own_thread_ || in_run_)
         throw deadlock_error(std::string("tether: join() on executor '") + name_or_unnamed() +
                                  "' from its own owner thread inside one of its tasks would wait for itself",
                              {name_or_unnamed()});
-      if (!finished_.load(std::memory_order_seq_cst)) drive(SIZE_MAX, deadline, block, nullptr);
+      if (!finished_.load(std::memory_order_seq_cst)) drive(SIZE_MAX, deadline, block, token);
       return finished_.load(std::memory_order_seq_cst);
     }
     if (!block) deadline = clock::now();  // park_until checks once, then times out
-    const auto finished = [this] { return finished_.load(std::memory_order_seq_cst); };
-    if (!own_thread_) return detail::park_until(state_wait_, finished, deadline);
-    if (!detail::park_until(state_wait_, finished, deadline)) return false;
+    detail::stop_wake stop(token);
+    stop.arm(state_wait_);
+    const auto finished = [&] { return finished_.load(std::memory_order_seq_cst) || stop.requested(); };
+    const auto done = [this] { return finished_.load(std::memory_order_seq_cst); };
+    if (!own_thread_) return detail::park_until(state_wait_, finished, deadline) && done();
+    if (!detail::park_until(state_wait_, finished, deadline) || !done()) return false;
     bool expected = false;
     if (join_claimed_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {  // acq_rel: one joiner claims the thread
       if (thread_.joinable()) thread_.join();  // finished: the thread is on its way out
@@ -5753,7 +5758,9 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       state_wait_.notify_all();
       return true;
     }
-    return detail::park_until(state_wait_, [this] { return joined_.load(std::memory_order_seq_cst); }, deadline);
+    return detail::park_until(state_wait_, [&] { return joined_.load(std::memory_order_seq_cst) || stop.requested(); },
+                              deadline) &&
+           joined_.load(std::memory_order_seq_cst);
   }
 
   std::shared_ptr<reply_gate> gate_;  // set once by the constructor
@@ -8133,9 +8140,14 @@ class poller_core {
   // With descriptors watched (fd_source), step 3 sleeps in ppoll() on them and on the wake
   // descriptor instead (see poll_fds()), and a non-blocking call looks at them once before
   // it reports empty; every fd_fairness_turns found sources, they are looked at anyway.
-  pop_result<const void*> next_ready(steady_time deadline, bool block, bool dispatch) {
+  // token (may be null): a stop request ends a blocking wait with cancelled; a source ready
+  // at that moment is still reported (the stop callback notifies the ready list's parker,
+  // which also pokes a waiter in ppoll()).
+  pop_result<const void*> next_ready(steady_time deadline, bool block, bool dispatch,
+                                     const std::stop_token* token = nullptr) {
     consumer_scope scope(check_);
     bool looked = false;  // !block: the descriptors were polled once already
+    stop_wake stop(token);
     for (;;) {
       if (fd_turns_ >= fd_fairness_turns) poll_fds(no_deadline, false);
       poll_entry* pinned = nullptr;  // only set while the entry is held by `dispatching`
@@ -8161,6 +8173,8 @@ class poller_core {
         if (pinned != nullptr) dispatch_one(*pinned);
         return pop_result<const void*>(std::in_place, id);
       }
+      if (block && stop.requested()) return status::cancelled;
+      if (block) stop.arm(ready_.wake);
       if (with_fds) {
         if (!block) {
           if (looked) return status::empty;
@@ -8169,7 +8183,7 @@ class poller_core {
           continue;
         }
         const steady_time until = std::min(deadline, due);
-        poll_fds(until, true);
+        poll_fds(until, true, &stop);
         if (!ready_.has_work() && std::chrono::steady_clock::now() >= until) {
           if (due <= deadline) continue;  // a timed source is due: step 1 reports it
           return status::timeout;
@@ -8177,7 +8191,7 @@ class poller_core {
         continue;
       }
       if (!block) return status::empty;
-      if (!park_until(ready_.wake, [this] { return ready_.has_work(); }, std::min(deadline, due))) {
+      if (!park_until(ready_.wake, [&] { return ready_.has_work() || stop.requested(); }, std::min(deadline, due))) {
         if (due <= deadline) continue;  // a timed source is due: step 1 reports it
         return status::timeout;
       }
@@ -8299,7 +8313,7 @@ class poller_core {
   //   5. under the mutex: deliver the reported events to entries not removed meanwhile,
   //      unpin, free the entries removed meanwhile. A removed entry's descriptor may have been
   //      in the ppoll() that just returned; it is never reported.
-  void poll_fds(steady_time until, bool block) {
+  void poll_fds(steady_time until, bool block, const stop_wake* stop = nullptr) {
     fd_turns_ = 0;
     {
       std::lock_guard lock(mutex_);
@@ -8331,7 +8345,7 @@ class poller_core {
       // [FW2] (the parker's handshake, with `armed` as the waiter's announcement).
       wake_->armed.store(true, std::memory_order_seq_cst);
       heavy_fence();
-      if (ready_.has_work()) timeout = &zero;
+      if (ready_.has_work() || (stop != nullptr && stop->requested())) timeout = &zero;
     }
     const int n = sleep_in_poll(timeout);
     if (block) wake_->armed.store(false, std::memory_order_seq_cst);
@@ -8597,6 +8611,18 @@ class poller {
     return next_ready(detail::to_steady(deadline), true, false);
   }
 
+  // With a std::stop_token last: a stop request ends the wait at once with cancelled (a
+  // source ready at that moment is still reported; a stop already requested looks once).
+  pop_result<source_id> wait(std::stop_token token) { return next_ready(detail::no_deadline, true, false, &token); }
+  template <class Rep, class Period>
+  pop_result<source_id> wait_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token token) {
+    return next_ready(detail::deadline_after(timeout), true, false, &token);
+  }
+  template <class Clock, class Duration>
+  pop_result<source_id> wait_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token token) {
+    return next_ready(detail::to_steady(deadline), true, false, &token);
+  }
+
   // As the wait*() family; when the ready source was registered with on(), also receives
   // one message from it and calls its handler (or, closed and drained, removes it and calls
   // on_closed) before returning its id. Exceptions from handlers propagate; the message
@@ -8611,6 +8637,16 @@ class poller {
   pop_result<source_id> run_one_until(const std::chrono::time_point<Clock, Duration>& deadline) {
     return next_ready(detail::to_steady(deadline), true, true);
   }
+  // With a std::stop_token last, as wait(token).
+  pop_result<source_id> run_one(std::stop_token token) { return next_ready(detail::no_deadline, true, true, &token); }
+  template <class Rep, class Period>
+  pop_result<source_id> run_one_for(const std::chrono::duration<Rep, Period>& timeout, std::stop_token token) {
+    return next_ready(detail::deadline_after(timeout), true, true, &token);
+  }
+  template <class Clock, class Duration>
+  pop_result<source_id> run_one_until(const std::chrono::time_point<Clock, Duration>& deadline, std::stop_token token) {
+    return next_ready(detail::to_steady(deadline), true, true, &token);
+  }
 
  private:
   template <class Source>
@@ -8618,8 +8654,9 @@ class poller {
     core_.add(std::move(e), detail::identity_of(src), detail::keep_alive_of(src));
   }
 
-  pop_result<source_id> next_ready(detail::steady_time deadline, bool block, bool dispatch) {
-    pop_result<const void*> r = core_.next_ready(deadline, block, dispatch);
+  pop_result<source_id> next_ready(detail::steady_time deadline, bool block, bool dispatch,
+                                   const std::stop_token* token = nullptr) {
+    pop_result<const void*> r = core_.next_ready(deadline, block, dispatch, token);
     if (!r) return r.status();
     return pop_result<source_id>(std::in_place, source_id(*r));
   }

@@ -6,8 +6,12 @@
 #include <tether/channel.hpp>
 #include <tether/confined.hpp>
 #include <tether/executor.hpp>
+#include <tether/fd_source.hpp>
 #include <tether/mpsc_queue.hpp>
 #include <tether/receiver.hpp>
+#include <tether/select.hpp>
+
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -365,4 +369,59 @@ TEST_CASE("call(f, token): stop requests racing calls never lose or repeat a res
   CHECK(returned + cancelled == callers * per_caller);
   CHECK(ran == returned);
   CHECK(cancelled > 0);
+}
+
+// ---- the poller's waits and join with a stop token ---------------------------------------------
+
+TEST_CASE("poller wait / run_one with a token: a stop request ends the wait with cancelled", "[cancel][poller]") {
+  tether::mpsc_queue<int> q;
+  tether::poller p;
+  p.add(q);
+  std::stop_source stop;
+  auto waiter = std::async(std::launch::async, [&] { return p.wait(stop.get_token()).status(); });
+  CHECK(waiter.wait_for(20ms) == std::future_status::timeout);  // parked
+  stop.request_stop();
+  CHECK(waiter.get() == tether::status::cancelled);
+  // A ready source is still reported with the stop requested; nothing ready: cancelled at once.
+  REQUIRE(q.push(1));
+  CHECK(p.wait(stop.get_token()).has_value());
+  CHECK(*q.try_pop() == 1);
+  CHECK(p.run_one_for(10s, stop.get_token()).is_cancelled());
+  std::stop_source unused;
+  CHECK(p.wait_for(5ms, unused.get_token()).is_timeout());
+}
+
+TEST_CASE("poller with a descriptor: a stop request wakes the wait in ppoll", "[cancel][poller]") {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  tether::fd_source pipe_in(fds[0], tether::fd_events::readable);
+  tether::poller p;
+  p.add(pipe_in);
+  for (int round = 0; round < 20; ++round) {  // the request lands before, during and after the sleep
+    std::stop_source stop;
+    auto waiter = std::async(std::launch::async, [&] { return p.run_one(stop.get_token()).status(); });
+    std::this_thread::sleep_for(std::chrono::microseconds(round * 100));
+    stop.request_stop();
+    REQUIRE(waiter.wait_for(5s) == std::future_status::ready);
+    CHECK(waiter.get() == tether::status::cancelled);
+  }
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+TEST_CASE("join(token) gives up on a stop request, and returns true once finished", "[cancel][join]") {
+  tether::executor ex{{.name = "busy"}};
+  std::promise<void> release;
+  REQUIRE(ex.post([f = release.get_future().share()] { f.wait(); }));
+  ex.stop();
+  std::stop_source stop;
+  auto joiner = std::async(std::launch::async, [&] { return ex.join(stop.get_token()); });
+  CHECK(joiner.wait_for(20ms) == std::future_status::timeout);
+  stop.request_stop();
+  CHECK_FALSE(joiner.get());
+  CHECK_FALSE(ex.is_finished());
+  release.set_value();
+  std::stop_source fresh;
+  CHECK(ex.join(fresh.get_token()));
+  CHECK(ex.is_finished());
 }

@@ -54,6 +54,7 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -365,9 +366,14 @@ class poller_core {
   // With descriptors watched (fd_source), step 3 sleeps in ppoll() on them and on the wake
   // descriptor instead (see poll_fds()), and a non-blocking call looks at them once before
   // it reports empty; every fd_fairness_turns found sources, they are looked at anyway.
-  pop_result<const void*> next_ready(steady_time deadline, bool block, bool dispatch) {
+  // token (may be null): a stop request ends a blocking wait with cancelled; a source ready
+  // at that moment is still reported (the stop callback notifies the ready list's parker,
+  // which also pokes a waiter in ppoll()).
+  pop_result<const void*> next_ready(steady_time deadline, bool block, bool dispatch,
+                                     const std::stop_token* token = nullptr) {
     consumer_scope scope(check_);
     bool looked = false;  // !block: the descriptors were polled once already
+    stop_wake stop(token);
     for (;;) {
       if (fd_turns_ >= fd_fairness_turns) poll_fds(no_deadline, false);
       poll_entry* pinned = nullptr;  // only set while the entry is held by `dispatching`
@@ -393,6 +399,8 @@ class poller_core {
         if (pinned != nullptr) dispatch_one(*pinned);
         return pop_result<const void*>(std::in_place, id);
       }
+      if (block && stop.requested()) return status::cancelled;
+      if (block) stop.arm(ready_.wake);
       if (with_fds) {
         if (!block) {
           if (looked) return status::empty;
@@ -401,7 +409,7 @@ class poller_core {
           continue;
         }
         const steady_time until = std::min(deadline, due);
-        poll_fds(until, true);
+        poll_fds(until, true, &stop);
         if (!ready_.has_work() && std::chrono::steady_clock::now() >= until) {
           if (due <= deadline) continue;  // a timed source is due: step 1 reports it
           return status::timeout;
@@ -409,7 +417,7 @@ class poller_core {
         continue;
       }
       if (!block) return status::empty;
-      if (!park_until(ready_.wake, [this] { return ready_.has_work(); }, std::min(deadline, due))) {
+      if (!park_until(ready_.wake, [&] { return ready_.has_work() || stop.requested(); }, std::min(deadline, due))) {
         if (due <= deadline) continue;  // a timed source is due: step 1 reports it
         return status::timeout;
       }
@@ -531,7 +539,7 @@ class poller_core {
   //   5. under the mutex: deliver the reported events to entries not removed meanwhile,
   //      unpin, free the entries removed meanwhile. A removed entry's descriptor may have been
   //      in the ppoll() that just returned; it is never reported.
-  void poll_fds(steady_time until, bool block) {
+  void poll_fds(steady_time until, bool block, const stop_wake* stop = nullptr) {
     fd_turns_ = 0;
     {
       std::lock_guard lock(mutex_);
@@ -563,7 +571,7 @@ class poller_core {
       // [FW2] (the parker's handshake, with `armed` as the waiter's announcement).
       wake_->armed.store(true, std::memory_order_seq_cst);
       heavy_fence();
-      if (ready_.has_work()) timeout = &zero;
+      if (ready_.has_work() || (stop != nullptr && stop->requested())) timeout = &zero;
     }
     const int n = sleep_in_poll(timeout);
     if (block) wake_->armed.store(false, std::memory_order_seq_cst);
