@@ -44,6 +44,7 @@
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <variant>
 
 #include "detail/wait/call_slot.hpp"
 #include "detail/platform/config.hpp"
@@ -134,6 +135,18 @@ class task_result<void> {
  private:
   std::exception_ptr error_;
 };
+
+namespace detail {
+template <class R>
+using call_value_t = std::conditional_t<std::is_void_v<R>, std::monostate,
+                                        std::conditional_t<std::is_reference_v<R>,
+                                                           std::reference_wrapper<std::remove_reference_t<R>>, R>>;
+}  // namespace detail
+
+// What call_for / call_until return: the callable's value (void: std::monostate; a
+// reference: std::reference_wrapper), or timeout / cancelled / closed.
+template <class R>
+using call_result = pop_result<detail::call_value_t<R>>;
 
 class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
  public:
@@ -269,44 +282,35 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   std::invoke_result_t<F&&> call(F&& f, std::stop_token token, const source_location& loc = source_location::current()) {
     using R = std::invoke_result_t<F&&>;
     if (!token.stop_possible()) return call(std::forward<F>(f), loc);
-    if (token.stop_requested())
-      throw operation_cancelled(std::string("tether: call() on executor '") + name_or_unnamed() +
-                                "': its stop token was already stopped; the call was not queued");
-    if (running_in_this_thread()) {
-      if (is_stopped()) throw executor_stopped(refusal("call()"));
-      return run_inline<R>(std::forward<F>(f));
+    call_result<R> r = call_abandonable<R, F>(f, detail::no_deadline, &token, loc);
+    switch (r.status()) {
+      case status::cancelled:
+        throw operation_cancelled(std::string("tether: call() on executor '") + name_or_unnamed() +
+                                  "' was cancelled by its stop token before it ran; it will not run");
+      case status::closed:
+        throw executor_stopped(refusal("call()"));
+      default:
+        break;
     }
-    detail::thread_record& me = detail::this_thread_record();
-    detail::blocking_call edge(me, owner_record_, owner_serial_, name_id_);
-    check_cycle(me);
-    auto* state = new detail::abandonable_call<R>();
-    using job = abandonable_call_job<F, R>;
-    push_result ok = status::closed;
-    try {
-      ok = !tracing_ ? queue_.emplace(std::in_place_type<job>, core(), std::addressof(f), state)
-                     : emplace_traced<job>(loc, core(), std::addressof(f), state);
-    } catch (...) {
-      delete state;  // not queued: nobody else holds it
-      throw;
-    }
-    if (!ok) {
-      delete state;
-      throw executor_stopped(refusal("call()"));
-    }
-    after_push();
-    struct owner_of {
-      detail::abandonable_call<R>* s;
-      ~owner_of() { s->unref(); }
-    } release{state};
-    bool cancelled;
-    {
-      std::stop_callback on_stop(token, [state] { state->cancel(); });
-      cancelled = state->wait();
-    }
-    if (cancelled)
-      throw operation_cancelled(std::string("tether: call() on executor '") + name_or_unnamed() +
-                                "' was cancelled by its stop token before it ran; it will not run");
-    return state->take();
+    return unwrap_call_value<R>(std::move(r));
+  }
+
+  // As call(f), giving up at the deadline (or on a stop request): the value, or timeout /
+  // cancelled when f had not started (it never runs), or closed when the executor is stopped
+  // or stop(cancel) destroys the call unrun. Once f has started the caller waits for it.
+  // f's exception is rethrown. void calls give std::monostate, reference calls a
+  // std::reference_wrapper. A huge timeout waits forever. Thread-safe.
+  template <class Rep, class Period, class F>
+  call_result<std::invoke_result_t<F&&>> call_for(const std::chrono::duration<Rep, Period>& timeout, F&& f,
+                                                  std::stop_token token = {},
+                                                  const source_location& loc = source_location::current()) {
+    return call_abandonable<std::invoke_result_t<F&&>, F>(f, detail::deadline_after(timeout), &token, loc);
+  }
+  template <class Clock, class Duration, class F>
+  call_result<std::invoke_result_t<F&&>> call_until(const std::chrono::time_point<Clock, Duration>& deadline, F&& f,
+                                                    std::stop_token token = {},
+                                                    const source_location& loc = source_location::current()) {
+    return call_abandonable<std::invoke_result_t<F&&>, F>(f, detail::to_steady(deadline), &token, loc);
   }
 
   // Runs task here, then reply(task_result<R>) on reply_to - the continuation comes back to
@@ -575,6 +579,79 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     source_location loc;  // the caller of post_and_reply(), for the reply's trace
     bool pending = true;
   };
+
+  // The one loop behind call(f, token), call_for and call_until: the outcome lives in a
+  // shared abandonable_call, so a caller that gives up may return before the owner reaches
+  // the job (which then runs nothing).
+  template <class R, class F>
+  call_result<R> call_abandonable(std::remove_reference_t<F>& f, detail::steady_time deadline, const std::stop_token* token,
+                                  const source_location& loc) {
+    if (token->stop_requested()) return status::cancelled;
+    if (running_in_this_thread()) {
+      if (is_stopped()) return status::closed;
+      return wrap_call_value<R>([&]() -> R { return run_inline<R>(std::forward<F>(f)); });
+    }
+    if (deadline != detail::no_deadline && clock::now() >= deadline) return status::timeout;
+    detail::thread_record& me = detail::this_thread_record();
+    detail::blocking_call edge(me, owner_record_, owner_serial_, name_id_);
+    check_cycle(me);
+    auto* state = new detail::abandonable_call<R>();
+    using job = abandonable_call_job<F, R>;
+    push_result ok = status::closed;
+    try {
+      ok = !tracing_ ? queue_.emplace(std::in_place_type<job>, core(), std::addressof(f), state)
+                     : emplace_traced<job>(loc, core(), std::addressof(f), state);
+    } catch (...) {
+      delete state;  // not queued: nobody else holds it
+      throw;
+    }
+    if (!ok) {
+      delete state;
+      return status::closed;
+    }
+    after_push();
+    struct owner_of {
+      detail::abandonable_call<R>* s;
+      ~owner_of() { s->unref(); }
+    } release{state};
+    using phase = typename detail::abandonable_call<R>::phase;
+    phase p;
+    {
+      std::optional<std::stop_callback<detail::abandon_on_stop<R>>> on_stop;
+      if (token->stop_possible()) on_stop.emplace(*token, detail::abandon_on_stop<R>{state});
+      p = state->wait_until(deadline);
+      if (p != phase::done && p != phase::cancelled) {  // the deadline
+        if (state->abandon()) return status::timeout;
+        p = state->wait_until(detail::no_deadline);  // started meanwhile: wait for it
+      }
+    }
+    if (p == phase::cancelled) return status::cancelled;
+    if (state->refused()) return status::closed;
+    return wrap_call_value<R>([&]() -> R { return state->take(); });
+  }
+
+  // R into call_result<R> and back (void: std::monostate; references: reference_wrapper).
+  template <class R, class G>
+  static call_result<R> wrap_call_value(G&& get) {
+    if constexpr (std::is_void_v<R>) {
+      get();
+      return call_result<R>(std::in_place);
+    } else if constexpr (std::is_reference_v<R>) {
+      return call_result<R>(std::in_place, std::ref(get()));
+    } else {
+      return call_result<R>(std::in_place, get());
+    }
+  }
+  template <class R>
+  static R unwrap_call_value(call_result<R>&& r) {
+    if constexpr (std::is_void_v<R>) {
+      return;
+    } else if constexpr (std::is_reference_v<R>) {
+      return static_cast<R>((*r).get());
+    } else {
+      return std::move(*r);
+    }
+  }
 
   // The join family's one deadline loop; block false: try_join().
   bool join_until_steady(detail::steady_time deadline, bool block, const std::stop_token* token = nullptr) {

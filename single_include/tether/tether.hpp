@@ -3383,20 +3383,27 @@ class abandonable_call {
     }
     complete();
   }
-  // Owner (or whoever destroys the unrun job), after claim(): completes with an exception.
-  void fail(std::exception_ptr e) noexcept {
+  // Whoever destroys the unrun job, after claim(): completes with executor_stopped (e).
+  void fail_refused(std::exception_ptr e) noexcept {
+    refused_ = true;
     error_ = std::move(e);
     complete();
   }
 
-  // Caller: blocks until done or cancelled; true if cancelled.
-  bool wait() noexcept {
+  // Caller: blocks until done or cancelled, or the deadline; then the phase (pending or
+  // running only at the deadline).
+  phase wait_until(steady_time deadline) noexcept {
     park(parker_, [this] {
       const phase p = state_.load(std::memory_order_acquire);  // [AC3] acquire: pairs with [AC2]
       return p == phase::done || p == phase::cancelled;
-    }, no_deadline, false);
-    return state_.load(std::memory_order_acquire) == phase::cancelled;  // [AC3]
+    }, deadline, false);
+    return state_.load(std::memory_order_acquire);  // [AC3]
   }
+  // Caller, at its deadline: abandons the call if the owner has not claimed it.
+  bool abandon() noexcept { return decide(phase::cancelled); }
+
+  // After done: the job was destroyed unrun (the executor stopped with cancel).
+  bool refused() const noexcept { return refused_; }
 
   // Caller, after wait() returned false: the result, or rethrows the exception.
   R take() {
@@ -3430,9 +3437,17 @@ class abandonable_call {
                                                         std::optional<R>>>;
   storage value_{};
   std::exception_ptr error_;
+  bool refused_ = false;  // written before [AC2]
   std::atomic<phase> state_{phase::pending};
   std::atomic<std::uint8_t> refs_{2};  // the caller and the job
   parker parker_{fences::symmetric};
+};
+
+// The stop callback of an abandonable call.
+template <class R>
+struct abandon_on_stop {
+  abandonable_call<R>* state;
+  void operator()() const noexcept { state->cancel(); }
 };
 
 }  // namespace tether::detail
@@ -4509,9 +4524,9 @@ class executor_core {
       if (state == nullptr) return;
       if (state->claim()) {
         try {
-          state->fail(std::make_exception_ptr(executor_stopped(ex->dropped("call()"))));
+          state->fail_refused(std::make_exception_ptr(executor_stopped(ex->dropped("call()"))));
         } catch (...) {
-          state->fail(std::current_exception());  // out of memory: the caller gets bad_alloc
+          state->fail_refused(std::current_exception());  // out of memory: the caller gets bad_alloc
         }
       }
       state->unref();
@@ -5293,6 +5308,18 @@ class task_result<void> {
   std::exception_ptr error_;
 };
 
+namespace detail {
+template <class R>
+using call_value_t = std::conditional_t<std::is_void_v<R>, std::monostate,
+                                        std::conditional_t<std::is_reference_v<R>,
+                                                           std::reference_wrapper<std::remove_reference_t<R>>, R>>;
+}  // namespace detail
+
+// What call_for / call_until return: the callable's value (void: std::monostate; a
+// reference: std::reference_wrapper), or timeout / cancelled / closed.
+template <class R>
+using call_result = pop_result<detail::call_value_t<R>>;
+
 class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
  public:
   // Starts the owner thread (named after options.name) and runs on_start there.
@@ -5427,44 +5454,35 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
   std::invoke_result_t<F&&> call(F&& f, std::stop_token token, const source_location& loc = source_location::current()) {
     using R = std::invoke_result_t<F&&>;
     if (!token.stop_possible()) return call(std::forward<F>(f), loc);
-    if (token.stop_requested())
-      throw operation_cancelled(std::string("tether: call() on executor '") + name_or_unnamed() +
-                                "': its stop token was already stopped; the call was not queued");
-    if (running_in_this_thread()) {
-      if (is_stopped()) throw executor_stopped(refusal("call()"));
-      return run_inline<R>(std::forward<F>(f));
+    call_result<R> r = call_abandonable<R, F>(f, detail::no_deadline, &token, loc);
+    switch (r.status()) {
+      case status::cancelled:
+        throw operation_cancelled(std::string("tether: call() on executor '") + name_or_unnamed() +
+                                  "' was cancelled by its stop token before it ran; it will not run");
+      case status::closed:
+        throw executor_stopped(refusal("call()"));
+      default:
+        break;
     }
-    detail::thread_record& me = detail::this_thread_record();
-    detail::blocking_call edge(me, owner_record_, owner_serial_, name_id_);
-    check_cycle(me);
-    auto* state = new detail::abandonable_call<R>();
-    using job = abandonable_call_job<F, R>;
-    push_result ok = status::closed;
-    try {
-      ok = !tracing_ ? queue_.emplace(std::in_place_type<job>, core(), std::addressof(f), state)
-                     : emplace_traced<job>(loc, core(), std::addressof(f), state);
-    } catch (...) {
-      delete state;  // not queued: nobody else holds it
-      throw;
-    }
-    if (!ok) {
-      delete state;
-      throw executor_stopped(refusal("call()"));
-    }
-    after_push();
-    struct owner_of {
-      detail::abandonable_call<R>* s;
-      ~owner_of() { s->unref(); }
-    } release{state};
-    bool cancelled;
-    {
-      std::stop_callback on_stop(token, [state] { state->cancel(); });
-      cancelled = state->wait();
-    }
-    if (cancelled)
-      throw operation_cancelled(std::string("tether: call() on executor '") + name_or_unnamed() +
-                                "' was cancelled by its stop token before it ran; it will not run");
-    return state->take();
+    return unwrap_call_value<R>(std::move(r));
+  }
+
+  // As call(f), giving up at the deadline (or on a stop request): the value, or timeout /
+  // cancelled when f had not started (it never runs), or closed when the executor is stopped
+  // or stop(cancel) destroys the call unrun. Once f has started the caller waits for it.
+  // f's exception is rethrown. void calls give std::monostate, reference calls a
+  // std::reference_wrapper. A huge timeout waits forever. Thread-safe.
+  template <class Rep, class Period, class F>
+  call_result<std::invoke_result_t<F&&>> call_for(const std::chrono::duration<Rep, Period>& timeout, F&& f,
+                                                  std::stop_token token = {},
+                                                  const source_location& loc = source_location::current()) {
+    return call_abandonable<std::invoke_result_t<F&&>, F>(f, detail::deadline_after(timeout), &token, loc);
+  }
+  template <class Clock, class Duration, class F>
+  call_result<std::invoke_result_t<F&&>> call_until(const std::chrono::time_point<Clock, Duration>& deadline, F&& f,
+                                                    std::stop_token token = {},
+                                                    const source_location& loc = source_location::current()) {
+    return call_abandonable<std::invoke_result_t<F&&>, F>(f, detail::to_steady(deadline), &token, loc);
   }
 
   // Runs task here, then reply(task_result<R>) on reply_to - the continuation comes back to
@@ -5733,6 +5751,79 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     source_location loc;  // the caller of post_and_reply(), for the reply's trace
     bool pending = true;
   };
+
+  // The one loop behind call(f, token), call_for and call_until: the outcome lives in a
+  // shared abandonable_call, so a caller that gives up may return before the owner reaches
+  // the job (which then runs nothing).
+  template <class R, class F>
+  call_result<R> call_abandonable(std::remove_reference_t<F>& f, detail::steady_time deadline, const std::stop_token* token,
+                                  const source_location& loc) {
+    if (token->stop_requested()) return status::cancelled;
+    if (running_in_this_thread()) {
+      if (is_stopped()) return status::closed;
+      return wrap_call_value<R>([&]() -> R { return run_inline<R>(std::forward<F>(f)); });
+    }
+    if (deadline != detail::no_deadline && clock::now() >= deadline) return status::timeout;
+    detail::thread_record& me = detail::this_thread_record();
+    detail::blocking_call edge(me, owner_record_, owner_serial_, name_id_);
+    check_cycle(me);
+    auto* state = new detail::abandonable_call<R>();
+    using job = abandonable_call_job<F, R>;
+    push_result ok = status::closed;
+    try {
+      ok = !tracing_ ? queue_.emplace(std::in_place_type<job>, core(), std::addressof(f), state)
+                     : emplace_traced<job>(loc, core(), std::addressof(f), state);
+    } catch (...) {
+      delete state;  // not queued: nobody else holds it
+      throw;
+    }
+    if (!ok) {
+      delete state;
+      return status::closed;
+    }
+    after_push();
+    struct owner_of {
+      detail::abandonable_call<R>* s;
+      ~owner_of() { s->unref(); }
+    } release{state};
+    using phase = typename detail::abandonable_call<R>::phase;
+    phase p;
+    {
+      std::optional<std::stop_callback<detail::abandon_on_stop<R>>> on_stop;
+      if (token->stop_possible()) on_stop.emplace(*token, detail::abandon_on_stop<R>{state});
+      p = state->wait_until(deadline);
+      if (p != phase::done && p != phase::cancelled) {  // the deadline
+        if (state->abandon()) return status::timeout;
+        p = state->wait_until(detail::no_deadline);  // started meanwhile: wait for it
+      }
+    }
+    if (p == phase::cancelled) return status::cancelled;
+    if (state->refused()) return status::closed;
+    return wrap_call_value<R>([&]() -> R { return state->take(); });
+  }
+
+  // R into call_result<R> and back (void: std::monostate; references: reference_wrapper).
+  template <class R, class G>
+  static call_result<R> wrap_call_value(G&& get) {
+    if constexpr (std::is_void_v<R>) {
+      get();
+      return call_result<R>(std::in_place);
+    } else if constexpr (std::is_reference_v<R>) {
+      return call_result<R>(std::in_place, std::ref(get()));
+    } else {
+      return call_result<R>(std::in_place, get());
+    }
+  }
+  template <class R>
+  static R unwrap_call_value(call_result<R>&& r) {
+    if constexpr (std::is_void_v<R>) {
+      return;
+    } else if constexpr (std::is_reference_v<R>) {
+      return static_cast<R>((*r).get());
+    } else {
+      return std::move(*r);
+    }
+  }
 
   // The join family's one deadline loop; block false: try_join().
   bool join_until_steady(detail::steady_time deadline, bool block, const std::stop_token* token = nullptr) {

@@ -425,3 +425,50 @@ TEST_CASE("join(token) gives up on a stop request, and returns true once finishe
   CHECK(ex.join(fresh.get_token()));
   CHECK(ex.is_finished());
 }
+
+// ---- call_for / call_until ---------------------------------------------------------------------
+
+TEST_CASE("call_for: the value, a timeout that abandons the call, or closed", "[cancel][call_for]") {
+  tether::executor ex{{.name = "owner"}};
+  auto r = ex.call_for(5s, [] { return 42; });
+  REQUIRE(r.has_value());
+  CHECK(*r == 42);
+  CHECK(ex.call_for(5s, [] {}).has_value());  // void: std::monostate
+  int x = 1;
+  auto ref = ex.call_until(std::chrono::steady_clock::now() + 5s, [&]() -> int& { return x; });
+  REQUIRE(ref.has_value());
+  ref->get() = 7;
+  CHECK(x == 7);
+  CHECK_THROWS_WITH(ex.call_for(5s, []() -> int { throw std::runtime_error("from f"); }), "from f");
+
+  // The owner is busy: the deadline passes before the call starts; it never runs.
+  std::promise<void> release;
+  REQUIRE(ex.post([f = release.get_future().share()] { f.wait(); }));
+  std::atomic<int> ran{0};
+  const auto t0 = clock_type::now();
+  auto late = ex.call_for(20ms, [&] { return ++ran; });
+  CHECK(late.is_timeout());
+  CHECK(clock_type::now() - t0 < 2s);
+  std::stop_source stop;
+  auto stopped = std::async(std::launch::async, [&] { return ex.call_for(10s, [&] { return ++ran; }, stop.get_token()).status(); });
+  std::this_thread::sleep_for(5ms);
+  stop.request_stop();
+  CHECK(stopped.get() == tether::status::cancelled);
+  release.set_value();
+  CHECK(*ex.call_for(5s, [&] { return ran.load(); }) == 0);  // neither abandoned call ran
+
+  // Started before the deadline: the caller waits for it past the deadline and gets the
+  // value; not started by then: timeout, and it never runs. Either way, exactly one.
+  std::atomic<bool> started{false};
+  auto slow = ex.call_for(5ms, [&] {
+    started = true;
+    std::this_thread::sleep_for(30ms);
+    return 5;
+  });
+  ex.call([] {});  // the owner is past the job, run or skipped
+  CHECK(slow.has_value() == started.load());
+  if (slow.has_value()) CHECK(*slow == 5);
+  ex.stop();
+  ex.join();
+  CHECK(ex.call_for(1s, [] { return 1; }).is_closed());
+}

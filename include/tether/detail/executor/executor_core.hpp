@@ -198,9 +198,9 @@ class executor_core {
       if (state == nullptr) return;
       if (state->claim()) {
         try {
-          state->fail(std::make_exception_ptr(executor_stopped(ex->dropped("call()"))));
+          state->fail_refused(std::make_exception_ptr(executor_stopped(ex->dropped("call()"))));
         } catch (...) {
-          state->fail(std::current_exception());  // out of memory: the caller gets bad_alloc
+          state->fail_refused(std::current_exception());  // out of memory: the caller gets bad_alloc
         }
       }
       state->unref();

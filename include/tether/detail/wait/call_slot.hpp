@@ -148,20 +148,27 @@ class abandonable_call {
     }
     complete();
   }
-  // Owner (or whoever destroys the unrun job), after claim(): completes with an exception.
-  void fail(std::exception_ptr e) noexcept {
+  // Whoever destroys the unrun job, after claim(): completes with executor_stopped (e).
+  void fail_refused(std::exception_ptr e) noexcept {
+    refused_ = true;
     error_ = std::move(e);
     complete();
   }
 
-  // Caller: blocks until done or cancelled; true if cancelled.
-  bool wait() noexcept {
+  // Caller: blocks until done or cancelled, or the deadline; then the phase (pending or
+  // running only at the deadline).
+  phase wait_until(steady_time deadline) noexcept {
     park(parker_, [this] {
       const phase p = state_.load(std::memory_order_acquire);  // [AC3] acquire: pairs with [AC2]
       return p == phase::done || p == phase::cancelled;
-    }, no_deadline, false);
-    return state_.load(std::memory_order_acquire) == phase::cancelled;  // [AC3]
+    }, deadline, false);
+    return state_.load(std::memory_order_acquire);  // [AC3]
   }
+  // Caller, at its deadline: abandons the call if the owner has not claimed it.
+  bool abandon() noexcept { return decide(phase::cancelled); }
+
+  // After done: the job was destroyed unrun (the executor stopped with cancel).
+  bool refused() const noexcept { return refused_; }
 
   // Caller, after wait() returned false: the result, or rethrows the exception.
   R take() {
@@ -195,9 +202,17 @@ class abandonable_call {
                                                         std::optional<R>>>;
   storage value_{};
   std::exception_ptr error_;
+  bool refused_ = false;  // written before [AC2]
   std::atomic<phase> state_{phase::pending};
   std::atomic<std::uint8_t> refs_{2};  // the caller and the job
   parker parker_{fences::symmetric};
+};
+
+// The stop callback of an abandonable call.
+template <class R>
+struct abandon_on_stop {
+  abandonable_call<R>* state;
+  void operator()() const noexcept { state->cancel(); }
 };
 
 }  // namespace tether::detail
