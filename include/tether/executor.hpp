@@ -414,8 +414,14 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     const bool first = queue_.close();
     wake_owner();
     if (first && fd_) arm_wake_fd();  // a foreign loop must call try_run() once more to finish
+    if (mode == stop_mode::cancel) cancel_requested_.request_stop();  // running work may end early
     return first;
   }
+
+  // A token that stop(cancel) stops: a long task can watch it (stop_requested(), or a
+  // std::stop_callback handing it to its runtime) and end early. Its callbacks run on the
+  // thread that calls stop(cancel); keep them short. Thread-safe.
+  std::stop_token get_stop_token() const noexcept { return cancel_requested_.get_token(); }
 
   // The join family waits until the executor has finished (every accepted task ran or was
   // cancelled, and on_stop ran) and joins the own thread; stop() it first (or have a task do
@@ -664,9 +670,17 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       return finished_.load(std::memory_order_seq_cst);
     }
     if (!block) deadline = clock::now();  // park_until checks once, then times out
-    detail::stop_wake stop(token);
+    if (token == nullptr || !token->stop_possible()) return join_wait(deadline, [] { return false; });
+    detail::stop_wake stop(token);  // only here: g++ 12 sees an unset optional on the other path
     stop.arm(state_wait_);
-    const auto finished = [&] { return finished_.load(std::memory_order_seq_cst) || stop.requested(); };
+    return join_wait(deadline, [&] { return stop.requested(); });
+  }
+
+  // join_until_steady off the owner thread: waits until finished (and joins the own thread),
+  // or the deadline, or stopped() holds.
+  template <class Stopped>
+  bool join_wait(detail::steady_time deadline, const Stopped& stopped) {
+    const auto finished = [&] { return finished_.load(std::memory_order_seq_cst) || stopped(); };
     const auto done = [this] { return finished_.load(std::memory_order_seq_cst); };
     if (!own_thread_) return detail::park_until(state_wait_, finished, deadline) && done();
     if (!detail::park_until(state_wait_, finished, deadline) || !done()) return false;
@@ -677,12 +691,13 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       state_wait_.notify_all();
       return true;
     }
-    return detail::park_until(state_wait_, [&] { return joined_.load(std::memory_order_seq_cst) || stop.requested(); },
+    return detail::park_until(state_wait_, [&] { return joined_.load(std::memory_order_seq_cst) || stopped(); },
                               deadline) &&
            joined_.load(std::memory_order_seq_cst);
   }
 
   std::shared_ptr<reply_gate> gate_;  // set once by the constructor
+  std::stop_source cancel_requested_;  // stop(cancel) requests it: get_stop_token()
 };
 
 }  // namespace tether

@@ -88,7 +88,8 @@ class reply_sender {
   subshell_id subshell() const noexcept { return sub_->id; }
 
   // Stopped when router::interrupt(subshell()) - or a control_request::interrupt for it -
-  // arrives while this handler runs; a handler that can stop early observes it, or hands it
+  // arrives while this handler runs, or when delete_subshell(cancel) / stop(cancel) ends its
+  // subshell; a handler that can stop early observes it, or hands it
   // to its runtime with a std::stop_callback. Such a callback runs on the thread that serves
   // the interrupt (the router thread): keep it short - set a flag, post to an executor -
   // since routing waits for it. The first call for a message allocates its stop state
@@ -193,8 +194,8 @@ class router {
   }
 
   // Deletes a child subshell: from now on messages for it are answered subshell_deleted.
-  // drain: its queued messages still run; cancel: they are answered subshell_deleted (a
-  // running handler finishes). Returns as soon as it stops accepting - never waits for its
+  // drain: its queued messages still run; cancel: they are answered subshell_deleted, and
+  // the running handler's stop token is stopped (it finishes, early if it watches the token). Returns as soon as it stops accepting - never waits for its
   // handler, so a subshell may delete itself. Errors: unknown_subshell (never created),
   // subshell_deleted (already deleted), invalid_request (the parent), router_stopped.
   routing_result<> delete_subshell(subshell_id id, stop_mode policy = stop_mode::drain) {
@@ -244,7 +245,8 @@ class router {
   // ---- lifecycle -------------------------------------------------------------------------------
 
   // Stops accepting: later sends and control requests are refused (handed back). drain: every
-  // accepted message still runs; cancel: those not yet running are answered router_stopped.
+  // accepted message still runs; cancel: those not yet running are answered router_stopped,
+  // and running handlers' stop tokens are stopped.
   // Control requests already queued are answered router_stopped. Then each child is stopped
   // the same way and joined by the reaper; once the parent has answered too, replies() and
   // control_replies() close. A cancel after a drain upgrades it. true for the call that

@@ -731,15 +731,24 @@ class stop_wake {
  public:
   // st: null for the overloads without a token (then nothing is registered, nothing stops).
   explicit stop_wake(const std::stop_token* st) noexcept : st_(st) {}
+  stop_wake(const stop_wake&) = delete;
+  stop_wake& operator=(const stop_wake&) = delete;
+  ~stop_wake() {
+    if (cb_ != nullptr) cb_->~callback();
+  }
   bool requested() const noexcept { return st_ != nullptr && st_->stop_requested(); }
   // Call before each wait on p: the first call registers the callback.
   void arm(parker& p) {
-    if (st_ != nullptr && !cb_) cb_.emplace(*st_, notify_on_stop{&p});
+    if (st_ != nullptr && cb_ == nullptr) cb_ = ::new (static_cast<void*>(storage_)) callback(*st_, notify_on_stop{&p});
   }
 
  private:
+  using callback = std::stop_callback<notify_on_stop>;
   const std::stop_token* st_;
-  std::optional<std::stop_callback<notify_on_stop>> cb_;
+  // In place, not a std::optional: g++ 12 with -fsanitize=address warns (maybe-uninitialized)
+  // about an optional stop_callback it cannot see is disengaged.
+  callback* cb_ = nullptr;
+  alignas(callback) unsigned char storage_[sizeof(callback)];
 };
 
 // Short backoff for a thread that must let another finish a few instructions (a producer
@@ -5586,8 +5595,14 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     const bool first = queue_.close();
     wake_owner();
     if (first && fd_) arm_wake_fd();  // a foreign loop must call try_run() once more to finish
+    if (mode == stop_mode::cancel) cancel_requested_.request_stop();  // running work may end early
     return first;
   }
+
+  // A token that stop(cancel) stops: a long task can watch it (stop_requested(), or a
+  // std::stop_callback handing it to its runtime) and end early. Its callbacks run on the
+  // thread that calls stop(cancel); keep them short. Thread-safe.
+  std::stop_token get_stop_token() const noexcept { return cancel_requested_.get_token(); }
 
   // The join family waits until the executor has finished (every accepted task ran or was
   // cancelled, and on_stop ran) and joins the own thread; stop() it first (or have a task do
@@ -5836,9 +5851,17 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       return finished_.load(std::memory_order_seq_cst);
     }
     if (!block) deadline = clock::now();  // park_until checks once, then times out
-    detail::stop_wake stop(token);
+    if (token == nullptr || !token->stop_possible()) return join_wait(deadline, [] { return false; });
+    detail::stop_wake stop(token);  // only here: g++ 12 sees an unset optional on the other path
     stop.arm(state_wait_);
-    const auto finished = [&] { return finished_.load(std::memory_order_seq_cst) || stop.requested(); };
+    return join_wait(deadline, [&] { return stop.requested(); });
+  }
+
+  // join_until_steady off the owner thread: waits until finished (and joins the own thread),
+  // or the deadline, or stopped() holds.
+  template <class Stopped>
+  bool join_wait(detail::steady_time deadline, const Stopped& stopped) {
+    const auto finished = [&] { return finished_.load(std::memory_order_seq_cst) || stopped(); };
     const auto done = [this] { return finished_.load(std::memory_order_seq_cst); };
     if (!own_thread_) return detail::park_until(state_wait_, finished, deadline) && done();
     if (!detail::park_until(state_wait_, finished, deadline) || !done()) return false;
@@ -5849,12 +5872,13 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       state_wait_.notify_all();
       return true;
     }
-    return detail::park_until(state_wait_, [&] { return joined_.load(std::memory_order_seq_cst) || stop.requested(); },
+    return detail::park_until(state_wait_, [&] { return joined_.load(std::memory_order_seq_cst) || stopped(); },
                               deadline) &&
            joined_.load(std::memory_order_seq_cst);
   }
 
   std::shared_ptr<reply_gate> gate_;  // set once by the constructor
+  std::stop_source cancel_requested_;  // stop(cancel) requests it: get_stop_token()
 };
 
 }  // namespace tether
@@ -9752,7 +9776,10 @@ class router_engine {
   // memory), the calling thread reaps it.
   void retire(std::unique_ptr<subshell> s, stop_mode mode, routing_errc code, bool reply, std::uint64_t tag) noexcept {
     // [RC1] release: the code is visible to the tasks that stop(cancel) turns away.
-    if (mode == stop_mode::cancel) s->cancel_code.store(static_cast<std::uint8_t>(code), std::memory_order_release);
+    if (mode == stop_mode::cancel) {
+      s->cancel_code.store(static_cast<std::uint8_t>(code), std::memory_order_release);
+      interrupt_quietly(*s);  // the running handler's stop token: it may end early
+    }
     s->ex->stop(mode);
     subshell* raw = s.release();
     bool posted = false;
@@ -9761,6 +9788,14 @@ class router_engine {
     } catch (...) {
     }
     if (!posted) reap(raw, reply, tag);
+  }
+
+  // As interrupt(), for a cancel: out of memory for the stop state, the handler simply runs on.
+  static void interrupt_quietly(subshell& s) noexcept {
+    try {
+      (void)s.interrupt();
+    } catch (...) {
+    }
   }
 
   void reap(subshell* raw, bool reply, std::uint64_t tag) noexcept {
@@ -9780,8 +9815,10 @@ class router_engine {
     for (auto& entry : table_) retire(std::move(entry.second), mode, routing_errc::router_stopped, false, 0);
     table_.clear();
     cached_id_ = parent_subshell;
-    if (cancelled)  // [RC1] release: as in retire()
+    if (cancelled) {  // [RC1] release: as in retire()
       parent_.cancel_code.store(static_cast<std::uint8_t>(routing_errc::router_stopped), std::memory_order_release);
+      interrupt_quietly(parent_);
+    }
     const std::uint64_t parent_accepted = parent_.accepted_local;
     bool posted = false;
     try {
@@ -9940,7 +9977,8 @@ class reply_sender {
   subshell_id subshell() const noexcept { return sub_->id; }
 
   // Stopped when router::interrupt(subshell()) - or a control_request::interrupt for it -
-  // arrives while this handler runs; a handler that can stop early observes it, or hands it
+  // arrives while this handler runs, or when delete_subshell(cancel) / stop(cancel) ends its
+  // subshell; a handler that can stop early observes it, or hands it
   // to its runtime with a std::stop_callback. Such a callback runs on the thread that serves
   // the interrupt (the router thread): keep it short - set a flag, post to an executor -
   // since routing waits for it. The first call for a message allocates its stop state
@@ -10045,8 +10083,8 @@ class router {
   }
 
   // Deletes a child subshell: from now on messages for it are answered subshell_deleted.
-  // drain: its queued messages still run; cancel: they are answered subshell_deleted (a
-  // running handler finishes). Returns as soon as it stops accepting - never waits for its
+  // drain: its queued messages still run; cancel: they are answered subshell_deleted, and
+  // the running handler's stop token is stopped (it finishes, early if it watches the token). Returns as soon as it stops accepting - never waits for its
   // handler, so a subshell may delete itself. Errors: unknown_subshell (never created),
   // subshell_deleted (already deleted), invalid_request (the parent), router_stopped.
   routing_result<> delete_subshell(subshell_id id, stop_mode policy = stop_mode::drain) {
@@ -10096,7 +10134,8 @@ class router {
   // ---- lifecycle -------------------------------------------------------------------------------
 
   // Stops accepting: later sends and control requests are refused (handed back). drain: every
-  // accepted message still runs; cancel: those not yet running are answered router_stopped.
+  // accepted message still runs; cancel: those not yet running are answered router_stopped,
+  // and running handlers' stop tokens are stopped.
   // Control requests already queued are answered router_stopped. Then each child is stopped
   // the same way and joined by the reaper; once the parent has answered too, replies() and
   // control_replies() close. A cancel after a drain upgrades it. true for the call that

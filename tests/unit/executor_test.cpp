@@ -961,3 +961,26 @@ TEST_CASE("executor: posts from different threads run in happens-before order", 
   for (int i = 0; i < total; ++i) out_of_order += seen[static_cast<std::size_t>(i)] != i;
   CHECK(out_of_order == 0);
 }
+
+TEST_CASE("executor: get_stop_token() is stopped by stop(cancel), not by stop(drain)", "[executor][cancel]") {
+  tether::executor ex{{.name = "long"}};
+  std::promise<void> started;
+  auto ended_early = ex.submit([&] {
+    started.set_value();
+    const std::stop_token st = ex.get_stop_token();
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!st.stop_requested() && std::chrono::steady_clock::now() < end)
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    return st.stop_requested();
+  });
+  started.get_future().wait();
+  CHECK_FALSE(ex.get_stop_token().stop_requested());
+  ex.stop(tether::cancel);
+  CHECK(ended_early.get());
+  ex.join();
+
+  tether::executor drained{{.name = "drained"}};
+  drained.stop();
+  drained.join();
+  CHECK_FALSE(drained.get_stop_token().stop_requested());
+}

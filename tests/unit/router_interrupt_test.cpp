@@ -295,3 +295,41 @@ TEST_CASE("router: interrupts racing instant messages: each answered once, the n
   r.stop();
   r.join();
 }
+
+TEST_CASE("router: delete_subshell(cancel) and stop(cancel) stop the running handlers' tokens",
+          "[router][interrupt][cancel]") {
+  tether::executor parent_ex{{.name = "parent"}};
+  std::atomic<int> started{0};
+  tether::router<job, outcome> r{parent_ex, [&](subshell_id) {
+                                   return [&](job&& j, tether::reply_sender<job, outcome>& reply) {
+                                     reply.send(run_job(j, reply.stop_token(), started));
+                                   };
+                                 }};
+  const subshell_id child = *r.create_subshell();
+  REQUIRE(r.send(child, job{10s}, 1));
+  REQUIRE(eventually([&] { return started.load() == 1; }));
+  const auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(r.delete_subshell(child, tether::cancel));
+  auto rep = r.replies().pop_for(10s);
+  REQUIRE(rep);
+  REQUIRE(*rep);
+  CHECK((*rep)->stopped);  // ended early: the cancel reached the running handler
+  CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+
+  const subshell_id other = *r.create_subshell();
+  REQUIRE(r.send(other, job{10s}, 2));
+  REQUIRE(r.send(parent_subshell, job{10s}, 3));
+  REQUIRE(eventually([&] { return started.load() == 3; }));
+  const auto t1 = std::chrono::steady_clock::now();
+  r.stop(tether::cancel);
+  int stopped = 0;
+  for (int i = 0; i < 2; ++i) {
+    auto done = r.replies().pop_for(10s);
+    REQUIRE(done);
+    REQUIRE(*done);
+    stopped += (*done)->stopped;
+  }
+  CHECK(stopped == 2);
+  CHECK(std::chrono::steady_clock::now() - t1 < 5s);
+  r.join();
+}

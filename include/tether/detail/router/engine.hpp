@@ -735,7 +735,10 @@ class router_engine {
   // memory), the calling thread reaps it.
   void retire(std::unique_ptr<subshell> s, stop_mode mode, routing_errc code, bool reply, std::uint64_t tag) noexcept {
     // [RC1] release: the code is visible to the tasks that stop(cancel) turns away.
-    if (mode == stop_mode::cancel) s->cancel_code.store(static_cast<std::uint8_t>(code), std::memory_order_release);
+    if (mode == stop_mode::cancel) {
+      s->cancel_code.store(static_cast<std::uint8_t>(code), std::memory_order_release);
+      interrupt_quietly(*s);  // the running handler's stop token: it may end early
+    }
     s->ex->stop(mode);
     subshell* raw = s.release();
     bool posted = false;
@@ -744,6 +747,14 @@ class router_engine {
     } catch (...) {
     }
     if (!posted) reap(raw, reply, tag);
+  }
+
+  // As interrupt(), for a cancel: out of memory for the stop state, the handler simply runs on.
+  static void interrupt_quietly(subshell& s) noexcept {
+    try {
+      (void)s.interrupt();
+    } catch (...) {
+    }
   }
 
   void reap(subshell* raw, bool reply, std::uint64_t tag) noexcept {
@@ -763,8 +774,10 @@ class router_engine {
     for (auto& entry : table_) retire(std::move(entry.second), mode, routing_errc::router_stopped, false, 0);
     table_.clear();
     cached_id_ = parent_subshell;
-    if (cancelled)  // [RC1] release: as in retire()
+    if (cancelled) {  // [RC1] release: as in retire()
       parent_.cancel_code.store(static_cast<std::uint8_t>(routing_errc::router_stopped), std::memory_order_release);
+      interrupt_quietly(parent_);
+    }
     const std::uint64_t parent_accepted = parent_.accepted_local;
     bool posted = false;
     try {

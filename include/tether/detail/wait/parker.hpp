@@ -32,6 +32,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <new>
 #include <optional>
 #include <stop_token>
 #include <thread>
@@ -354,15 +355,24 @@ class stop_wake {
  public:
   // st: null for the overloads without a token (then nothing is registered, nothing stops).
   explicit stop_wake(const std::stop_token* st) noexcept : st_(st) {}
+  stop_wake(const stop_wake&) = delete;
+  stop_wake& operator=(const stop_wake&) = delete;
+  ~stop_wake() {
+    if (cb_ != nullptr) cb_->~callback();
+  }
   bool requested() const noexcept { return st_ != nullptr && st_->stop_requested(); }
   // Call before each wait on p: the first call registers the callback.
   void arm(parker& p) {
-    if (st_ != nullptr && !cb_) cb_.emplace(*st_, notify_on_stop{&p});
+    if (st_ != nullptr && cb_ == nullptr) cb_ = ::new (static_cast<void*>(storage_)) callback(*st_, notify_on_stop{&p});
   }
 
  private:
+  using callback = std::stop_callback<notify_on_stop>;
   const std::stop_token* st_;
-  std::optional<std::stop_callback<notify_on_stop>> cb_;
+  // In place, not a std::optional: g++ 12 with -fsanitize=address warns (maybe-uninitialized)
+  // about an optional stop_callback it cannot see is disengaged.
+  callback* cb_ = nullptr;
+  alignas(callback) unsigned char storage_[sizeof(callback)];
 };
 
 // Short backoff for a thread that must let another finish a few instructions (a producer
