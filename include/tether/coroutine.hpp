@@ -620,7 +620,8 @@ T sync_wait(tether::task<T> t, std::stop_token token = {}) {
       std::shared_ptr<void> gate;
       void operator()(task_result<T>&& r) noexcept {
         out->emplace(std::move(r));
-        if (!detail::coro_access::as_gate(gate).defer(stopper)) std::terminate();  // `here` runs until stopped
+        // `here` runs until stopped, and is not destroyed before: the hand-over cannot fail.
+        (void)detail::coro_access::as_gate(gate).defer(stopper);
       }
     };
     struct depth {

@@ -185,6 +185,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     }
     gate_->close();
     join();
+    gate_->bury_orphans();  // the owner runs nothing of ours any more
   }
 
   executor(const executor&) = delete;
@@ -512,30 +513,69 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     template <class F>
     push_result post(F&& f, const source_location& loc) {
       struct inside {
-        std::atomic<std::uint32_t>& s;
-        ~inside() {
-          if (s.fetch_sub(2, std::memory_order_seq_cst) == 3) s.notify_all();  // the last one out of a closing gate
-        }
+        reply_gate& g;
+        ~inside() { g.leave(); }
       };
       const std::uint32_t before = state.fetch_add(2, std::memory_order_seq_cst);
-      inside guard{state};
+      inside guard{*this};
       if (before & 1) return status::closed;
       return ex->post(std::forward<F>(f), loc);
     }
-    // defer_destroy() through the gate: false once closing or finished.
-    bool defer(detail::deferred_destroy* d) noexcept {
+    // defer_destroy() through the gate.
+    enum class deferral : std::uint8_t {
+      deferred,    // the owner will run d
+      owner_done,  // the executor has finished: its owner runs nothing of it any more
+      closing,     // its destructor has begun: see adopt_orphan()
+    };
+    deferral defer(detail::deferred_destroy* d) noexcept {
       const std::uint32_t before = state.fetch_add(2, std::memory_order_seq_cst);
-      const bool ok = (before & 1) == 0 && ex->defer_destroy(d);
-      if (state.fetch_sub(2, std::memory_order_seq_cst) == 3) state.notify_all();  // as ~inside above
-      return ok;
+      const deferral r = (before & 1) != 0      ? deferral::closing
+                         : ex->defer_destroy(d) ? deferral::deferred
+                                                : deferral::owner_done;
+      leave();
+      return r;
+    }
+    // The last poster out of a closing gate wakes close() through a static parker, not the
+    // gate: once the count drops, close() may return and the gate be freed (a poster need
+    // not own a reference to it; coroutine resumptions do not).
+    void leave() noexcept {
+      if (state.fetch_sub(2, std::memory_order_seq_cst) == 3) exit_parker(this).notify_all();
     }
     void close() noexcept {
       state.fetch_or(1, std::memory_order_seq_cst);
-      for (std::uint32_t s = state.load(std::memory_order_seq_cst); s != 1; s = state.load(std::memory_order_seq_cst))
-        state.wait(s, std::memory_order_seq_cst);  // posters inside: a post() each, which never blocks
+      detail::park_until(exit_parker(this), [this] { return state.load(std::memory_order_seq_cst) == 1; },
+                         detail::no_deadline);  // posters inside: a post() each, which never blocks
+    }
+    // Coroutine chains whose resumption was refused while this executor's owner may still be
+    // running (its destructor closed the gate, then joins): they are destroyed once the owner
+    // has stopped (bury_orphans, after the join), never while it might be inside one of their
+    // frames. adopt_orphan: false once buried (the caller destroys d itself).
+    bool adopt_orphan(detail::deferred_destroy* d) noexcept {
+      detail::deferred_destroy* head = orphans.load(std::memory_order_seq_cst);
+      do {
+        if (head == &buried) return false;
+        d->next = head;
+      } while (!orphans.compare_exchange_weak(head, d, std::memory_order_seq_cst));
+      return true;
+    }
+    void bury_orphans() noexcept {
+      for (detail::deferred_destroy* d = orphans.exchange(&buried, std::memory_order_seq_cst); d != nullptr;) {
+        detail::deferred_destroy* next = d->next;
+        d->destroy(d);
+        d = next;
+      }
+    }
+    static detail::parker& exit_parker(const reply_gate* g) noexcept {
+      struct alignas(detail::cache_line) slot {
+        detail::parker p;
+      };
+      static slot slots[16];
+      return slots[(reinterpret_cast<std::uintptr_t>(g) / alignof(reply_gate)) % 16].p;
     }
     executor* const ex;
     std::atomic<std::uint32_t> state{0};  // bit 0: closing; above it: posters inside, times 2
+    std::atomic<detail::deferred_destroy*> orphans{nullptr};  // &buried once the owner stopped
+    detail::deferred_destroy buried{};                         // a marker, never run
   };
 
   // post_and_reply(): runs the task, then posts the reply with its outcome through the reply

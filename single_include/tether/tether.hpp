@@ -5366,6 +5366,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     }
     gate_->close();
     join();
+    gate_->bury_orphans();  // the owner runs nothing of ours any more
   }
 
   executor(const executor&) = delete;
@@ -5693,30 +5694,69 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     template <class F>
     push_result post(F&& f, const source_location& loc) {
       struct inside {
-        std::atomic<std::uint32_t>& s;
-        ~inside() {
-          if (s.fetch_sub(2, std::memory_order_seq_cst) == 3) s.notify_all();  // the last one out of a closing gate
-        }
+        reply_gate& g;
+        ~inside() { g.leave(); }
       };
       const std::uint32_t before = state.fetch_add(2, std::memory_order_seq_cst);
-      inside guard{state};
+      inside guard{*this};
       if (before & 1) return status::closed;
       return ex->post(std::forward<F>(f), loc);
     }
-    // defer_destroy() through the gate: false once closing or finished.
-    bool defer(detail::deferred_destroy* d) noexcept {
+    // defer_destroy() through the gate.
+    enum class deferral : std::uint8_t {
+      deferred,    // the owner will run d
+      owner_done,  // the executor has finished: its owner runs nothing of it any more
+      closing,     // its destructor has begun: see adopt_orphan()
+    };
+    deferral defer(detail::deferred_destroy* d) noexcept {
       const std::uint32_t before = state.fetch_add(2, std::memory_order_seq_cst);
-      const bool ok = (before & 1) == 0 && ex->defer_destroy(d);
-      if (state.fetch_sub(2, std::memory_order_seq_cst) == 3) state.notify_all();  // as ~inside above
-      return ok;
+      const deferral r = (before & 1) != 0      ? deferral::closing
+                         : ex->defer_destroy(d) ? deferral::deferred
+                                                : deferral::owner_done;
+      leave();
+      return r;
+    }
+    // The last poster out of a closing gate wakes close() through a static parker, not the
+    // gate: once the count drops, close() may return and the gate be freed (a poster need
+    // not own a reference to it; coroutine resumptions do not).
+    void leave() noexcept {
+      if (state.fetch_sub(2, std::memory_order_seq_cst) == 3) exit_parker(this).notify_all();
     }
     void close() noexcept {
       state.fetch_or(1, std::memory_order_seq_cst);
-      for (std::uint32_t s = state.load(std::memory_order_seq_cst); s != 1; s = state.load(std::memory_order_seq_cst))
-        state.wait(s, std::memory_order_seq_cst);  // posters inside: a post() each, which never blocks
+      detail::park_until(exit_parker(this), [this] { return state.load(std::memory_order_seq_cst) == 1; },
+                         detail::no_deadline);  // posters inside: a post() each, which never blocks
+    }
+    // Coroutine chains whose resumption was refused while this executor's owner may still be
+    // running (its destructor closed the gate, then joins): they are destroyed once the owner
+    // has stopped (bury_orphans, after the join), never while it might be inside one of their
+    // frames. adopt_orphan: false once buried (the caller destroys d itself).
+    bool adopt_orphan(detail::deferred_destroy* d) noexcept {
+      detail::deferred_destroy* head = orphans.load(std::memory_order_seq_cst);
+      do {
+        if (head == &buried) return false;
+        d->next = head;
+      } while (!orphans.compare_exchange_weak(head, d, std::memory_order_seq_cst));
+      return true;
+    }
+    void bury_orphans() noexcept {
+      for (detail::deferred_destroy* d = orphans.exchange(&buried, std::memory_order_seq_cst); d != nullptr;) {
+        detail::deferred_destroy* next = d->next;
+        d->destroy(d);
+        d = next;
+      }
+    }
+    static detail::parker& exit_parker(const reply_gate* g) noexcept {
+      struct alignas(detail::cache_line) slot {
+        detail::parker p;
+      };
+      static slot slots[16];
+      return slots[(reinterpret_cast<std::uintptr_t>(g) / alignof(reply_gate)) % 16].p;
     }
     executor* const ex;
     std::atomic<std::uint32_t> state{0};  // bit 0: closing; above it: posters inside, times 2
+    std::atomic<detail::deferred_destroy*> orphans{nullptr};  // &buried once the owner stopped
+    detail::deferred_destroy buried{};                         // a marker, never run
   };
 
   // post_and_reply(): runs the task, then posts the reply with its outcome through the reply
@@ -6147,8 +6187,11 @@ auto install_context(context_t<Tag>* value) {
 // poster cannot outlive an executor being destroyed; sync_wait's own executor relies on
 // that). Every way it can fail still answers, and exactly once:
 //   - the home refuses (stopped, or destroyed): the chain is destroyed - on the home's owner
-//     when it is still draining (defer_destroy), else here, by the thread that would have
-//     resumed it; the root reports executor_stopped to whoever started it;
+//     when it is still draining (defer_destroy); by the home's destructor once its owner has
+//     stopped, when the destructor has begun (the owner may still be inside one of the
+//     chain's frames, finishing an await: never destroyed under it); else, the home gone,
+//     here, by the thread that would have resumed it. The root reports executor_stopped to
+//     whoever started it;
 //   - out of memory for the post: the same allocation-free hand-over resumes the frame on the
 //     owner instead, when the owner next finds its queue empty;
 //   - a posted resumption destroyed unrun (stop(cancel), on the owner): destroys the chain.
@@ -6221,6 +6264,25 @@ inline void resume_chain_deferred(deferred_destroy* d) noexcept {
   static_cast<coro_chain*>(d)->waiting.resume();  // frames catch their own exceptions
 }
 
+inline void destroy_orphan(coro_chain& c, bool here) noexcept;
+
+// Destroys the chain where it is safe: on the home's owner while it runs (defer), by the
+// home's destructor once its owner has stopped (the owner may still be inside one of the
+// chain's frames, finishing an await), or here once the owner is done.
+inline void destroy_refused(coro_access::gate& gate, coro_chain& c, bool destroy_here) noexcept {
+  c.destroy = &destroy_chain_deferred;
+  switch (gate.defer(&c)) {
+    case coro_access::gate::deferral::deferred:
+      return;
+    case coro_access::gate::deferral::closing:
+      if (gate.adopt_orphan(&c)) return;
+      break;  // buried already: the owner has stopped
+    case coro_access::gate::deferral::owner_done:
+      break;
+  }
+  destroy_orphan(c, destroy_here);
+}
+
 // Destroys the chain when nobody is left to run it: here, or - for a caller that must not
 // destroy frames where it stands (a notifier inside a parker listener the frame would
 // detach, see readable.hpp) - on a thread of its own. No thread to be had: the chain is
@@ -6243,9 +6305,10 @@ inline void destroy_orphan(coro_chain& c, bool here) noexcept {
 // destroy_here: false when the caller must not destroy frames itself (destroy_orphan).
 inline void resume_on(coro_chain& c, std::coroutine_handle<> frame, bool destroy_here = true) noexcept {
   // The gate, not the executor: it stays valid (refusing) if the home is being destroyed.
-  // Copied: resuming the frame may end the chain (and free c) before post() returns.
-  const std::shared_ptr<void> keep = c.home_gate;
-  auto& gate = coro_access::as_gate(keep);
+  // Not copied: c (which holds it) lives until the frame resumes, and once we are inside
+  // the gate a live home's destructor waits for us to leave before it lets its own
+  // reference go, so the gate outlives this call even if the resumed frame ends the chain.
+  auto& gate = coro_access::as_gate(c.home_gate);
   resume_job job(frame, &c);
   bool refused = false;
   try {
@@ -6255,16 +6318,14 @@ inline void resume_on(coro_chain& c, std::coroutine_handle<> frame, bool destroy
       job.h = {};
       c.waiting = frame;
       c.destroy = &resume_chain_deferred;
-      if (gate.defer(&c)) return;
-      destroy_orphan(c, destroy_here);  // the home finished meanwhile: nobody is left to resume it
+      if (gate.defer(&c) == coro_access::gate::deferral::deferred) return;
+      destroy_refused(gate, c, destroy_here);  // the home is going: nobody is left to resume it
     }
     return;
   }
   if (!refused) return;
   job.h = {};  // not moved from: it still holds the frame
-  c.destroy = &destroy_chain_deferred;
-  if (gate.defer(&c)) return;       // the owner destroys the chain
-  destroy_orphan(c, destroy_here);  // the home finished (or is gone)
+  destroy_refused(gate, c, destroy_here);
 }
 
 // sync_wait() blocks its thread while its own executor runs the chain: an executor owned by
@@ -7454,7 +7515,8 @@ T sync_wait(tether::task<T> t, std::stop_token token = {}) {
       std::shared_ptr<void> gate;
       void operator()(task_result<T>&& r) noexcept {
         out->emplace(std::move(r));
-        if (!detail::coro_access::as_gate(gate).defer(stopper)) std::terminate();  // `here` runs until stopped
+        // `here` runs until stopped, and is not destroyed before: the hand-over cannot fail.
+        (void)detail::coro_access::as_gate(gate).defer(stopper);
       }
     };
     struct depth {

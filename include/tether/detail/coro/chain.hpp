@@ -10,8 +10,11 @@
 // poster cannot outlive an executor being destroyed; sync_wait's own executor relies on
 // that). Every way it can fail still answers, and exactly once:
 //   - the home refuses (stopped, or destroyed): the chain is destroyed - on the home's owner
-//     when it is still draining (defer_destroy), else here, by the thread that would have
-//     resumed it; the root reports executor_stopped to whoever started it;
+//     when it is still draining (defer_destroy); by the home's destructor once its owner has
+//     stopped, when the destructor has begun (the owner may still be inside one of the
+//     chain's frames, finishing an await: never destroyed under it); else, the home gone,
+//     here, by the thread that would have resumed it. The root reports executor_stopped to
+//     whoever started it;
 //   - out of memory for the post: the same allocation-free hand-over resumes the frame on the
 //     owner instead, when the owner next finds its queue empty;
 //   - a posted resumption destroyed unrun (stop(cancel), on the owner): destroys the chain.
@@ -94,6 +97,25 @@ inline void resume_chain_deferred(deferred_destroy* d) noexcept {
   static_cast<coro_chain*>(d)->waiting.resume();  // frames catch their own exceptions
 }
 
+inline void destroy_orphan(coro_chain& c, bool here) noexcept;
+
+// Destroys the chain where it is safe: on the home's owner while it runs (defer), by the
+// home's destructor once its owner has stopped (the owner may still be inside one of the
+// chain's frames, finishing an await), or here once the owner is done.
+inline void destroy_refused(coro_access::gate& gate, coro_chain& c, bool destroy_here) noexcept {
+  c.destroy = &destroy_chain_deferred;
+  switch (gate.defer(&c)) {
+    case coro_access::gate::deferral::deferred:
+      return;
+    case coro_access::gate::deferral::closing:
+      if (gate.adopt_orphan(&c)) return;
+      break;  // buried already: the owner has stopped
+    case coro_access::gate::deferral::owner_done:
+      break;
+  }
+  destroy_orphan(c, destroy_here);
+}
+
 // Destroys the chain when nobody is left to run it: here, or - for a caller that must not
 // destroy frames where it stands (a notifier inside a parker listener the frame would
 // detach, see readable.hpp) - on a thread of its own. No thread to be had: the chain is
@@ -116,9 +138,10 @@ inline void destroy_orphan(coro_chain& c, bool here) noexcept {
 // destroy_here: false when the caller must not destroy frames itself (destroy_orphan).
 inline void resume_on(coro_chain& c, std::coroutine_handle<> frame, bool destroy_here = true) noexcept {
   // The gate, not the executor: it stays valid (refusing) if the home is being destroyed.
-  // Copied: resuming the frame may end the chain (and free c) before post() returns.
-  const std::shared_ptr<void> keep = c.home_gate;
-  auto& gate = coro_access::as_gate(keep);
+  // Not copied: c (which holds it) lives until the frame resumes, and once we are inside
+  // the gate a live home's destructor waits for us to leave before it lets its own
+  // reference go, so the gate outlives this call even if the resumed frame ends the chain.
+  auto& gate = coro_access::as_gate(c.home_gate);
   resume_job job(frame, &c);
   bool refused = false;
   try {
@@ -128,16 +151,14 @@ inline void resume_on(coro_chain& c, std::coroutine_handle<> frame, bool destroy
       job.h = {};
       c.waiting = frame;
       c.destroy = &resume_chain_deferred;
-      if (gate.defer(&c)) return;
-      destroy_orphan(c, destroy_here);  // the home finished meanwhile: nobody is left to resume it
+      if (gate.defer(&c) == coro_access::gate::deferral::deferred) return;
+      destroy_refused(gate, c, destroy_here);  // the home is going: nobody is left to resume it
     }
     return;
   }
   if (!refused) return;
   job.h = {};  // not moved from: it still holds the frame
-  c.destroy = &destroy_chain_deferred;
-  if (gate.defer(&c)) return;       // the owner destroys the chain
-  destroy_orphan(c, destroy_here);  // the home finished (or is gone)
+  destroy_refused(gate, c, destroy_here);
 }
 
 // sync_wait() blocks its thread while its own executor runs the chain: an executor owned by
