@@ -6933,8 +6933,10 @@ class readable : parker_listener {
 // awaited by another task; exceptions propagate to whoever awaits or started it. A started
 // task and every task it awaits form a chain that runs on one executor at a time, its home:
 // spawn() sets it, schedule(ex) moves it, and every await resumes there - co_call(ex, f) runs
-// f on ex's owner and comes back home with the value or the exception. An adopted executor
-// can be a home too (its owner runs the frames in its run family, e.g. from a GUI loop).
+// f on ex's owner and comes back home with the value or the exception; co_pop(q) /
+// co_recv(ep) take a queue's or channel endpoint's next item without blocking a thread. An
+// adopted executor can be a home too (its owner runs the frames in its run family, e.g.
+// from a GUI loop).
 //
 // Cancellation: spawn() and sync_wait() take a std::stop_token, which every await of the
 // chain observes (co_await get_stop_token() reads it). A co_call whose stop is requested
@@ -6945,8 +6947,10 @@ class readable : parker_listener {
 // callback, the awaiting task or sync_wait's caller) or its chain is destroyed, every frame
 // exactly once, and the starter learns executor_stopped. That happens when a resumption
 // cannot run: the home stopped (stop(cancel) destroys it on the owner; a refused resumption
-// destroys it on the owner while it drains, else on the thread that would have resumed it).
-// A frame never resumes on an executor that refused it. Executors must outlive the calls
+// destroys it on the owner while it drains, in the home's destructor once its owner has
+// stopped, or - the home finished - on the thread that would have resumed it; see
+// detail/coro/chain.hpp). A frame never resumes on an executor that refused it, and is
+// never destroyed while its home's owner may still be running it. Executors must outlive the calls
 // that target them (as for call()); a home may be destroyed while its chains wait elsewhere.
 //
 // Deadlocks: sync_wait() runs the chain on the calling thread; an await that needs another
