@@ -19,7 +19,9 @@
 // from a GUI loop).
 //
 // Cancellation: spawn() and sync_wait() take a std::stop_token, which every await of the
-// chain observes (co_await get_stop_token() reads it). A co_call whose stop is requested
+// chain observes (co_await get_stop_token() reads it); spawn() without one gives the chain
+// its executor's get_stop_token(), so that stop(cancel) also frees the chains waiting on
+// other executors. A co_call whose stop is requested
 // before f ran resumes at once with operation_cancelled and f never runs; once f runs the
 // frame waits for its result (f may use the frame's locals by reference).
 //
@@ -68,6 +70,7 @@
 #include "channel.hpp"
 #include "receiver.hpp"
 #include "result.hpp"
+#include "select.hpp"
 
 namespace tether {
 
@@ -354,6 +357,7 @@ std::future<T> spawn(executor& ex, tether::task<T> t, std::stop_token token = {}
       }
     }
   };
+  if (!token.stop_possible()) token = ex.get_stop_token();
   if (!detail::start_chain(ex, std::move(t), to_future{std::move(p)}, std::move(token)))
     throw executor_stopped("tether: spawn() on executor '" + (ex.name().empty() ? std::string("(unnamed)") : ex.name()) +
                            "', which is stopped");
@@ -385,6 +389,7 @@ push_result spawn(executor& ex, tether::task<T> t, F&& on_done, std::stop_token 
       }
     }
   };
+  if (!token.stop_possible()) token = ex.get_stop_token();
   return detail::start_chain(ex, std::move(t), to_callback{std::forward<F>(on_done), detail::coro_access::gate_of(ex)}, std::move(token))
              ? push_result(status::ok)
              : push_result(status::closed);
@@ -599,6 +604,46 @@ tether::task<pop_result<T>> co_pop(receiver<T>& r) {
 template <class S, class R>
 tether::task<pop_result<R>> co_recv(endpoint<S, R>& e) {
   return detail::receive<R>(e, [](endpoint<S, R>& s) { return s.try_recv(); });
+}
+
+namespace detail {
+
+// The awaited poller wait: a ready source now (run_one: its handler run here, on the home);
+// else suspend until a source turns ready or the chain's stop is requested, and look again.
+template <class Poller>
+tether::task<pop_result<source_id>> poller_wait(Poller& p, bool run) {
+  auto& core = coro_access::core_of(p);
+  if (core.watches_fds_or_executors())
+    throw std::logic_error(
+        "tether: co_wait / co_run_one on a poller that watches descriptors or executors (their readiness does "
+        "not notify an awaiting frame); wait on it from a thread, or watch them from the frame's home executor");
+  for (;;) {
+    pop_result<source_id> r = run ? p.try_run_one() : p.try_wait();
+    if (r) co_return std::move(r);
+    tether::get_stop_token ask;
+    const std::stop_token token = co_await ask;
+    if (token.stop_requested()) co_return status::cancelled;
+    readable<poller_core> wait(core);  // named: see run_root
+    co_await wait;
+  }
+}
+
+}  // namespace detail
+
+// Awaitables: a poller's next ready source (co_run_one also receives one message from it and
+// runs its handler, on the frame's home thread), or cancelled when the chain's stop is
+// requested first. The awaiting frame is the poller's waiting thread; a poller watching
+// descriptors or executors throws std::logic_error (wait on those from a thread).
+// (Templates, like every coroutine here: a translation unit that never awaits one compiles none.)
+template <class Poller>
+  requires std::is_same_v<Poller, poller>
+tether::task<pop_result<source_id>> co_wait(Poller& p) {
+  return detail::poller_wait(p, false);
+}
+template <class Poller>
+  requires std::is_same_v<Poller, poller>
+tether::task<pop_result<source_id>> co_run_one(Poller& p) {
+  return detail::poller_wait(p, true);
 }
 
 // Runs t to its end on the calling thread and returns its value (rethrows its exception).

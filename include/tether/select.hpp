@@ -264,6 +264,7 @@ class poller {
     return pop_result<source_id>(std::in_place, source_id(*r));
   }
 
+  friend struct detail::coro_access;  // co_wait / co_run_one (coroutine.hpp) wait on core_
   detail::poller_core core_;
 };
 

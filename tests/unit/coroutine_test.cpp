@@ -6,8 +6,12 @@
 #include <tether/confined.hpp>
 #include <tether/coroutine.hpp>
 #include <tether/executor.hpp>
+#include <tether/fd_source.hpp>
 #include <tether/mpsc_queue.hpp>
 #include <tether/receiver.hpp>
+#include <tether/select.hpp>
+
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -518,4 +522,75 @@ TEST_CASE("a frame awaiting a queue when its home is destroyed is destroyed once
   CHECK(throws_as<tether::executor_stopped>(f));
   for (int i = 0; i < 1000 && counted::live.load() != live_before; ++i) std::this_thread::sleep_for(1ms);
   CHECK(counted::live.load() == live_before);
+}
+
+TEST_CASE("co_wait and co_run_one await a poller's next ready source", "[coroutine][poller]") {
+  tether::executor home{{.name = "home"}};
+  tether::mpsc_queue<int> a, b;
+  tether::poller p;
+  p.add(a).add(b);
+  auto which = [&]() -> tether::task<bool> {
+    auto r = co_await tether::co_wait(p);
+    co_return r.has_value() && *r == tether::source_id::of(b);
+  };
+  auto f = tether::spawn(home, which());
+  std::this_thread::sleep_for(5ms);  // suspended on the poller's ready list (or not yet: either way)
+  REQUIRE(b.push(1));
+  CHECK(f.get());
+  CHECK(*b.try_pop() == 1);
+
+  tether::poller handlers;
+  int sum = 0;
+  tether::mpsc_queue<int> c;
+  handlers.on(c, [&](int v) { sum += v; });
+  auto run_two = [&]() -> tether::task<int> {
+    for (int i = 0; i < 2; ++i) (void)co_await tether::co_run_one(handlers);  // handlers run here, on home
+    co_return sum;
+  };
+  auto g = tether::spawn(home, run_two());
+  REQUIRE(c.push(20));
+  std::this_thread::sleep_for(2ms);
+  REQUIRE(c.push(22));
+  CHECK(g.get() == 42);
+
+  std::stop_source stop;
+  auto cancelled = tether::spawn(home, which(), stop.get_token());
+  std::this_thread::sleep_for(2ms);
+  stop.request_stop();
+  CHECK_FALSE(cancelled.get());  // cancelled: no source
+
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  tether::fd_source pipe_in(fds[0]);
+  tether::poller with_fd;
+  with_fd.add(pipe_in);
+  auto refused = [&]() -> tether::task<void> { (void)co_await tether::co_wait(with_fd); };
+  auto h = tether::spawn(home, refused());
+  CHECK_THROWS_AS(h.get(), std::logic_error);
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+TEST_CASE("without a token of its own a chain observes its executor's stop(cancel)", "[coroutine][cancel]") {
+  tether::executor target{{.name = "target"}};
+  blocker b;
+  b.block(target);
+  std::atomic<int> ran{0};
+  std::future<int> f;
+  {
+    tether::executor home{{.name = "home"}};
+    auto t = [&]() -> tether::task<int> {
+      co_return co_await tether::co_call(target, [&] { return ++ran; });
+    };
+    f = tether::spawn(home, t());
+    while (target.stats().queue_depth == 0) std::this_thread::sleep_for(1ms);
+    const auto t0 = std::chrono::steady_clock::now();
+    home.stop(tether::cancel);  // the pending call is abandoned at once, the frame destroyed
+    CHECK(f.wait_for(5s) == std::future_status::ready);  // while target is still blocked
+    CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+  }
+  CHECK(throws_as<tether::executor_stopped>(f));
+  b.open();
+  target.call([] {});
+  CHECK(ran == 0);  // abandoned: it never ran
 }

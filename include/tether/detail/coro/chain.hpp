@@ -61,6 +61,12 @@ struct coro_access {
   static std::shared_ptr<void> gate_of(executor& ex) { return ex.gate_; }
   static gate& as_gate(const std::shared_ptr<void>& g) noexcept { return *static_cast<gate*>(g.get()); }
 
+  // A poller's engine (select.hpp; a template, so this header needs not include it).
+  template <class Poller>
+  static auto& core_of(Poller& p) noexcept {
+    return p.core_;
+  }
+
   // A thread blocked in sync_wait() waits for ex's owner while its chain awaits a call there:
   // the deadlock detector's edge, as a blocking call() has (throws deadlock_error when the
   // edge closes a cycle).

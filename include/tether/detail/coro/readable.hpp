@@ -25,11 +25,16 @@
 #include <stop_token>
 
 #include "../platform/fence.hpp"
+#include "../select/poller_core.hpp"
 #include "../select/sources.hpp"
 #include "../wait/parker.hpp"
 #include "chain.hpp"
 
 namespace tether::detail {
+
+// A poller's engine as an awaited source: its ready list's parker and condition.
+inline parker& rx_parker(poller_core& c) noexcept { return c.ready_parker(); }
+inline bool rx_ready(poller_core& c) noexcept { return c.has_ready(); }
 
 template <class Rx>
 class readable : parker_listener {
@@ -48,8 +53,8 @@ class readable : parker_listener {
     frame_ = h;
     if (!rx_parker(rx_).attach(*this))
       throw std::logic_error(
-          "tether: co_pop / co_recv on a source that is already watched (by a poller, or another awaiting frame); "
-          "a queue has one consumer");
+          "tether: co_pop / co_recv / co_wait on a source that is already watched (by a poller, or another "
+          "awaiting frame; a poller watching descriptors keeps its own wake-up there); a source has one consumer");
     attached_ = true;
     heavy_fence();  // the waiter's half of the handshake: the re-check below sees any publish we missed
     if (rx_ready(rx_)) {

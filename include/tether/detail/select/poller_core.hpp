@@ -349,6 +349,17 @@ class poller_core {
     return entries_.size();
   }
 
+  // For an awaiting frame (coroutine.hpp): the parker every newly ready source notifies, its
+  // condition, and whether the poller watches something that parker does not cover - a
+  // descriptor (its wake-up hangs on that parker already) or an executor (a delayed task
+  // falling due notifies nobody).
+  parker& ready_parker() noexcept { return ready_.wake; }
+  bool has_ready() const noexcept { return ready_.has_work(); }
+  bool watches_fds_or_executors() const {
+    std::lock_guard lock(mutex_);
+    return !fds_.empty() || !timed_.empty();
+  }
+
   // The one deadline loop behind every wait*() and run_one*(): the id of a ready source; ok,
   // or empty (!block) or timeout. dispatch: also run the handler of an entry that has one.
   //
