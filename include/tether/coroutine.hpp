@@ -503,7 +503,7 @@ class call_awaiter {
       } catch (...) {                          // out of memory: not queued
         if (call_state<F, R>* mine = std::exchange(job.state, nullptr)) {
           if (mine->decide(call_phase::refused)) {
-            mine->error = std::current_exception();
+            mine->out.fail(std::current_exception());
             mine->finish();
           }
           mine->unref();

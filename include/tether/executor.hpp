@@ -565,13 +565,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
         d = next;
       }
     }
-    static detail::parker& exit_parker(const reply_gate* g) noexcept {
-      struct alignas(detail::cache_line) slot {
-        detail::parker p;
-      };
-      static slot slots[16];
-      return slots[(reinterpret_cast<std::uintptr_t>(g) / alignof(reply_gate)) % 16].p;
-    }
+    static detail::parker& exit_parker(const reply_gate* g) noexcept { return detail::exit_parker_for(g); }
     executor* const ex;
     std::atomic<std::uint32_t> state{0};  // bit 0: closing; above it: posters inside, times 2
     std::atomic<detail::deferred_destroy*> orphans{nullptr};  // &buried once the owner stopped

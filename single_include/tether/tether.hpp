@@ -688,16 +688,20 @@ bool park(parker& p, Ready&& ready, steady_time deadline, bool spin) {
   return spin ? park_spinning(p, ready, deadline) : park_now(p, ready, deadline);
 }
 
-// detach() waits on one of these (picked by the parker's address) for call_listener() to
-// finish; static, so a notifier may touch it after the listener and its owner are gone.
-struct alignas(cache_line) listener_exit_slot {
+// Parkers picked by an object's address, for waits on an object that the last one to leave
+// may no longer touch: static, so a leaver may notify after the object is gone. Two objects
+// sharing a slot only cost a waiter a re-check. detach() waits here for call_listener() to
+// finish; so does an executor's reply gate for its last poster (executor.hpp).
+struct alignas(cache_line) exit_slot {
   parker exited;
 };
-inline listener_exit_slot listener_exit_slots[16];
+inline exit_slot exit_slots[16];
 
-inline parker& listener_exit_parker(const parker* p) noexcept {
-  return listener_exit_slots[(reinterpret_cast<std::uintptr_t>(p) / alignof(parker)) % 16].exited;
+inline parker& exit_parker_for(const void* object) noexcept {
+  return exit_slots[(reinterpret_cast<std::uintptr_t>(object) / alignof(std::max_align_t)) % 16].exited;
 }
+
+inline parker& listener_exit_parker(const parker* p) noexcept { return exit_parker_for(p); }
 
 // Outline: count in, re-load the listener, call it, count out, wake a waiting detach().
 // detach() stores null and then waits for the count to drop to zero: a notifier that
@@ -3281,14 +3285,13 @@ class operation_cancelled : public std::runtime_error {
 
 namespace tether::detail {
 
+// The value or exception a call produced, kept until its caller takes it: call_slot,
+// abandonable_call and the coroutines' call_state all store their outcome here. A reference
+// result is kept as a pointer. One writer, then one reader, ordered by whoever holds it.
 template <class R>
-class call_slot {
+class call_outcome {
  public:
-  call_slot() = default;
-  call_slot(const call_slot&) = delete;
-  call_slot& operator=(const call_slot&) = delete;
-
-  // Completer: runs f and stores its result or exception, then completes.
+  // Runs f; stores its result, or the exception it threw.
   template <class F>
   void run(F&& f) noexcept {
     try {
@@ -3302,12 +3305,48 @@ class call_slot {
     } catch (...) {
       error_ = std::current_exception();
     }
+  }
+  void fail(std::exception_ptr e) noexcept { error_ = std::move(e); }
+  bool failed() const noexcept { return static_cast<bool>(error_); }
+
+  // The result, or rethrows the exception.
+  R take() {
+    if (error_) std::rethrow_exception(error_);
+    if constexpr (std::is_void_v<R>) {
+      return;
+    } else if constexpr (std::is_reference_v<R>) {
+      return static_cast<R>(*value_);
+    } else {
+      return std::move(*value_);
+    }
+  }
+
+ private:
+  using storage = std::conditional_t<std::is_void_v<R>, char,
+                                     std::conditional_t<std::is_reference_v<R>,
+                                                        std::remove_reference_t<R>*,
+                                                        std::optional<R>>>;
+  storage value_{};
+  std::exception_ptr error_;
+};
+
+template <class R>
+class call_slot {
+ public:
+  call_slot() = default;
+  call_slot(const call_slot&) = delete;
+  call_slot& operator=(const call_slot&) = delete;
+
+  // Completer: runs f and stores its result or exception, then completes.
+  template <class F>
+  void run(F&& f) noexcept {
+    out_.run(std::forward<F>(f));
     complete();
   }
 
   // Completer: completes with an exception instead of running.
   void fail(std::exception_ptr e) noexcept {
-    error_ = std::move(e);
+    out_.fail(std::move(e));
     complete();
   }
 
@@ -3321,16 +3360,7 @@ class call_slot {
   }
 
   // Caller, after wait(): the result, or rethrows the exception.
-  R take() {
-    if (error_) std::rethrow_exception(error_);
-    if constexpr (std::is_void_v<R>) {
-      return;
-    } else if constexpr (std::is_reference_v<R>) {
-      return static_cast<R>(*value_);
-    } else {
-      return std::move(*value_);
-    }
-  }
+  R take() { return out_.take(); }
 
  private:
   static constexpr std::uint32_t pending = 0;
@@ -3338,17 +3368,12 @@ class call_slot {
   static constexpr std::uint32_t released = 2;
 
   void complete() noexcept {
-    state_.store(done, std::memory_order_release);  // [CS1] release: publishes value_ / error_
+    state_.store(done, std::memory_order_release);  // [CS1] release: publishes out_
     parker_.notify_one();
     state_.store(released, std::memory_order_release);  // [CS2] release: the completer's last touch
   }
 
-  using storage = std::conditional_t<std::is_void_v<R>, char,
-                                     std::conditional_t<std::is_reference_v<R>,
-                                                        std::remove_reference_t<R>*,
-                                                        std::optional<R>>>;
-  storage value_{};
-  std::exception_ptr error_;
+  call_outcome<R> out_;
   // Written by the completer (pending -> done -> released); read by the caller.
   std::atomic<std::uint32_t> state_{pending};
   // One wait per call, one notify per call: full fences on both sides beat a membarrier.
@@ -3379,23 +3404,13 @@ class abandonable_call {
   // Owner, after claim(): runs f into the state and completes.
   template <class F>
   void run(F&& f) noexcept {
-    try {
-      if constexpr (std::is_void_v<R>) {
-        std::invoke(std::forward<F>(f));
-      } else if constexpr (std::is_reference_v<R>) {
-        value_ = std::addressof(std::invoke(std::forward<F>(f)));
-      } else {
-        value_.emplace(std::invoke(std::forward<F>(f)));
-      }
-    } catch (...) {
-      error_ = std::current_exception();
-    }
+    out_.run(std::forward<F>(f));
     complete();
   }
   // Whoever destroys the unrun job, after claim(): completes with executor_stopped (e).
   void fail_refused(std::exception_ptr e) noexcept {
     refused_ = true;
-    error_ = std::move(e);
+    out_.fail(std::move(e));
     complete();
   }
 
@@ -3415,16 +3430,7 @@ class abandonable_call {
   bool refused() const noexcept { return refused_; }
 
   // Caller, after wait() returned false: the result, or rethrows the exception.
-  R take() {
-    if (error_) std::rethrow_exception(error_);
-    if constexpr (std::is_void_v<R>) {
-      return;
-    } else if constexpr (std::is_reference_v<R>) {
-      return static_cast<R>(*value_);
-    } else {
-      return std::move(*value_);
-    }
-  }
+  R take() { return out_.take(); }
 
   void unref() noexcept {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;  // [AC4]
@@ -3440,12 +3446,7 @@ class abandonable_call {
     parker_.notify_one();
   }
 
-  using storage = std::conditional_t<std::is_void_v<R>, char,
-                                     std::conditional_t<std::is_reference_v<R>,
-                                                        std::remove_reference_t<R>*,
-                                                        std::optional<R>>>;
-  storage value_{};
-  std::exception_ptr error_;
+  call_outcome<R> out_;
   bool refused_ = false;  // written before [AC2]
   std::atomic<phase> state_{phase::pending};
   std::atomic<std::uint8_t> refs_{2};  // the caller and the job
@@ -5746,13 +5747,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
         d = next;
       }
     }
-    static detail::parker& exit_parker(const reply_gate* g) noexcept {
-      struct alignas(detail::cache_line) slot {
-        detail::parker p;
-      };
-      static slot slots[16];
-      return slots[(reinterpret_cast<std::uintptr_t>(g) / alignof(reply_gate)) % 16].p;
-    }
+    static detail::parker& exit_parker(const reply_gate* g) noexcept { return detail::exit_parker_for(g); }
     executor* const ex;
     std::atomic<std::uint32_t> state{0};  // bit 0: closing; above it: posters inside, times 2
     std::atomic<detail::deferred_destroy*> orphans{nullptr};  // &buried once the owner stopped
@@ -6392,17 +6387,7 @@ struct call_state {
   }
 
   void run() noexcept {
-    try {
-      if constexpr (std::is_void_v<R>) {
-        std::invoke(std::move(fn));
-      } else if constexpr (std::is_reference_v<R>) {
-        value = std::addressof(std::invoke(std::move(fn)));
-      } else {
-        value.emplace(std::invoke(std::move(fn)));
-      }
-    } catch (...) {
-      error = std::current_exception();
-    }
+    out.run(std::move(fn));
     phase.store(call_phase::done, std::memory_order_release);  // [CA2]
   }
 
@@ -6413,25 +6398,14 @@ struct call_state {
         throw operation_cancelled(std::string("tether: co_call() on executor '") + target_name +
                                   "' was cancelled by its stop token before it ran; it will not run");
       case call_phase::refused:
-        if (error) std::rethrow_exception(error);
+        if (out.failed()) return out.take();  // rethrows: out of memory before it was queued
         throw executor_stopped(std::string("tether: co_call() on executor '") + target_name +
                                "': the executor stopped before the call ran");
       default:
-        break;
-    }
-    if (error) std::rethrow_exception(error);
-    if constexpr (std::is_void_v<R>) {
-      return;
-    } else if constexpr (std::is_reference_v<R>) {
-      return static_cast<R>(*value);
-    } else {
-      return std::move(*value);
+        return out.take();
     }
   }
 
-  using storage = std::conditional_t<std::is_void_v<R>, char,
-                                     std::conditional_t<std::is_reference_v<R>, std::remove_reference_t<R>*,
-                                                        std::optional<R>>>;
   std::atomic<call_phase> phase{call_phase::pending};
   std::atomic<std::uint8_t> arrivals{0};
   std::atomic<std::uint8_t> refs{2};  // the awaiter and the job
@@ -6439,8 +6413,7 @@ struct call_state {
   std::coroutine_handle<> frame;
   coro_chain* chain = nullptr;
   F fn;
-  storage value{};
-  std::exception_ptr error;
+  call_outcome<R> out;
 };
 
 // What the target executor queues. Destroyed unrun (refused post, stop(cancel)): the call
@@ -8425,7 +8398,7 @@ class call_awaiter {
       } catch (...) {                          // out of memory: not queued
         if (call_state<F, R>* mine = std::exchange(job.state, nullptr)) {
           if (mine->decide(call_phase::refused)) {
-            mine->error = std::current_exception();
+            mine->out.fail(std::current_exception());
             mine->finish();
           }
           mine->unref();

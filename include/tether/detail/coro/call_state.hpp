@@ -32,6 +32,7 @@
 #include <utility>
 
 #include "../../errors.hpp"
+#include "../wait/call_slot.hpp"
 #include "chain.hpp"
 
 namespace tether::detail {
@@ -62,17 +63,7 @@ struct call_state {
   }
 
   void run() noexcept {
-    try {
-      if constexpr (std::is_void_v<R>) {
-        std::invoke(std::move(fn));
-      } else if constexpr (std::is_reference_v<R>) {
-        value = std::addressof(std::invoke(std::move(fn)));
-      } else {
-        value.emplace(std::invoke(std::move(fn)));
-      }
-    } catch (...) {
-      error = std::current_exception();
-    }
+    out.run(std::move(fn));
     phase.store(call_phase::done, std::memory_order_release);  // [CA2]
   }
 
@@ -83,25 +74,14 @@ struct call_state {
         throw operation_cancelled(std::string("tether: co_call() on executor '") + target_name +
                                   "' was cancelled by its stop token before it ran; it will not run");
       case call_phase::refused:
-        if (error) std::rethrow_exception(error);
+        if (out.failed()) return out.take();  // rethrows: out of memory before it was queued
         throw executor_stopped(std::string("tether: co_call() on executor '") + target_name +
                                "': the executor stopped before the call ran");
       default:
-        break;
-    }
-    if (error) std::rethrow_exception(error);
-    if constexpr (std::is_void_v<R>) {
-      return;
-    } else if constexpr (std::is_reference_v<R>) {
-      return static_cast<R>(*value);
-    } else {
-      return std::move(*value);
+        return out.take();
     }
   }
 
-  using storage = std::conditional_t<std::is_void_v<R>, char,
-                                     std::conditional_t<std::is_reference_v<R>, std::remove_reference_t<R>*,
-                                                        std::optional<R>>>;
   std::atomic<call_phase> phase{call_phase::pending};
   std::atomic<std::uint8_t> arrivals{0};
   std::atomic<std::uint8_t> refs{2};  // the awaiter and the job
@@ -109,8 +89,7 @@ struct call_state {
   std::coroutine_handle<> frame;
   coro_chain* chain = nullptr;
   F fn;
-  storage value{};
-  std::exception_ptr error;
+  call_outcome<R> out;
 };
 
 // What the target executor queues. Destroyed unrun (refused post, stop(cancel)): the call

@@ -37,14 +37,13 @@
 
 namespace tether::detail {
 
+// The value or exception a call produced, kept until its caller takes it: call_slot,
+// abandonable_call and the coroutines' call_state all store their outcome here. A reference
+// result is kept as a pointer. One writer, then one reader, ordered by whoever holds it.
 template <class R>
-class call_slot {
+class call_outcome {
  public:
-  call_slot() = default;
-  call_slot(const call_slot&) = delete;
-  call_slot& operator=(const call_slot&) = delete;
-
-  // Completer: runs f and stores its result or exception, then completes.
+  // Runs f; stores its result, or the exception it threw.
   template <class F>
   void run(F&& f) noexcept {
     try {
@@ -58,12 +57,48 @@ class call_slot {
     } catch (...) {
       error_ = std::current_exception();
     }
+  }
+  void fail(std::exception_ptr e) noexcept { error_ = std::move(e); }
+  bool failed() const noexcept { return static_cast<bool>(error_); }
+
+  // The result, or rethrows the exception.
+  R take() {
+    if (error_) std::rethrow_exception(error_);
+    if constexpr (std::is_void_v<R>) {
+      return;
+    } else if constexpr (std::is_reference_v<R>) {
+      return static_cast<R>(*value_);
+    } else {
+      return std::move(*value_);
+    }
+  }
+
+ private:
+  using storage = std::conditional_t<std::is_void_v<R>, char,
+                                     std::conditional_t<std::is_reference_v<R>,
+                                                        std::remove_reference_t<R>*,
+                                                        std::optional<R>>>;
+  storage value_{};
+  std::exception_ptr error_;
+};
+
+template <class R>
+class call_slot {
+ public:
+  call_slot() = default;
+  call_slot(const call_slot&) = delete;
+  call_slot& operator=(const call_slot&) = delete;
+
+  // Completer: runs f and stores its result or exception, then completes.
+  template <class F>
+  void run(F&& f) noexcept {
+    out_.run(std::forward<F>(f));
     complete();
   }
 
   // Completer: completes with an exception instead of running.
   void fail(std::exception_ptr e) noexcept {
-    error_ = std::move(e);
+    out_.fail(std::move(e));
     complete();
   }
 
@@ -77,16 +112,7 @@ class call_slot {
   }
 
   // Caller, after wait(): the result, or rethrows the exception.
-  R take() {
-    if (error_) std::rethrow_exception(error_);
-    if constexpr (std::is_void_v<R>) {
-      return;
-    } else if constexpr (std::is_reference_v<R>) {
-      return static_cast<R>(*value_);
-    } else {
-      return std::move(*value_);
-    }
-  }
+  R take() { return out_.take(); }
 
  private:
   static constexpr std::uint32_t pending = 0;
@@ -94,17 +120,12 @@ class call_slot {
   static constexpr std::uint32_t released = 2;
 
   void complete() noexcept {
-    state_.store(done, std::memory_order_release);  // [CS1] release: publishes value_ / error_
+    state_.store(done, std::memory_order_release);  // [CS1] release: publishes out_
     parker_.notify_one();
     state_.store(released, std::memory_order_release);  // [CS2] release: the completer's last touch
   }
 
-  using storage = std::conditional_t<std::is_void_v<R>, char,
-                                     std::conditional_t<std::is_reference_v<R>,
-                                                        std::remove_reference_t<R>*,
-                                                        std::optional<R>>>;
-  storage value_{};
-  std::exception_ptr error_;
+  call_outcome<R> out_;
   // Written by the completer (pending -> done -> released); read by the caller.
   std::atomic<std::uint32_t> state_{pending};
   // One wait per call, one notify per call: full fences on both sides beat a membarrier.
@@ -135,23 +156,13 @@ class abandonable_call {
   // Owner, after claim(): runs f into the state and completes.
   template <class F>
   void run(F&& f) noexcept {
-    try {
-      if constexpr (std::is_void_v<R>) {
-        std::invoke(std::forward<F>(f));
-      } else if constexpr (std::is_reference_v<R>) {
-        value_ = std::addressof(std::invoke(std::forward<F>(f)));
-      } else {
-        value_.emplace(std::invoke(std::forward<F>(f)));
-      }
-    } catch (...) {
-      error_ = std::current_exception();
-    }
+    out_.run(std::forward<F>(f));
     complete();
   }
   // Whoever destroys the unrun job, after claim(): completes with executor_stopped (e).
   void fail_refused(std::exception_ptr e) noexcept {
     refused_ = true;
-    error_ = std::move(e);
+    out_.fail(std::move(e));
     complete();
   }
 
@@ -171,16 +182,7 @@ class abandonable_call {
   bool refused() const noexcept { return refused_; }
 
   // Caller, after wait() returned false: the result, or rethrows the exception.
-  R take() {
-    if (error_) std::rethrow_exception(error_);
-    if constexpr (std::is_void_v<R>) {
-      return;
-    } else if constexpr (std::is_reference_v<R>) {
-      return static_cast<R>(*value_);
-    } else {
-      return std::move(*value_);
-    }
-  }
+  R take() { return out_.take(); }
 
   void unref() noexcept {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;  // [AC4]
@@ -196,12 +198,7 @@ class abandonable_call {
     parker_.notify_one();
   }
 
-  using storage = std::conditional_t<std::is_void_v<R>, char,
-                                     std::conditional_t<std::is_reference_v<R>,
-                                                        std::remove_reference_t<R>*,
-                                                        std::optional<R>>>;
-  storage value_{};
-  std::exception_ptr error_;
+  call_outcome<R> out_;
   bool refused_ = false;  // written before [AC2]
   std::atomic<phase> state_{phase::pending};
   std::atomic<std::uint8_t> refs_{2};  // the caller and the job

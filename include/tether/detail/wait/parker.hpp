@@ -31,6 +31,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <new>
 #include <optional>
@@ -312,16 +313,20 @@ bool park(parker& p, Ready&& ready, steady_time deadline, bool spin) {
   return spin ? park_spinning(p, ready, deadline) : park_now(p, ready, deadline);
 }
 
-// detach() waits on one of these (picked by the parker's address) for call_listener() to
-// finish; static, so a notifier may touch it after the listener and its owner are gone.
-struct alignas(cache_line) listener_exit_slot {
+// Parkers picked by an object's address, for waits on an object that the last one to leave
+// may no longer touch: static, so a leaver may notify after the object is gone. Two objects
+// sharing a slot only cost a waiter a re-check. detach() waits here for call_listener() to
+// finish; so does an executor's reply gate for its last poster (executor.hpp).
+struct alignas(cache_line) exit_slot {
   parker exited;
 };
-inline listener_exit_slot listener_exit_slots[16];
+inline exit_slot exit_slots[16];
 
-inline parker& listener_exit_parker(const parker* p) noexcept {
-  return listener_exit_slots[(reinterpret_cast<std::uintptr_t>(p) / alignof(parker)) % 16].exited;
+inline parker& exit_parker_for(const void* object) noexcept {
+  return exit_slots[(reinterpret_cast<std::uintptr_t>(object) / alignof(std::max_align_t)) % 16].exited;
 }
+
+inline parker& listener_exit_parker(const parker* p) noexcept { return exit_parker_for(p); }
 
 // Outline: count in, re-load the listener, call it, count out, wake a waiting detach().
 // detach() stores null and then waits for the count to drop to zero: a notifier that
