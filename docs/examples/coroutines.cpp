@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 // docs/coroutines.md, runnable: sessions as coroutines calling one confined runtime, a hop
-// between executors, an awaited queue, and a session abandoned by its stop token.
+// between executors, an awaited queue, producers waiting for room in a bounded one, and a
+// session abandoned by its stop token.
+#include <tether/bounded_mpsc_queue.hpp>
 #include <tether/confined.hpp>
 #include <tether/coroutine.hpp>
 #include <tether/executor.hpp>
@@ -37,6 +39,14 @@ tether::task<long> consume(tether::mpsc_queue<int>& q) {
   co_return sum;
 }
 
+// Pushes 1..n into a ring of 4: a full ring suspends the frame until the consumer makes room.
+tether::task<int> produce(tether::bounded_mpsc_queue<int>& q, int n) {
+  int pushed = 0;
+  for (int i = 1; i <= n; ++i)
+    if (co_await tether::co_push(q, i)) ++pushed;  // push_result: ok, closed or cancelled
+  co_return pushed;
+}
+
 int main() {
   tether::executor owner{{.name = "store"}};
   tether::executor sessions{{.name = "sessions"}};
@@ -69,6 +79,16 @@ int main() {
   q.close();
   std::printf("consumed sum: %ld\n", sum.get());
 
+  // Ten producer frames on one thread, backpressured by a ring of 4; this thread consumes.
+  tether::bounded_mpsc_queue<int> ring(4);
+  std::vector<std::future<int>> producers;
+  for (int p = 0; p < 10; ++p) producers.push_back(tether::spawn(sessions, produce(ring, 100)));
+  long ring_sum = 0;
+  for (int i = 0; i < 1000; ++i) ring_sum += *ring.pop();
+  int ring_pushed = 0;
+  for (auto& f : producers) ring_pushed += f.get();
+  std::printf("through the ring: %d items, sum %ld\n", ring_pushed, ring_sum);
+
   // A session whose browser went away: its pending call is abandoned, never run.
   std::stop_source gone;
   std::promise<void> release;
@@ -85,6 +105,6 @@ int main() {
 
   // A plain thread can wait for a task too.
   std::printf("sync_wait: %d\n", tether::sync_wait(session(store, 1)));
-  const bool ok = total == 10000;
+  const bool ok = total == 10000 && ring_pushed == 1000 && ring_sum == 10 * 5050;
   return ok ? 0 : 1;
 }

@@ -44,6 +44,7 @@
 #include "detail/queue/consumer_ops.hpp"
 #include "detail/platform/futex.hpp"
 #include "detail/wait/parker.hpp"
+#include "detail/wait/waiter_list.hpp"
 #include "detail/queue/sink.hpp"
 #include "result.hpp"
 
@@ -53,6 +54,7 @@ template <class T>
 class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T> {
   using base = detail::consumer_ops<bounded_mpsc_queue<T>, T>;
   friend base;
+  friend struct detail::source_access;  // room_* for producers that await room (coroutine.hpp)
   static_assert(std::is_nothrow_destructible_v<T>, "tether::bounded_mpsc_queue<T>: T's destructor must not throw");
   static_assert(std::is_move_constructible_v<T>, "tether::bounded_mpsc_queue<T>: T must be move-constructible");
 
@@ -395,6 +397,9 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   alignas(detail::cache_line) std::atomic<bool> closed_{false};
   detail::parker consumer_wait_;  // the consumer waits for items
   alignas(detail::cache_line) detail::parker space_wait_;     // producers wait for room
+  // Suspended producers (coroutines) waiting for room: space_wait_'s listener once the first
+  // one waits; until then a notify pays nothing for it.
+  detail::waiter_list room_waiters_;
 };
 
 }  // namespace tether

@@ -14,7 +14,8 @@
 // task and every task it awaits form a chain that runs on one executor at a time, its home:
 // spawn() sets it, schedule(ex) moves it, and every await resumes there - co_call(ex, f) runs
 // f on ex's owner and comes back home with the value or the exception; co_pop(q) /
-// co_recv(ep) take a queue's or channel endpoint's next item without blocking a thread. An
+// co_recv(ep) take a queue's or channel endpoint's next item, co_push(bq, v) / co_send(ep, v)
+// wait for room in a bounded queue or channel, without blocking a thread. An
 // adopted executor can be a home too (its owner runs the frames in its run family, e.g.
 // from a GUI loop).
 //
@@ -62,6 +63,7 @@
 #include "detail/coro/call_state.hpp"
 #include "detail/coro/chain.hpp"
 #include "detail/coro/readable.hpp"
+#include "detail/coro/room.hpp"
 #include "detail/select/sources.hpp"
 #include "errors.hpp"
 #include "executor.hpp"
@@ -604,6 +606,58 @@ tether::task<pop_result<T>> co_pop(receiver<T>& r) {
 template <class S, class R>
 tether::task<pop_result<R>> co_recv(endpoint<S, R>& e) {
   return detail::receive<R>(e, [](endpoint<S, R>& s) { return s.try_recv(); });
+}
+
+namespace detail {
+
+// The queue a full sender waits on for room: the bounded queue itself, or a channel
+// direction's (only a bounded one is ever full).
+template <class T>
+bounded_mpsc_queue<T>& room_queue(bounded_mpsc_queue<T>& q) noexcept { return q; }
+template <class T>
+bounded_mpsc_queue<T>& room_queue(channel_direction<T>& d) noexcept { return *d.bounded(); }
+
+// The awaited push: try it; when full, suspend until the consumer makes room (or the queue
+// closes, or the chain's stop is requested) and try again. v is used only by the push that
+// succeeds.
+template <class T, class Tx, class V>
+tether::task<push_result> send_with_room(Tx& tx, V&& v) {
+  for (;;) {
+    push_result r = tx.try_push(std::forward<V>(v));  // full: v untouched
+    if (r.status() != status::full) co_return r;
+    tether::get_stop_token ask;
+    const std::stop_token token = co_await ask;
+    if (token.stop_requested()) co_return status::cancelled;
+    room_in<bounded_mpsc_queue<T>> wait(room_queue(tx));  // named: see run_root
+    co_await wait;
+  }
+}
+
+}  // namespace detail
+
+// Awaitables: push v into a bounded queue (or send it on a channel endpoint), waiting without
+// a thread while it is full - push_result ok, closed, or cancelled when the chain's stop is
+// requested first; on every outcome but ok v is untouched (moved from only by the push that
+// succeeds), so the caller keeps what was not delivered. Any number of frames (and threads)
+// may wait for room on one queue; each wake-up of the producers resumes them all and each
+// tries again. v is taken by reference: co_await the task in the expression that creates it
+// (as `co_await co_push(q, std::move(m))`), so that v outlives the await. The queue (the
+// channel) must outlive the await. An unbounded channel never waits.
+template <class T>
+tether::task<push_result> co_push(bounded_mpsc_queue<T>& q, std::type_identity_t<T>&& v) {
+  return detail::send_with_room<T>(q, std::move(v));
+}
+template <class T>
+tether::task<push_result> co_push(bounded_mpsc_queue<T>& q, const std::type_identity_t<T>& v) {
+  return detail::send_with_room<T>(q, v);
+}
+template <class S, class R>
+tether::task<push_result> co_send(endpoint<S, R>& e, std::type_identity_t<S>&& v) {
+  return detail::send_with_room<S>(detail::source_access::tx_direction(e), std::move(v));
+}
+template <class S, class R>
+tether::task<push_result> co_send(endpoint<S, R>& e, const std::type_identity_t<S>& v) {
+  return detail::send_with_room<S>(detail::source_access::tx_direction(e), v);
 }
 
 namespace detail {

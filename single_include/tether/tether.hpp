@@ -1132,6 +1132,117 @@ class consumer_ops {
 
 }  // namespace tether::detail
 
+// ---- tether/detail/wait/waiter_list.hpp -------------------------------------
+// tether/detail/wait/waiter_list.hpp - many suspended waiters behind one parker listener.
+//
+// A parker carries one listener (parker.hpp). That is enough on a queue's consumer side (one
+// consumer), but producers awaiting room in a bounded queue are many: waiter_list is a
+// listener that holds any number of them. The first add() hangs the list on the parker; from
+// then on every notify of that parker takes the whole list and wakes each waiter once. A
+// woken waiter re-checks its condition and adds itself again if it lost the race.
+//
+// Exactly one party wakes a waiter: whoever unlinks it, under the list's lock - a notifier
+// (which takes them all), or the waiter's owner through remove() (a stop request, or a
+// re-check that found the condition true). remove() returning false means a notifier has the
+// waiter and will wake it: the owner must let it (the wake may already be under way). A
+// notifier reads a waiter's successor before it wakes it and never touches it after: a woken
+// waiter may be gone at once.
+//
+// The handshake (parker.hpp): add() publishes the waiter (count_, seq_cst) after attaching the
+// list; the caller then takes heavy_fence() and re-checks its condition. A notifier publishes
+// the condition, takes its light fence in notify_*() and loads the listener and then count_.
+// Either the waiter sees the condition or the notifier sees the waiter.
+//
+// Who may call what: add / remove - any thread (a waiter's owner); the notify - any notifier of
+// the parker. The lock is held only to link and unlink, never while a waiter is woken.
+
+#include <mutex>
+
+
+namespace tether::detail {
+
+// One waiter: its owner sets wake before add(); the list owns prev / next / linked while it is
+// linked (under the list's lock).
+struct list_waiter {
+  void (*wake)(list_waiter& self) noexcept = nullptr;
+  list_waiter* prev = nullptr;
+  list_waiter* next = nullptr;
+  bool linked = false;
+};
+
+class waiter_list : parker_listener {
+ public:
+  waiter_list() noexcept { on_notify = &notified; }
+  waiter_list(const waiter_list&) = delete;
+  waiter_list& operator=(const waiter_list&) = delete;
+  // No waiter may be linked and no notifier running (the owning queue's destruction contract).
+  ~waiter_list() {
+    if (parker_ != nullptr) parker_->detach(*this);
+  }
+
+  // Links w and, the first time, hangs the list on p (always the same parker). Returns false
+  // (w not linked) when p carries another listener. Then: heavy_fence(), re-check, and if the
+  // condition already holds, remove(w).
+  bool add(parker& p, list_waiter& w) {
+    std::lock_guard lock(m_);
+    if (parker_ == nullptr) {
+      if (!p.attach(*this)) return false;
+      parker_ = &p;
+    }
+    w.prev = tail_;
+    w.next = nullptr;
+    (tail_ != nullptr ? tail_->next : head_) = &w;
+    tail_ = &w;
+    w.linked = true;
+    count_.store(count_.load(std::memory_order_relaxed) + 1, std::memory_order_seq_cst);  // the handshake's announce
+    return true;
+  }
+
+  // Unlinks w if it is still linked: true means the caller now owns waking it (or not); false
+  // means a notifier has taken it and wakes it.
+  bool remove(list_waiter& w) noexcept {
+    std::lock_guard lock(m_);
+    if (!w.linked) return false;
+    (w.prev != nullptr ? w.prev->next : head_) = w.next;
+    (w.next != nullptr ? w.next->prev : tail_) = w.prev;
+    w.linked = false;
+    // relaxed: a notifier that still reads the old count takes the lock and finds the list as it is.
+    count_.store(count_.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    return true;
+  }
+
+  std::size_t size() const noexcept { return count_.load(std::memory_order_relaxed); }  // relaxed: a snapshot
+
+ private:
+  static void notified(parker_listener& l) noexcept {
+    auto& self = static_cast<waiter_list&>(l);
+    // The notifier's re-check (the handshake): nobody linked, nothing to take, no lock.
+    if (self.count_.load(std::memory_order_seq_cst) == 0) return;
+    list_waiter* taken;
+    {
+      std::lock_guard lock(self.m_);
+      taken = self.head_;
+      for (list_waiter* w = taken; w != nullptr; w = w->next) w->linked = false;
+      self.head_ = self.tail_ = nullptr;
+      self.count_.store(0, std::memory_order_relaxed);  // relaxed: as in remove()
+    }
+    while (taken != nullptr) {
+      list_waiter* next = taken->next;  // before the wake: a woken waiter may be gone at once
+      taken->wake(*taken);
+      taken = next;
+    }
+  }
+
+  std::mutex m_;
+  list_waiter* head_ = nullptr;  // guarded by m_, as are tail_ and parker_
+  list_waiter* tail_ = nullptr;
+  parker* parker_ = nullptr;
+  // How many are linked: written under m_, read without it by notifiers (the handshake).
+  std::atomic<std::size_t> count_{0};
+};
+
+}  // namespace tether::detail
+
 // ---- tether/bounded_mpsc_queue.hpp ------------------------------------------
 // tether/bounded_mpsc_queue.hpp - fixed-capacity ring: many producers, one consumer,
 // backpressure.
@@ -1170,6 +1281,7 @@ template <class T>
 class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T> {
   using base = detail::consumer_ops<bounded_mpsc_queue<T>, T>;
   friend base;
+  friend struct detail::source_access;  // room_* for producers that await room (coroutine.hpp)
   static_assert(std::is_nothrow_destructible_v<T>, "tether::bounded_mpsc_queue<T>: T's destructor must not throw");
   static_assert(std::is_move_constructible_v<T>, "tether::bounded_mpsc_queue<T>: T must be move-constructible");
 
@@ -1512,6 +1624,9 @@ class bounded_mpsc_queue : public detail::consumer_ops<bounded_mpsc_queue<T>, T>
   alignas(detail::cache_line) std::atomic<bool> closed_{false};
   detail::parker consumer_wait_;  // the consumer waits for items
   alignas(detail::cache_line) detail::parker space_wait_;     // producers wait for room
+  // Suspended producers (coroutines) waiting for room: space_wait_'s listener once the first
+  // one waits; until then a notify pays nothing for it.
+  detail::waiter_list room_waiters_;
 };
 
 }  // namespace tether
@@ -2460,10 +2575,12 @@ typename mpsc_queue<T>::producer mpsc_queue<T>::make_producer() {
 // condition (an item is ready, or closed and drained), and for channel endpoints the
 // receiving direction and the shared state that keeps it alive. For an adopting executor it also
 // needs the task queue (whose consumer is the owner), the earliest delayed-task deadline and
-// a bounded try_run(). The sources befriend this one struct instead of exposing those to every
-// user.
+// a bounded try_run(). A coroutine that awaits room in a bounded queue (coroutine.hpp) needs
+// the producers' parker, the list of suspended producers and their condition, and for channel
+// endpoints the sending direction. The sources befriend this one struct instead of exposing
+// those to every user.
 //
-// Who may call what: watched_ready() is a consumer-side call (the thread that receives from
+// Who may call what: room_ready() - any producer; watched_ready() is a consumer-side call (the thread that receives from
 // the source); executor_next_deadline() and executor_poll() - the executor's owner thread
 // only (its timer heap is owner-only); the others only read members that never change after
 // construction.
@@ -2487,10 +2604,30 @@ struct source_access {
     return q.watched_ready();
   }
 
+  // ---- room in a bounded queue, for producers that await it (coroutine.hpp) ----
+  // The parker producers wait on, the list of suspended ones hung on it, and their condition
+  // (the tail slot is free, or closed: seq_cst loads, the re-check half of the handshake).
+  template <class Queue>
+  static parker& room_parker(Queue& q) noexcept {
+    return q.space_wait_;
+  }
+  template <class Queue>
+  static waiter_list& room_waiters(Queue& q) noexcept {
+    return q.room_waiters_;
+  }
+  template <class Queue>
+  static bool room_ready(const Queue& q) noexcept {
+    return q.tail_ready();
+  }
+
   // ---- channel endpoints (channel.hpp) ----
   template <class Endpoint>
   static auto& rx_direction(Endpoint& e) noexcept {
     return e.rx_direction();
+  }
+  template <class Endpoint>
+  static auto& tx_direction(Endpoint& e) noexcept {
+    return *e.tx_;
   }
   template <class Endpoint>
   static std::shared_ptr<void> shared_state(const Endpoint& e) noexcept {
@@ -2621,6 +2758,10 @@ class channel_direction {
     if (auto* q = std::get_if<0>(&q_)) return q->size_approx();
     return std::get_if<1>(&q_)->size_approx();
   }
+
+  // The bounded queue, or null when unbounded (a push never waits then): for a producer that
+  // awaits room (coroutine.hpp).
+  bounded_mpsc_queue<T>* bounded() noexcept { return std::get_if<1>(&q_); }
 
   // For a poller (select.hpp): see detail/select/source_access.hpp.
   parker& watched_parker() noexcept {
@@ -2909,7 +3050,6 @@ std::pair<endpoint<A, B>, endpoint<B, A>> make_channel(std::size_t capacity) {
 #include <array>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <string_view>
 #include <typeinfo>
 #include <unordered_set>
@@ -7601,6 +7741,93 @@ class readable : parker_listener {
 
 }  // namespace tether::detail
 
+// ---- tether/detail/coro/room.hpp --------------------------------------------
+// tether/detail/coro/room.hpp - suspend a frame until a bounded queue has room for a push.
+//
+// Producers are many, so an awaiting producer cannot take the parker's one listener slot as
+// an awaiting consumer does (readable.hpp): it links itself into the queue's waiter_list
+// (detail/wait/waiter_list.hpp), which hangs on the producers' parker. The consumer's next
+// wake of producers (it freed a batch of slots, or found the queue empty) or the close takes
+// the whole list and resumes every frame on its home (resume_on); each tries its push again
+// and waits again if another producer took the room first. A stop request unlinks the frame
+// and resumes it.
+//
+// Exactly once: whoever unlinks the frame resumes it - a notifier, the stop callback, or the
+// frame itself when its re-check after linking already finds room (then it does not suspend).
+//
+// Who may call what: the awaiter - the awaiting frame (any number of them on one queue);
+// woken() - a notifier; the stop callback - whoever requests the stop.
+// Memory ordering: the waiter_list's lock decides who unlinks (and so resumes) the frame; the
+// resumption is an executor hand-over. The link and re-check are the parker handshake
+// (heavy_fence() here, the notifier's fence in notify_*()).
+
+
+
+namespace tether::detail {
+
+template <class Queue>
+class room_in : list_waiter {
+ public:
+  explicit room_in(Queue& q) noexcept : q_(q) { wake = &woken; }
+  room_in(const room_in&) = delete;
+  room_in& operator=(const room_in&) = delete;
+  ~room_in() { let_go(); }
+
+  bool await_ready() const noexcept { return false; }
+
+  template <class P>
+  bool await_suspend(std::coroutine_handle<P> h) {
+    static_assert(is_chained<P>, "tether: co_await this inside a tether::task");
+    chain_ = h.promise().chain;
+    frame_ = h;
+    waiting_ = true;
+    waiter_list& list = source_access::room_waiters(q_);
+    if (!list.add(source_access::room_parker(q_), *this)) {
+      waiting_ = false;
+      throw std::logic_error("tether: co_push / co_send: the queue's producer parker carries another listener");
+    }
+    heavy_fence();  // the waiter's half of the handshake: the re-check below sees any room we missed
+    if (source_access::room_ready(q_)) return !list.remove(*this);  // not removed: a notifier resumes us
+    // Called at once when stop is already requested: the resumption queues behind this task.
+    if (chain_->token.stop_possible()) stop_.emplace(chain_->token, stop_fire{this});
+    return true;
+  }
+
+  void await_resume() noexcept { let_go(); }
+
+ private:
+  struct stop_fire {
+    room_in* self;
+    void operator()() noexcept {
+      if (source_access::room_waiters(self->q_).remove(*self)) resume_on(*self->chain_, self->frame_, false);
+    }
+  };
+
+  // A notifier took us off the list: ours alone to resume. Not destroyed here when the home is
+  // gone (resume_on, destroy_orphan): this runs inside the consumer's push or pop.
+  static void woken(list_waiter& w) noexcept {
+    auto& self = static_cast<room_in&>(w);
+    resume_on(*self.chain_, self.frame_, false);
+  }
+
+  void let_go() noexcept {
+    stop_.reset();  // waits out a stop callback running elsewhere
+    // Resumed, so unlinked already; still linked only if the frame is destroyed while it waits.
+    if (waiting_) {
+      waiting_ = false;
+      source_access::room_waiters(q_).remove(*this);
+    }
+  }
+
+  Queue& q_;
+  coro_chain* chain_ = nullptr;
+  std::coroutine_handle<> frame_;
+  bool waiting_ = false;  // between await_suspend and let_go: the frame's own
+  std::optional<std::stop_callback<stop_fire>> stop_;
+};
+
+}  // namespace tether::detail
+
 // ---- tether/select.hpp ------------------------------------------------------
 // tether/select.hpp - wait on many receivers at once: tether::poller and tether::select.
 //
@@ -7935,7 +8162,8 @@ pop_result<std::size_t> select_until(const std::chrono::time_point<Clock, Durati
 // task and every task it awaits form a chain that runs on one executor at a time, its home:
 // spawn() sets it, schedule(ex) moves it, and every await resumes there - co_call(ex, f) runs
 // f on ex's owner and comes back home with the value or the exception; co_pop(q) /
-// co_recv(ep) take a queue's or channel endpoint's next item without blocking a thread. An
+// co_recv(ep) take a queue's or channel endpoint's next item, co_push(bq, v) / co_send(ep, v)
+// wait for room in a bounded queue or channel, without blocking a thread. An
 // adopted executor can be a home too (its owner runs the frames in its run family, e.g.
 // from a GUI loop).
 //
@@ -8499,6 +8727,58 @@ tether::task<pop_result<T>> co_pop(receiver<T>& r) {
 template <class S, class R>
 tether::task<pop_result<R>> co_recv(endpoint<S, R>& e) {
   return detail::receive<R>(e, [](endpoint<S, R>& s) { return s.try_recv(); });
+}
+
+namespace detail {
+
+// The queue a full sender waits on for room: the bounded queue itself, or a channel
+// direction's (only a bounded one is ever full).
+template <class T>
+bounded_mpsc_queue<T>& room_queue(bounded_mpsc_queue<T>& q) noexcept { return q; }
+template <class T>
+bounded_mpsc_queue<T>& room_queue(channel_direction<T>& d) noexcept { return *d.bounded(); }
+
+// The awaited push: try it; when full, suspend until the consumer makes room (or the queue
+// closes, or the chain's stop is requested) and try again. v is used only by the push that
+// succeeds.
+template <class T, class Tx, class V>
+tether::task<push_result> send_with_room(Tx& tx, V&& v) {
+  for (;;) {
+    push_result r = tx.try_push(std::forward<V>(v));  // full: v untouched
+    if (r.status() != status::full) co_return r;
+    tether::get_stop_token ask;
+    const std::stop_token token = co_await ask;
+    if (token.stop_requested()) co_return status::cancelled;
+    room_in<bounded_mpsc_queue<T>> wait(room_queue(tx));  // named: see run_root
+    co_await wait;
+  }
+}
+
+}  // namespace detail
+
+// Awaitables: push v into a bounded queue (or send it on a channel endpoint), waiting without
+// a thread while it is full - push_result ok, closed, or cancelled when the chain's stop is
+// requested first; on every outcome but ok v is untouched (moved from only by the push that
+// succeeds), so the caller keeps what was not delivered. Any number of frames (and threads)
+// may wait for room on one queue; each wake-up of the producers resumes them all and each
+// tries again. v is taken by reference: co_await the task in the expression that creates it
+// (as `co_await co_push(q, std::move(m))`), so that v outlives the await. The queue (the
+// channel) must outlive the await. An unbounded channel never waits.
+template <class T>
+tether::task<push_result> co_push(bounded_mpsc_queue<T>& q, std::type_identity_t<T>&& v) {
+  return detail::send_with_room<T>(q, std::move(v));
+}
+template <class T>
+tether::task<push_result> co_push(bounded_mpsc_queue<T>& q, const std::type_identity_t<T>& v) {
+  return detail::send_with_room<T>(q, v);
+}
+template <class S, class R>
+tether::task<push_result> co_send(endpoint<S, R>& e, std::type_identity_t<S>&& v) {
+  return detail::send_with_room<S>(detail::source_access::tx_direction(e), std::move(v));
+}
+template <class S, class R>
+tether::task<push_result> co_send(endpoint<S, R>& e, const std::type_identity_t<S>& v) {
+  return detail::send_with_room<S>(detail::source_access::tx_direction(e), v);
 }
 
 namespace detail {

@@ -1,7 +1,9 @@
 // Stress tests for coroutine.hpp: thousands of sessions awaiting calls on one runtime while
 // stop requests race the calls' completion (every call runs at most once, and exactly when
 // its session saw its result); homes stopped with cancel under suspended chains (every frame
-// destroyed exactly once, every starter told).
+// destroyed exactly once, every starter told); frames and threads pushing into one small
+// bounded queue while stop requests race the room (every item delivered once or handed back).
+#include <tether/bounded_mpsc_queue.hpp>
 #include <tether/coroutine.hpp>
 #include <tether/executor.hpp>
 
@@ -139,4 +141,85 @@ TEST_CASE("homes stopped with cancel under suspended chains: frames destroyed on
   CHECK(values <= ran.load());  // calls whose chain was destroyed ran, but their value went nowhere
   CHECK(counted::live.load() == live_before);
   CHECK(counted::destroyed_twice.load() == 0);
+}
+
+TEST_CASE("frames and threads racing for room in a small bounded queue under stop requests: every item once",
+          "[coroutine][send][stress]") {
+  const std::uint64_t frames = scaled(1000, 100);
+  constexpr std::uint64_t threads = 2;
+  const std::uint64_t per_producer = scaled(200, 50);
+  tether::bounded_mpsc_queue<std::uint64_t> q(8);
+  tether::executor home_a{{.name = "home-a"}}, home_b{{.name = "home-b"}};
+  std::vector<std::stop_source> stops(frames);
+  // Per producer: items pushed (ok) and whether it was cancelled; frames write their own entry.
+  std::vector<std::uint64_t> pushed(frames + threads, 0);
+  std::atomic<std::uint64_t> cancelled{0}, handed_back{0}, wrong_thread{0};
+
+  auto produce = [&](std::uint64_t id, tether::executor& home) -> tether::task<void> {
+    for (std::uint64_t i = 0; i < per_producer; ++i) {
+      std::uint64_t item = id << 32 | i;
+      const tether::push_result r = co_await tether::co_push(q, item);
+      if (!home.running_in_this_thread()) wrong_thread.fetch_add(1);
+      if (r.status() == tether::status::ok) {
+        ++pushed[id];
+        continue;
+      }
+      if (r.status() == tether::status::cancelled && item == (id << 32 | i)) handed_back.fetch_add(1);
+      cancelled.fetch_add(1);
+      break;
+    }
+  };
+
+  // The consumer: every item once, each producer's in order.
+  std::vector<std::uint64_t> next(frames + threads, 0);
+  std::uint64_t taken = 0, out_of_order = 0;
+  std::atomic<bool> producers_done{false};
+  std::jthread consumer([&] {
+    for (;;) {
+      auto r = q.pop_for(1ms);
+      if (!r) {
+        if (producers_done.load() && !q.try_pop()) break;  // nothing can be left: all finished
+        continue;
+      }
+      const std::uint64_t id = *r >> 32, seq = *r & 0xffffffffu;
+      if (seq != next[id]) ++out_of_order;
+      next[id] = seq + 1;
+      ++taken;
+      if (taken % 64 == 0) std::this_thread::sleep_for(20us);  // let the ring fill up
+    }
+  });
+  std::vector<std::future<void>> fs;
+  for (std::uint64_t f = 0; f < frames; ++f)
+    fs.push_back(tether::spawn(f % 2 ? home_a : home_b, produce(f, f % 2 ? home_a : home_b), stops[f].get_token()));
+  std::vector<std::jthread> plain;
+  for (std::uint64_t t = 0; t < threads; ++t)
+    plain.emplace_back([&, id = frames + t] {
+      for (std::uint64_t i = 0; i < per_producer; ++i) {
+        if (q.push(id << 32 | i)) ++pushed[id];
+      }
+    });
+  std::jthread stopper([&] {
+    std::mt19937 rng(777);
+    for (std::uint64_t i = 0; i < frames / 4; ++i) {
+      stops[rng() % frames].request_stop();
+      std::this_thread::sleep_for(20us);
+    }
+  });
+  stopper.join();
+  for (auto& f : fs) f.get();
+  for (auto& t : plain) t.join();
+  producers_done.store(true);
+  consumer.join();
+
+  std::uint64_t total = 0;
+  for (std::uint64_t id = 0; id < frames + threads; ++id) {
+    total += pushed[id];
+    CHECK(next[id] == pushed[id]);  // the consumer saw exactly the items pushed, no more, no fewer
+  }
+  CHECK(taken == total);
+  CHECK(out_of_order == 0);
+  CHECK(wrong_thread == 0);
+  CHECK(handed_back == cancelled);
+  CHECK(cancelled > 0);
+  CHECK(total > 0);
 }

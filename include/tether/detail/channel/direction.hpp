@@ -95,6 +95,10 @@ class channel_direction {
     return std::get_if<1>(&q_)->size_approx();
   }
 
+  // The bounded queue, or null when unbounded (a push never waits then): for a producer that
+  // awaits room (coroutine.hpp).
+  bounded_mpsc_queue<T>* bounded() noexcept { return std::get_if<1>(&q_); }
+
   // For a poller (select.hpp): see detail/select/source_access.hpp.
   parker& watched_parker() noexcept {
     return with_queue([](auto& q) -> parker& { return source_access::watched_parker(q); });

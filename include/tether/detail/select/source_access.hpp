@@ -6,10 +6,12 @@
 // condition (an item is ready, or closed and drained), and for channel endpoints the
 // receiving direction and the shared state that keeps it alive. For an adopting executor it also
 // needs the task queue (whose consumer is the owner), the earliest delayed-task deadline and
-// a bounded try_run(). The sources befriend this one struct instead of exposing those to every
-// user.
+// a bounded try_run(). A coroutine that awaits room in a bounded queue (coroutine.hpp) needs
+// the producers' parker, the list of suspended producers and their condition, and for channel
+// endpoints the sending direction. The sources befriend this one struct instead of exposing
+// those to every user.
 //
-// Who may call what: watched_ready() is a consumer-side call (the thread that receives from
+// Who may call what: room_ready() - any producer; watched_ready() is a consumer-side call (the thread that receives from
 // the source); executor_next_deadline() and executor_poll() - the executor's owner thread
 // only (its timer heap is owner-only); the others only read members that never change after
 // construction.
@@ -26,6 +28,7 @@
 #include "../queue/consumer_ops.hpp"
 #include "../platform/futex.hpp"
 #include "../wait/parker.hpp"
+#include "../wait/waiter_list.hpp"
 
 namespace tether::detail {
 
@@ -40,10 +43,30 @@ struct source_access {
     return q.watched_ready();
   }
 
+  // ---- room in a bounded queue, for producers that await it (coroutine.hpp) ----
+  // The parker producers wait on, the list of suspended ones hung on it, and their condition
+  // (the tail slot is free, or closed: seq_cst loads, the re-check half of the handshake).
+  template <class Queue>
+  static parker& room_parker(Queue& q) noexcept {
+    return q.space_wait_;
+  }
+  template <class Queue>
+  static waiter_list& room_waiters(Queue& q) noexcept {
+    return q.room_waiters_;
+  }
+  template <class Queue>
+  static bool room_ready(const Queue& q) noexcept {
+    return q.tail_ready();
+  }
+
   // ---- channel endpoints (channel.hpp) ----
   template <class Endpoint>
   static auto& rx_direction(Endpoint& e) noexcept {
     return e.rx_direction();
+  }
+  template <class Endpoint>
+  static auto& tx_direction(Endpoint& e) noexcept {
+    return *e.tx_;
   }
   template <class Endpoint>
   static std::shared_ptr<void> shared_state(const Endpoint& e) noexcept {
