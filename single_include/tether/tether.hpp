@@ -429,6 +429,15 @@ inline constexpr int spin_yields = 4;
 // A sleep this long means the waiter was idle, not between two hand-offs: its next wait
 // skips the spin (see park_until).
 inline constexpr std::chrono::microseconds long_wait{100};
+// After a spin that failed although the wait was short (the condition came while the waiter
+// yielded or slept: the thread it waited for needed its core), this many waits sleep at once
+// before one probes with a spin again; each failed probe doubles the count, up to the most.
+inline constexpr std::uint16_t first_spin_skips = 1;
+inline constexpr std::uint16_t max_spin_skips = 1024;
+// The skip count after one more failed spin, given the last one set (0: the last spin caught).
+inline constexpr std::uint16_t next_spin_skips(std::uint16_t last) noexcept {
+  return last == 0 ? first_spin_skips : static_cast<std::uint16_t>(last < max_spin_skips / 2 ? last * 2 : max_spin_skips);
+}
 // Pauses between the first two re-checks, and the most between any two.
 inline constexpr int spin_pause_first = 4;
 inline constexpr int spin_pause_max = 8;
@@ -500,12 +509,29 @@ class parker {
 
   bool has_waiters() const noexcept { return waiters_.load(std::memory_order_seq_cst) != 0; }
 
-  // Whether the next park_until() spins first (the last wait was short). relaxed: a hint that
-  // orders nothing; waiters may race on it harmlessly. Written only when it changes, as it
-  // shares the line notifiers read.
-  bool spin_hint() const noexcept { return spin_hint_.load(std::memory_order_relaxed); }
-  void set_spin_hint(bool on) noexcept {
-    if (spin_hint_.load(std::memory_order_relaxed) != on) spin_hint_.store(on, std::memory_order_relaxed);
+  // Whether the next park_until() spins first: the last wait was short, and no spin failed
+  // lately (see after_sleep). relaxed, here and below: a hint that orders nothing; waiters may
+  // race on it harmlessly. Written only when it changes, as it shares the line notifiers read.
+  bool spin_hint() const noexcept {
+    return spin_hint_.load(std::memory_order_relaxed) && spin_skips_.load(std::memory_order_relaxed) == 0;
+  }
+  void set_spin_hint(bool on) noexcept { store_if_changed(spin_hint_, on); }
+  // A spin caught the condition in its pause phase: spinning pays here.
+  void spin_caught() noexcept { store_if_changed(spin_skip_step_, std::uint16_t{0}); }
+  // After a sleep: short - it was shorter than long_wait; spin_failed - a spin came before it
+  // (or ended in its yields). A short wait that a spin did not catch means the thread we wait
+  // for needed our core: the next first_spin_skips waits sleep at once (doubling for each
+  // failed probe, up to max_spin_skips). A wait that skipped its spin counts one off.
+  void after_sleep(bool short_wait, bool spun, bool spin_failed) noexcept {
+    set_spin_hint(short_wait);
+    if (spin_failed && short_wait) {
+      const std::uint16_t next = next_spin_skips(spin_skip_step_.load(std::memory_order_relaxed));
+      spin_skip_step_.store(next, std::memory_order_relaxed);
+      spin_skips_.store(next, std::memory_order_relaxed);
+    } else if (!spun) {
+      if (const std::uint16_t left = spin_skips_.load(std::memory_order_relaxed); left > 0)
+        spin_skips_.store(static_cast<std::uint16_t>(left - 1), std::memory_order_relaxed);
+    }
   }
 
   // Attaches l: from now on every notify_*() also calls l.on_notify. Returns false (and
@@ -539,6 +565,11 @@ class parker {
 
   void call_listener() noexcept;
 
+  template <class V>
+  static void store_if_changed(std::atomic<V>& a, V v) noexcept {
+    if (a.load(std::memory_order_relaxed) != v) a.store(v, std::memory_order_relaxed);  // relaxed: hints
+  }
+
   // Written by waiters (announce / retire), read by every notifier.
   std::atomic<std::uint32_t> waiters_{0};
   // Bumped by notifiers that found a waiter; the futex word waiters sleep on.
@@ -549,6 +580,8 @@ class parker {
   std::atomic<parker_listener*> listener_{nullptr};
   const bool symmetric_ = false;  // fences::symmetric
   std::atomic<bool> spin_hint_{true};  // see spin_hint()
+  std::atomic<std::uint16_t> spin_skips_{0};      // waits left that skip the spin (after_sleep)
+  std::atomic<std::uint16_t> spin_skip_step_{0};  // the last count set; 0: the last spin caught
 };
 
 // park_until without the spin, for waits known to be long (a caller with tasks queued
@@ -569,8 +602,20 @@ bool park_now(parker& p, Ready&& ready, steady_time deadline) {
   }
 }
 
-// What the spin phase of a wait ended with.
-enum class spun : std::uint8_t { ready, timeout, sleep };
+// The spin phase's pause loop (below), one step per re-check.
+inline constexpr int next_spin_pause(int pause) noexcept { return pause < spin_pause_max ? pause * 2 : pause; }
+
+// How many times spin_phase() checks its condition in its pause phase (it then yields a few
+// times, checking again, before it parks).
+constexpr int park_spin_checks() {
+  int n = 0;
+  for (int i = 0, pause = spin_pause_first; i < spin_limit; i += pause, pause = next_spin_pause(pause)) ++n;
+  return n;
+}
+
+// What the spin phase of a wait ended with: ready in its pause phase, ready only once it
+// yielded its core (the thread we waited for needed it), the deadline, or go to sleep.
+enum class spun : std::uint8_t { ready, ready_after_yield, timeout, sleep };
 
 // The spin phase: re-check ready() with CPU pauses (exponential backoff; most hand-offs end
 // here), then yield the core a few times (a preempted peer may be waiting for it).
@@ -579,8 +624,7 @@ spun spin_phase(Ready& ready, steady_time deadline) {
   const bool timed = deadline != no_deadline;
   // Re-checks back off exponentially: each check may pull a cache line the other side is
   // writing, so polling it flat out would slow down the very producer we wait for.
-  for (int i = 0, pause = spin_pause_first; i < spin_limit;
-       i += pause, pause = pause < spin_pause_max ? pause * 2 : pause) {
+  for (int i = 0, pause = spin_pause_first; i < spin_limit; i += pause, pause = next_spin_pause(pause)) {
     if (ready()) return spun::ready;
     if (timed && std::chrono::steady_clock::now() >= deadline) return spun::timeout;
     for (int k = 0; k < pause; ++k) cpu_relax();
@@ -588,7 +632,7 @@ spun spin_phase(Ready& ready, steady_time deadline) {
   // On an oversubscribed machine the thread we wait for may be runnable but not running:
   // offer it our core a few times before paying for a sleep.
   for (int i = 0; i < spin_yields; ++i) {
-    if (ready()) return spun::ready;
+    if (ready()) return spun::ready_after_yield;
     if (timed && std::chrono::steady_clock::now() >= deadline) return spun::timeout;
     std::this_thread::yield();
   }
@@ -601,19 +645,28 @@ spun spin_phase(Ready& ready, steady_time deadline) {
 template <class Ready>
 bool park_spinning(parker& p, Ready&& ready, steady_time deadline) {
   switch (spin_phase(ready, deadline)) {
-    case spun::ready: return true;
+    case spun::ready:
+    case spun::ready_after_yield: return true;
     case spun::timeout: return false;
     default: return park_now(p, ready, deadline);
   }
 }
 
-// Steps 2 and 3 of park_until (below): sleep, and set the spin hint from how long it took.
+// Steps 2 and 3 of park_until (below): sleep, and set the spin hint from how long it took
+// and whether a spin came first (spun).
 template <class Ready>
-bool park_after_spin(parker& p, Ready& ready, steady_time deadline) {
+bool park_after_spin(parker& p, Ready& ready, steady_time deadline, bool spun_first) {
   const auto t0 = std::chrono::steady_clock::now();
   const bool r = park_now(p, ready, deadline);
-  p.set_spin_hint(std::chrono::steady_clock::now() - t0 < long_wait);
+  p.after_sleep(std::chrono::steady_clock::now() - t0 < long_wait, spun_first, spun_first && r);
   return r;
+}
+
+// A spin phase that ended ready: in its pause phase the spin paid (the hint stays on); only
+// after yielding, it failed (after_sleep, as if it had slept a short while).
+inline void note_spin_ready(parker& p, spun s) noexcept {
+  if (s == spun::ready) p.spin_caught();
+  else p.after_sleep(true, true, true);
 }
 
 // The single deadline loop behind every blocking call. Returns ready()'s verdict: true as
@@ -622,20 +675,24 @@ bool park_after_spin(parker& p, Ready& ready, steady_time deadline) {
 // Outline:
 //   1. spin (spin_phase) - unless the parker's last wait outlasted the spin by far: a waiter
 //      that is mostly idle gains nothing from spinning, and on virtual machines a thread
-//      that spins before each sleep also wakes slower (docs/design/queue_measurements.md);
+//      that spins before each sleep also wakes slower (docs/design/queue_measurements.md) -
+//      or a spin failed lately (see parker::after_sleep);
 //   2. park_now(): prepare_wait(), re-check (the handshake), sleep until notified or the
 //      deadline; woken: re-check; a spurious or stale wake-up goes round again;
-//   3. a sleep shorter than long_wait turns the spin (back) on, a longer one off.
+//   3. a sleep shorter than long_wait turns the spin (back) on, a longer one off; a short
+//      one after a spin, or a spin that ended only after yielding, skips the next spins.
 template <class Ready>
 bool park_until(parker& p, Ready&& ready, steady_time deadline) {
-  if (p.spin_hint()) {
-    switch (spin_phase(ready, deadline)) {
-      case spun::ready: return true;
+  const bool spin = p.spin_hint();
+  if (spin) {
+    switch (const spun s = spin_phase(ready, deadline)) {
+      case spun::ready:
+      case spun::ready_after_yield: note_spin_ready(p, s); return true;
       case spun::timeout: return false;
       default: break;
     }
   }
-  return park_after_spin(p, ready, deadline);
+  return park_after_spin(p, ready, deadline, spin);
 }
 
 // What a queue's one consumer remembers between its waits to tell a stream from a
@@ -662,7 +719,7 @@ bool park_until_streaming(parker& p, Ready&& ready, steady_time deadline, stream
   w.taken_at_wait = taken;
   if (!p.spin_hint()) {
     w.quick_waits = 0;
-    return park_after_spin(p, ready, deadline);
+    return park_after_spin(p, ready, deadline, false);
   }
   if (w.streaming && (deadline == no_deadline || std::chrono::steady_clock::now() < deadline))
     for (int k = 0; k < stream_pause; ++k) cpu_relax();
@@ -675,10 +732,11 @@ bool park_until_streaming(parker& p, Ready&& ready, steady_time deadline, stream
   }
   w.quick_waits = 0;
   w.streaming = false;
-  switch (spin_phase(ready, deadline)) {
-    case spun::ready: return true;
+  switch (const spun s = spin_phase(ready, deadline)) {
+    case spun::ready:
+    case spun::ready_after_yield: note_spin_ready(p, s); return true;
     case spun::timeout: return false;
-    default: return park_after_spin(p, ready, deadline);
+    default: return park_after_spin(p, ready, deadline, true);
   }
 }
 
@@ -4534,15 +4592,8 @@ class wake_fd {
 
 namespace tether::detail {
 
-// How many times spin_phase() checks its condition in its pause phase (it then yields a few
-// times, checking again, before it parks): mirrors the loop in parker.hpp. The owner's idle
-// wait uses park() (never the adaptive park_until), so every spin phase runs in full.
-constexpr int park_spin_checks() {
-  int n = 0;
-  for (int i = 0, pause = spin_pause_first; i < spin_limit; i += pause, pause = pause < spin_pause_max ? pause * 2 : pause)
-    ++n;
-  return n;
-}
+// The owner's idle wait uses park() (never the adaptive park_until), so every spin phase runs
+// in full: park_spin_checks() (parker.hpp) re-checks, then the yields.
 
 // A destruction that needs no allocation to hand over: the node lives in the object to be
 // destroyed (confined<T> keeps one beside its T), and destroy(node) frees both.
@@ -4881,13 +4932,14 @@ class executor_core {
       return !r.is_timeout();
     }
     // Spin only while idle periods stay short (after one that outlasted the spin, park at
-    // once) and at most one caller is blocked in call(): with the queue empty, several
-    // callers in call() have all been answered and need cores to come back - a spinning
-    // owner would take one from the very threads that feed it.
+    // once), while spinning catches the work (see after_idle()), and while at most one caller
+    // is blocked in call(): with the queue empty, several callers in call() have all been
+    // answered and need cores to come back - a spinning owner would take one from the very
+    // threads that feed it.
     // Spinning, the flag is raised halfway through park_until's spin: short gaps between
     // tasks cost producers nothing, and it is up (before the parker's fence) when the owner
     // sleeps. Parking at once, it is raised first.
-    const bool spin = spin_when_idle_ && callers_.load(std::memory_order_relaxed) <= 1;  // relaxed: a hint
+    const bool spin = spin_when_idle_ && skip_spins_ == 0 && callers_.load(std::memory_order_relaxed) <= 1;  // relaxed: a hint
     const int raise_at = spin ? raise_asleep_at : 0;
     int checks = 0;
     // Stores only when needed, here and below: producers read this line on every push, and
@@ -4912,9 +4964,32 @@ class executor_core {
     // the owner got the core back: a slow wake-up must not keep the owner from spinning.
     const clock::rep woke = woken_at_.load(std::memory_order_relaxed);  // relaxed: as above
     const auto end = woke != 0 ? clock::time_point(clock::duration(woke)) : clock::now();
-    spin_when_idle_ = end - t0 < short_idle;
+    after_idle(spin, woken, checks <= detail::park_spin_checks(), end - t0 < short_idle);
     if (on_unpark_) run_hook(on_unpark_);
     return woken;
+  }
+
+  // Whether the next idle periods spin. A long period turns the spin off until a short one
+  // comes. A short period whose work arrived only after the pause phase (while the owner
+  // yielded or slept) means the spin failed: whoever brought the work needed the core the
+  // owner spun on (more runnable threads than cores: a thread pinned beside it, a preempted
+  // producer). Then the next skip_spins_ periods park at once; the one after probes with a
+  // spin, and each failed probe doubles the count (detail::next_spin_skips), so an owner
+  // that shares its core wastes a spin only now and then, and one whose spin catches work
+  // again spins every time.
+  void after_idle(bool spun, bool woken, bool caught_spinning, bool short_period) noexcept {
+    spin_when_idle_ = short_period;
+    if (!woken) return;  // a deadline, not work: says nothing about the spin
+    if (!spun) {
+      if (skip_spins_ > 0) --skip_spins_;
+      return;
+    }
+    if (caught_spinning) {
+      spin_skip_step_ = 0;
+    } else if (short_period) {
+      spin_skip_step_ = detail::next_spin_skips(spin_skip_step_);  // the parker's counts: the same trade-off
+      skip_spins_ = spin_skip_step_;
+    }
   }
 
   static constexpr int raise_asleep_at = detail::park_spin_checks() / 2;  // 0: before parking at all
@@ -5333,6 +5408,8 @@ class executor_core {
   alignas(detail::cache_line) detail::timer_heap timers_;
   detail::steady_time armed_deadline_ = detail::no_deadline;  // what fd_ is armed for
   bool spin_when_idle_ = true;  // the last idle period was short
+  std::uint16_t skip_spins_ = 0;      // idle periods left that park at once (after_idle)
+  std::uint16_t spin_skip_step_ = 0;  // the last count set; 0: the last spin caught its work
   bool in_run_ = false;   // inside run()/try_run() (or the own thread's loop)
   bool in_task_ = false;  // inside a task (inline calls then skip around_task)
 

@@ -329,6 +329,60 @@ TEST_CASE("park_until_streaming: quick waits in a row mark a stream; a single it
   }
 }
 
+TEST_CASE("park_until: a spin that catches nothing until it yields skips the next spins, doubling per failed probe",
+          "[parker][spin]") {
+  using tether::detail::first_spin_skips;
+  using tether::detail::max_spin_skips;
+  using tether::detail::park_spin_checks;
+  parker p;
+  REQUIRE(p.spin_hint());
+  // Ready only at the first check after the pause phase: the thread we waited for needed our core.
+  auto failed_spin = [&] {
+    int checks = 0;
+    return park_until(p, [&] { return ++checks > park_spin_checks(); }, no_deadline);
+  };
+  auto at_once = [&] { return park_until(p, [] { return true; }, no_deadline); };
+  // Waits that skip their spin until the hint comes back; returns how many.
+  auto skipped = [&] {
+    int n = 0;
+    while (!p.spin_hint() && n <= max_spin_skips) {
+      CHECK(at_once());
+      ++n;
+    }
+    return n;
+  };
+
+  CHECK(at_once());  // caught in the pause phase: the spin stays on
+  CHECK(p.spin_hint());
+  CHECK(failed_spin());
+  CHECK_FALSE(p.spin_hint());
+  CHECK(skipped() == first_spin_skips);
+  CHECK(failed_spin());  // the probe fails too: twice as many
+  CHECK(skipped() == 2 * first_spin_skips);
+  CHECK(at_once());  // a probe that catches: back to the first count after the next failure
+  CHECK(failed_spin());
+  CHECK(skipped() == first_spin_skips);
+  for (int i = 0; i < 12; ++i) {  // failures in a row stop doubling at the most
+    CHECK(failed_spin());
+    skipped();
+  }
+  CHECK(failed_spin());
+  CHECK(skipped() == max_spin_skips);
+
+  // A long sleep turns the spin off; the next short one turns it back on, no skips involved.
+  parker q;
+  std::atomic<bool> flag{false};
+  std::jthread setter([&] {
+    std::this_thread::sleep_for(2ms);
+    flag.store(true);
+    q.notify_all();
+  });
+  CHECK(park_until(q, [&] { return flag.load(); }, no_deadline));
+  CHECK_FALSE(q.spin_hint());
+  CHECK(park_until(q, [] { return true; }, no_deadline));
+  CHECK(q.spin_hint());
+}
+
 // A producer streaming into a consumer that keeps catching up (the case the streaming wait is
 // for): every wait, paused or not, ends by seeing the next value, never by its deadline.
 TEST_CASE("park_until_streaming loses no wake-up while a producer streams", "[parker][stream][lost_wakeup]") {

@@ -58,15 +58,8 @@
 
 namespace tether::detail {
 
-// How many times spin_phase() checks its condition in its pause phase (it then yields a few
-// times, checking again, before it parks): mirrors the loop in parker.hpp. The owner's idle
-// wait uses park() (never the adaptive park_until), so every spin phase runs in full.
-constexpr int park_spin_checks() {
-  int n = 0;
-  for (int i = 0, pause = spin_pause_first; i < spin_limit; i += pause, pause = pause < spin_pause_max ? pause * 2 : pause)
-    ++n;
-  return n;
-}
+// The owner's idle wait uses park() (never the adaptive park_until), so every spin phase runs
+// in full: park_spin_checks() (parker.hpp) re-checks, then the yields.
 
 // A destruction that needs no allocation to hand over: the node lives in the object to be
 // destroyed (confined<T> keeps one beside its T), and destroy(node) frees both.
@@ -405,13 +398,14 @@ class executor_core {
       return !r.is_timeout();
     }
     // Spin only while idle periods stay short (after one that outlasted the spin, park at
-    // once) and at most one caller is blocked in call(): with the queue empty, several
-    // callers in call() have all been answered and need cores to come back - a spinning
-    // owner would take one from the very threads that feed it.
+    // once), while spinning catches the work (see after_idle()), and while at most one caller
+    // is blocked in call(): with the queue empty, several callers in call() have all been
+    // answered and need cores to come back - a spinning owner would take one from the very
+    // threads that feed it.
     // Spinning, the flag is raised halfway through park_until's spin: short gaps between
     // tasks cost producers nothing, and it is up (before the parker's fence) when the owner
     // sleeps. Parking at once, it is raised first.
-    const bool spin = spin_when_idle_ && callers_.load(std::memory_order_relaxed) <= 1;  // relaxed: a hint
+    const bool spin = spin_when_idle_ && skip_spins_ == 0 && callers_.load(std::memory_order_relaxed) <= 1;  // relaxed: a hint
     const int raise_at = spin ? raise_asleep_at : 0;
     int checks = 0;
     // Stores only when needed, here and below: producers read this line on every push, and
@@ -436,9 +430,32 @@ class executor_core {
     // the owner got the core back: a slow wake-up must not keep the owner from spinning.
     const clock::rep woke = woken_at_.load(std::memory_order_relaxed);  // relaxed: as above
     const auto end = woke != 0 ? clock::time_point(clock::duration(woke)) : clock::now();
-    spin_when_idle_ = end - t0 < short_idle;
+    after_idle(spin, woken, checks <= detail::park_spin_checks(), end - t0 < short_idle);
     if (on_unpark_) run_hook(on_unpark_);
     return woken;
+  }
+
+  // Whether the next idle periods spin. A long period turns the spin off until a short one
+  // comes. A short period whose work arrived only after the pause phase (while the owner
+  // yielded or slept) means the spin failed: whoever brought the work needed the core the
+  // owner spun on (more runnable threads than cores: a thread pinned beside it, a preempted
+  // producer). Then the next skip_spins_ periods park at once; the one after probes with a
+  // spin, and each failed probe doubles the count (detail::next_spin_skips), so an owner
+  // that shares its core wastes a spin only now and then, and one whose spin catches work
+  // again spins every time.
+  void after_idle(bool spun, bool woken, bool caught_spinning, bool short_period) noexcept {
+    spin_when_idle_ = short_period;
+    if (!woken) return;  // a deadline, not work: says nothing about the spin
+    if (!spun) {
+      if (skip_spins_ > 0) --skip_spins_;
+      return;
+    }
+    if (caught_spinning) {
+      spin_skip_step_ = 0;
+    } else if (short_period) {
+      spin_skip_step_ = detail::next_spin_skips(spin_skip_step_);  // the parker's counts: the same trade-off
+      skip_spins_ = spin_skip_step_;
+    }
   }
 
   static constexpr int raise_asleep_at = detail::park_spin_checks() / 2;  // 0: before parking at all
@@ -857,6 +874,8 @@ class executor_core {
   alignas(detail::cache_line) detail::timer_heap timers_;
   detail::steady_time armed_deadline_ = detail::no_deadline;  // what fd_ is armed for
   bool spin_when_idle_ = true;  // the last idle period was short
+  std::uint16_t skip_spins_ = 0;      // idle periods left that park at once (after_idle)
+  std::uint16_t spin_skip_step_ = 0;  // the last count set; 0: the last spin caught its work
   bool in_run_ = false;   // inside run()/try_run() (or the own thread's loop)
   bool in_task_ = false;  // inside a task (inline calls then skip around_task)
 
