@@ -255,6 +255,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     detail::blocking_call edge(me, owner_record_, owner_serial_, name_id_);  // before the walk
     check_cycle(me);
     detail::call_slot<R> slot;
+    slot.count_wakes_in(woken_callers_);  // see executor_core::pace_callers
     struct in_flight {
       std::atomic<std::uint32_t>& n;
       const bool alone;
@@ -485,6 +486,9 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       s.wait_time += std::chrono::duration_cast<std::chrono::nanoseconds>(
           std::max(clock::duration(0), clock::now().time_since_epoch() - clock::duration(since)));
     s.run_time = std::chrono::nanoseconds(run_ns_.load(std::memory_order_relaxed));  // relaxed: statistic
+    s.callers_blocked = callers_.load(std::memory_order_relaxed);      // relaxed: statistic
+    s.callers_woken = woken_callers_.load(std::memory_order_relaxed);  // relaxed: statistic
+    s.owner_yields = owner_yields_.load(std::memory_order_relaxed);    // relaxed: statistic
     if (metrics_) {
       s.metrics = true;
       s.queue_delay = metrics_->delay.summary(clock_->ns_per_tick);

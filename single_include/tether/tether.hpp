@@ -3475,8 +3475,13 @@ class operation_cancelled : public std::runtime_error {
 //
 // Memory ordering: [CS1] the release store of `done` publishes the result to the caller's
 // acquire/seq_cst loads in wait(); [CS2] the release store of `released` orders the
-// completer's last touch of the slot before the caller's acquire load, after which the
-// caller may destroy it.
+// completer's last touch of the slot (counted_ included) before the caller's acquire load,
+// after which the caller may destroy it.
+//
+// Woken callers: a slot given a counter (count_wakes_in) adds one to it when its completion
+// had to wake a sleeping caller, and that caller takes it off once it runs again. The owner
+// reads the count as the number of callers it answered that still wait for a core (see
+// executor_core::pace_callers).
 
 #include <exception>
 
@@ -3548,6 +3553,9 @@ class call_slot {
     complete();
   }
 
+  // Caller, before the call is queued: count a wake-up of this caller in `woken`.
+  void count_wakes_in(std::atomic<std::uint32_t>& woken) noexcept { woken_ = &woken; }
+
   // Caller: blocks until completed. spin: spin briefly before parking (the answer is
   // expected soon); else park at once (parker.hpp).
   void wait(bool spin) noexcept {
@@ -3555,6 +3563,7 @@ class call_slot {
     backoff b;
     // After `released`, nothing else touches the slot.
     while (state_.load(std::memory_order_acquire) != released) b.snooze();  // acquire: pairs with [CS2]
+    if (counted_) woken_->fetch_sub(1, std::memory_order_relaxed);  // relaxed: a count for a hint, publishes nothing
   }
 
   // Caller, after wait(): the result, or rethrows the exception.
@@ -3567,11 +3576,16 @@ class call_slot {
 
   void complete() noexcept {
     state_.store(done, std::memory_order_release);  // [CS1] release: publishes out_
-    parker_.notify_one();
+    if (parker_.notify_one() && woken_ != nullptr) {
+      woken_->fetch_add(1, std::memory_order_relaxed);  // relaxed: as in wait(); before [CS2], so never below 0
+      counted_ = true;
+    }
     state_.store(released, std::memory_order_release);  // [CS2] release: the completer's last touch
   }
 
   call_outcome<R> out_;
+  std::atomic<std::uint32_t>* woken_ = nullptr;  // set by the caller before queueing
+  bool counted_ = false;                          // written by the completer before [CS2]
   // Written by the completer (pending -> done -> released); read by the caller.
   std::atomic<std::uint32_t> state_{pending};
   // One wait per call, one notify per call: full fences on both sides beat a membarrier.
@@ -4037,6 +4051,9 @@ struct executor_stats {
   std::size_t timers_pending = 0;     // delayed tasks waiting for their deadline
   std::chrono::nanoseconds wait_time{0};  // owner parked, waiting for work
   std::chrono::nanoseconds run_time{0};   // owner running tasks
+  std::uint32_t callers_blocked = 0;  // threads blocked in call() now
+  std::uint32_t callers_woken = 0;    // of those, answered and waiting for a core to run again
+  std::uint64_t owner_yields = 0;     // times the owner gave its core to callers it had woken first
   // With executor_options::metrics (all zero without):
   bool metrics = false;               // the fields below are recorded
   latency_summary queue_delay{};      // per task: accepted (posted, or a delayed task due) -> started
@@ -4094,6 +4111,7 @@ inline std::string table_row(const char* name, const latency_summary& s) {
 
 // A small text table:
 //   tasks: 1200 run, 0 cancelled, 3 queued (max 57), 0 delayed; owner busy 12.3 ms, idle 1.02 s
+//   callers: 16 blocked, 4 woken; owner yielded to them 311 times
 //                    count       mean        p50        p90        p99        max
 //   queue delay       1200    4.21 us    3.58 us    8.19 us    28.7 us    102 us
 //   run time          1200    10.2 us    9.22 us    12.3 us    65.5 us    1.05 ms
@@ -4107,6 +4125,8 @@ inline std::string to_string(const executor_stats& s) {
   if (s.metrics) out += " (max " + std::to_string(s.queue_depth_max) + ")";
   out += ", " + std::to_string(s.timers_pending) + " delayed; owner busy " + detail::format_duration(s.run_time) +
          ", idle " + detail::format_duration(s.wait_time) + "\n";
+  out += "callers: " + std::to_string(s.callers_blocked) + " blocked, " + std::to_string(s.callers_woken) +
+         " woken; owner yielded to them " + std::to_string(s.owner_yields) + " times\n";
   if (!s.metrics) return out;
   std::snprintf(buf, sizeof buf, "%-11s %10s %10s %10s %10s %10s %10s\n", "", "count", "mean", "p50", "p90", "p99", "max");
   out += buf;
@@ -4132,6 +4152,8 @@ inline std::string to_json(const executor_stats& s) {
                 static_cast<long long>(s.wait_time.count()), static_cast<long long>(s.run_time.count()),
                 s.metrics ? "true" : "false");
   std::string out = buf;
+  out += ",\"callers_blocked\":" + std::to_string(s.callers_blocked) +
+         ",\"callers_woken\":" + std::to_string(s.callers_woken) + ",\"owner_yields\":" + std::to_string(s.owner_yields);
   out += ",\"queue_delay\":" + detail::json_summary(s.queue_delay);
   out += ",\"task_time\":" + detail::json_summary(s.task_time);
   out += ",\"queue_depth_max\":" + std::to_string(s.queue_depth_max);
@@ -4695,7 +4717,10 @@ class executor_core {
   struct call_job {
     call_job(const executor_core* e, std::remove_reference_t<F>* f, detail::call_slot<R>* s) noexcept : fn(f), slot(s), ex(e) {}
     call_job(call_job&& o) noexcept : fn(o.fn), slot(std::exchange(o.slot, nullptr)), ex(o.ex) {}
-    void operator()() { std::exchange(slot, nullptr)->run(std::forward<F>(*fn)); }
+    void operator()() {
+      ex->pace_callers();
+      std::exchange(slot, nullptr)->run(std::forward<F>(*fn));
+    }
     ~call_job() {
       if (slot == nullptr) return;
       try {
@@ -4995,6 +5020,29 @@ class executor_core {
   static constexpr int raise_asleep_at = detail::park_spin_checks() / 2;  // 0: before parking at all
   // An idle period this short would have ended inside park_until's spin.
   static constexpr std::chrono::microseconds short_idle{50};
+
+  // Before answering a call, on the owner: with many callers and few cores, a fast owner wakes
+  // callers faster than the cores can run them. The answered ones then wait to run in the
+  // kernel's run queue, in no order tether controls, and the unlucky ones for milliseconds:
+  // the tail latency of every caller. So while the callers it woke and that have not run yet
+  // number at least pace_floor() and an eighth of the callers in call(), the owner gives its
+  // core away once before it answers the next: callers then wait in the queue, which is
+  // first in, first out, and the run queue stays short. (Measured: bench/README.md,
+  // "Many callers".) A caller that spins is never counted, so one or two callers pay
+  // nothing but one load per call.
+  void pace_callers() const noexcept {
+    const std::uint32_t woken = woken_callers_.load(std::memory_order_relaxed);  // relaxed: a hint
+    if (woken >= pace_floor() && woken >= callers_.load(std::memory_order_relaxed) / 8) {  // relaxed: as above
+      std::this_thread::yield();
+      // relaxed: a statistic; owner-only writes, so no read-modify-write.
+      owner_yields_.store(owner_yields_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+  }
+  // Twice the cores: fewer woken callers than that can all run at once, or soon.
+  static std::uint32_t pace_floor() noexcept {
+    static const std::uint32_t floor = 2 * std::max(1u, std::thread::hardware_concurrency());
+    return floor;
+  }
 
   struct ready_step {
     std::size_t ran;
@@ -5390,6 +5438,10 @@ class executor_core {
   std::atomic<clock::rep> woken_at_{0};
   // Callers blocked in call() right now (a spin-or-park hint): written by each caller.
   alignas(detail::cache_line) std::atomic<std::uint32_t> callers_{0};
+  // Callers in call() whose answer woke them and who have not run since (pace_callers): raised
+  // by the owner's wake-up, lowered by the caller once it runs (call_slot::count_wakes_in).
+  std::atomic<std::uint32_t> woken_callers_{0};
+  mutable std::atomic<std::uint64_t> owner_yields_{0};  // pace_callers' yields: owner writes, stats() reads
   // Destructions handed over by defer_destroy(): pushed by any thread, emptied by the owner;
   // &deferred_closed_ once the owner finished.
   std::atomic<detail::deferred_destroy*> deferred_{nullptr};
@@ -5654,6 +5706,7 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
     detail::blocking_call edge(me, owner_record_, owner_serial_, name_id_);  // before the walk
     check_cycle(me);
     detail::call_slot<R> slot;
+    slot.count_wakes_in(woken_callers_);  // see executor_core::pace_callers
     struct in_flight {
       std::atomic<std::uint32_t>& n;
       const bool alone;
@@ -5884,6 +5937,9 @@ class TETHER_CAPABILITY("executor") executor : private detail::executor_core {
       s.wait_time += std::chrono::duration_cast<std::chrono::nanoseconds>(
           std::max(clock::duration(0), clock::now().time_since_epoch() - clock::duration(since)));
     s.run_time = std::chrono::nanoseconds(run_ns_.load(std::memory_order_relaxed));  // relaxed: statistic
+    s.callers_blocked = callers_.load(std::memory_order_relaxed);      // relaxed: statistic
+    s.callers_woken = woken_callers_.load(std::memory_order_relaxed);  // relaxed: statistic
+    s.owner_yields = owner_yields_.load(std::memory_order_relaxed);    // relaxed: statistic
     if (metrics_) {
       s.metrics = true;
       s.queue_delay = metrics_->delay.summary(clock_->ns_per_tick);

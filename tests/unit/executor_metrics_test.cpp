@@ -337,6 +337,7 @@ TEST_CASE("stats text and JSON forms", "[executor][metrics]") {
   CHECK(text.find("queue delay") != std::string::npos);
   CHECK(text.find("run time") != std::string::npos);
   CHECK(text.find("long tasks: 0") != std::string::npos);
+  CHECK(text.find("callers: 0 blocked, 0 woken; owner yielded to them 0 times") != std::string::npos);
   std::ostringstream os;
   os << s;
   CHECK(os.str() == text);
@@ -346,6 +347,7 @@ TEST_CASE("stats text and JSON forms", "[executor][metrics]") {
   CHECK(json.back() == '}');
   CHECK(json.find("\"tasks_run\":7") != std::string::npos);
   CHECK(json.find("\"metrics\":true") != std::string::npos);
+  CHECK(json.find("\"callers_blocked\":0,\"callers_woken\":0,\"owner_yields\":0") != std::string::npos);
   CHECK(json.find("\"queue_delay\":{\"count\":7,") != std::string::npos);
   CHECK(json.find("\"task_time\":{\"count\":7,") != std::string::npos);
   int depth = 0, max_depth = 0;

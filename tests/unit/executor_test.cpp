@@ -984,3 +984,40 @@ TEST_CASE("executor: get_stop_token() is stopped by stop(cancel), not by stop(dr
   drained.join();
   CHECK_FALSE(drained.get_stop_token().stop_requested());
 }
+
+TEST_CASE("executor: many callers at once: every answer right, and none left counted blocked or woken",
+          "[executor][call][pacing]") {
+  tether::executor ex{{.name = "paced"}};
+  constexpr int callers = 64;
+  constexpr std::uint64_t calls = 300;
+  std::atomic<std::uint64_t> wrong{0}, answered{0};
+  std::atomic<std::uint32_t> max_blocked{0};
+  std::latch go{callers};
+  {
+    std::vector<std::jthread> threads;
+    for (int c = 0; c < callers; ++c)
+      threads.emplace_back([&, c] {
+        go.arrive_and_wait();
+        for (std::uint64_t i = 0; i < calls; ++i) {
+          const std::uint64_t x = static_cast<std::uint64_t>(c) << 32 | i;
+          const std::uint64_t r = ex.call([&, x] {
+            // On the owner: the callers blocked right now include this one.
+            const std::uint32_t b = ex.stats().callers_blocked;
+            if (b > max_blocked.load()) max_blocked.store(b);
+            return x * 3;
+          });
+          if (r != x * 3) wrong.fetch_add(1);
+          answered.fetch_add(1);
+        }
+      });
+  }
+  const tether::executor_stats s = ex.stats();
+  CHECK(wrong == 0);
+  CHECK(answered == callers * calls);
+  CHECK(max_blocked.load() >= 1);
+  CHECK(max_blocked.load() <= callers);
+  CHECK(s.callers_blocked == 0);  // every caller returned
+  CHECK(s.callers_woken == 0);    // every wake-up counted was taken off by its caller
+  INFO("owner yields to woken callers: " << s.owner_yields);
+  CHECK(s.tasks_run == callers * calls);
+}

@@ -161,7 +161,10 @@ class executor_core {
   struct call_job {
     call_job(const executor_core* e, std::remove_reference_t<F>* f, detail::call_slot<R>* s) noexcept : fn(f), slot(s), ex(e) {}
     call_job(call_job&& o) noexcept : fn(o.fn), slot(std::exchange(o.slot, nullptr)), ex(o.ex) {}
-    void operator()() { std::exchange(slot, nullptr)->run(std::forward<F>(*fn)); }
+    void operator()() {
+      ex->pace_callers();
+      std::exchange(slot, nullptr)->run(std::forward<F>(*fn));
+    }
     ~call_job() {
       if (slot == nullptr) return;
       try {
@@ -461,6 +464,29 @@ class executor_core {
   static constexpr int raise_asleep_at = detail::park_spin_checks() / 2;  // 0: before parking at all
   // An idle period this short would have ended inside park_until's spin.
   static constexpr std::chrono::microseconds short_idle{50};
+
+  // Before answering a call, on the owner: with many callers and few cores, a fast owner wakes
+  // callers faster than the cores can run them. The answered ones then wait to run in the
+  // kernel's run queue, in no order tether controls, and the unlucky ones for milliseconds:
+  // the tail latency of every caller. So while the callers it woke and that have not run yet
+  // number at least pace_floor() and an eighth of the callers in call(), the owner gives its
+  // core away once before it answers the next: callers then wait in the queue, which is
+  // first in, first out, and the run queue stays short. (Measured: bench/README.md,
+  // "Many callers".) A caller that spins is never counted, so one or two callers pay
+  // nothing but one load per call.
+  void pace_callers() const noexcept {
+    const std::uint32_t woken = woken_callers_.load(std::memory_order_relaxed);  // relaxed: a hint
+    if (woken >= pace_floor() && woken >= callers_.load(std::memory_order_relaxed) / 8) {  // relaxed: as above
+      std::this_thread::yield();
+      // relaxed: a statistic; owner-only writes, so no read-modify-write.
+      owner_yields_.store(owner_yields_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+  }
+  // Twice the cores: fewer woken callers than that can all run at once, or soon.
+  static std::uint32_t pace_floor() noexcept {
+    static const std::uint32_t floor = 2 * std::max(1u, std::thread::hardware_concurrency());
+    return floor;
+  }
 
   struct ready_step {
     std::size_t ran;
@@ -856,6 +882,10 @@ class executor_core {
   std::atomic<clock::rep> woken_at_{0};
   // Callers blocked in call() right now (a spin-or-park hint): written by each caller.
   alignas(detail::cache_line) std::atomic<std::uint32_t> callers_{0};
+  // Callers in call() whose answer woke them and who have not run since (pace_callers): raised
+  // by the owner's wake-up, lowered by the caller once it runs (call_slot::count_wakes_in).
+  std::atomic<std::uint32_t> woken_callers_{0};
+  mutable std::atomic<std::uint64_t> owner_yields_{0};  // pace_callers' yields: owner writes, stats() reads
   // Destructions handed over by defer_destroy(): pushed by any thread, emptied by the owner;
   // &deferred_closed_ once the owner finished.
   std::atomic<detail::deferred_destroy*> deferred_{nullptr};

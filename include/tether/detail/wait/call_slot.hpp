@@ -19,8 +19,13 @@
 //
 // Memory ordering: [CS1] the release store of `done` publishes the result to the caller's
 // acquire/seq_cst loads in wait(); [CS2] the release store of `released` orders the
-// completer's last touch of the slot before the caller's acquire load, after which the
-// caller may destroy it.
+// completer's last touch of the slot (counted_ included) before the caller's acquire load,
+// after which the caller may destroy it.
+//
+// Woken callers: a slot given a counter (count_wakes_in) adds one to it when its completion
+// had to wake a sleeping caller, and that caller takes it off once it runs again. The owner
+// reads the count as the number of callers it answered that still wait for a core (see
+// executor_core::pace_callers).
 #pragma once
 
 #include <atomic>
@@ -102,6 +107,9 @@ class call_slot {
     complete();
   }
 
+  // Caller, before the call is queued: count a wake-up of this caller in `woken`.
+  void count_wakes_in(std::atomic<std::uint32_t>& woken) noexcept { woken_ = &woken; }
+
   // Caller: blocks until completed. spin: spin briefly before parking (the answer is
   // expected soon); else park at once (parker.hpp).
   void wait(bool spin) noexcept {
@@ -109,6 +117,7 @@ class call_slot {
     backoff b;
     // After `released`, nothing else touches the slot.
     while (state_.load(std::memory_order_acquire) != released) b.snooze();  // acquire: pairs with [CS2]
+    if (counted_) woken_->fetch_sub(1, std::memory_order_relaxed);  // relaxed: a count for a hint, publishes nothing
   }
 
   // Caller, after wait(): the result, or rethrows the exception.
@@ -121,11 +130,16 @@ class call_slot {
 
   void complete() noexcept {
     state_.store(done, std::memory_order_release);  // [CS1] release: publishes out_
-    parker_.notify_one();
+    if (parker_.notify_one() && woken_ != nullptr) {
+      woken_->fetch_add(1, std::memory_order_relaxed);  // relaxed: as in wait(); before [CS2], so never below 0
+      counted_ = true;
+    }
     state_.store(released, std::memory_order_release);  // [CS2] release: the completer's last touch
   }
 
   call_outcome<R> out_;
+  std::atomic<std::uint32_t>* woken_ = nullptr;  // set by the caller before queueing
+  bool counted_ = false;                          // written by the completer before [CS2]
   // Written by the completer (pending -> done -> released); read by the caller.
   std::atomic<std::uint32_t> state_{pending};
   // One wait per call, one notify per call: full fences on both sides beat a membarrier.
