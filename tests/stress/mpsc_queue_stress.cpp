@@ -2,7 +2,8 @@
 // consumer, exactly-once delivery and per-producer order under every consumer verb, block
 // linking under contention, close racing against pushes, a parked consumer's idle cost, and
 // producer handles: one per thread, mixed with plain push, racing close, made and dropped
-// (lanes reused) while pushing.
+// (lanes reused) while pushing; producers stalling mid-push (exactly once, happens-before
+// order).
 #include <tether/mpsc_queue.hpp>
 
 #include <array>
@@ -440,4 +441,93 @@ TEST_CASE("mpsc_queue stress: threads making and dropping handles while pushing:
   CHECK(r.check.count() == r.expected_count);
   CHECK(r.check.sum() == r.expected_sum);
   CHECK(r.short_handles == 0);
+}
+
+// ---- producers stalled between claiming a slot and publishing it ---------------------------
+namespace {
+// Its constructor sometimes yields or sleeps: the slot stays claimed but unpublished while
+// other producers push behind it (a producer preempted mid-push, on purpose and often).
+struct stalling_item {
+  std::uint64_t v = 0;
+  stalling_item() = default;
+  explicit stalling_item(std::uint64_t x) : v(x) {
+    const std::uint64_t s = tether_test::item_seq(x);
+    if (s % 997 == 3) {
+      std::this_thread::sleep_for(50us);
+    } else if (s % 61 == 5) {
+      std::this_thread::yield();
+    }
+  }
+};
+}  // namespace
+
+TEST_CASE("mpsc_queue stress: producers stalling mid-push: exactly once, each producer in order", "[mpsc_queue][stress][stall]") {
+  const std::size_t producers = GENERATE(2, 4, 8);
+  const consumer_kind kind = GENERATE(consumer_kind::pop, consumer_kind::pop_bulk, consumer_kind::mixed);
+  const std::uint64_t per_producer = tether_test::scaled(50000);
+  CAPTURE(producers, per_producer, tether_test::to_string(kind));
+  mpsc_queue<stalling_item> q;
+  const auto r = tether_test::run_exactly_once(
+      q, producers, per_producer, kind, make_plain, [](const stalling_item& i) { return i.v; },
+      [](mpsc_queue<stalling_item>& qq, std::uint64_t&& v) { return static_cast<bool>(qq.emplace(v)); });
+  check_exactly_once(r, producers, per_producer);
+  CHECK(q.try_pop().is_closed());
+  CHECK(q.size_approx() == 0);
+}
+
+// Pushes that happen-before one another come out in that order even while other producers
+// stall mid-push around them. The chain: the
+// next number is taken by whichever chain thread claims it (a busy bit), pushed, then handed
+// on with a release store; every eighth pusher yields, so the next number is often pushed by
+// another thread, whose push happens-before through that store.
+TEST_CASE("mpsc_queue stress: happens-before order holds past stalled producers", "[mpsc_queue][stress][stall][order]") {
+  constexpr int chain_threads = 3;
+  constexpr std::size_t noisy = 4;
+  constexpr std::uint64_t busy = std::uint64_t{1} << 63;
+  const std::uint64_t chain_total = tether_test::scaled(60000, 6000);
+  const std::uint64_t per_noisy = tether_test::scaled(60000, 6000);
+  mpsc_queue<stalling_item> q;
+  // The chain's items are producer 0's; the noisy producers are 1 .. noisy.
+  tether_test::order_checker check(noisy + 1);
+  std::atomic<std::uint64_t> turn{0};  // the next number to push, | busy while one is pushing it
+  std::atomic<int> refused{0};
+  std::atomic<std::size_t> running{chain_threads + noisy};
+  {
+    tether_test::thread_group threads;
+    for (int t = 0; t < chain_threads; ++t)
+      threads.spawn([&] {
+        for (;;) {
+          std::uint64_t next = turn.load(std::memory_order_acquire);
+          if (next >= chain_total && (next & busy) == 0) break;
+          // acquire on success: pairs with the release store below, so the previous number's
+          // push happens-before this one.
+          if ((next & busy) != 0 ||
+              !turn.compare_exchange_weak(next, next | busy, std::memory_order_acquire, std::memory_order_relaxed)) {
+            std::this_thread::yield();
+            continue;
+          }
+          if (!q.emplace(tether_test::make_item(0, next))) refused.fetch_add(1);
+          turn.store(next + 1, std::memory_order_release);  // release: hands the chain on
+          if (next % 8 == 0) std::this_thread::yield();
+        }
+        if (running.fetch_sub(1) == 1) q.close();
+      });
+    for (std::size_t p = 1; p <= noisy; ++p)
+      threads.spawn([&, p] {
+        for (std::uint64_t s = 0; s < per_noisy; ++s)
+          if (!q.emplace(tether_test::make_item(p, s))) refused.fetch_add(1);
+        if (running.fetch_sub(1) == 1) q.close();
+      });
+    std::vector<stalling_item> buf;
+    while (q.pop_bulk(std::back_inserter(buf), 64) != 0) {
+      for (auto& i : buf) check(i.v);
+      buf.clear();
+    }
+  }
+  INFO(check.first_error());
+  CHECK(refused == 0);
+  CHECK(check.errors() == 0);
+  CHECK(check.next(0) == chain_total);
+  for (std::size_t p = 1; p <= noisy; ++p) CHECK(check.next(p) == per_noisy);
+  CHECK(check.count() == chain_total + noisy * per_noisy);
 }

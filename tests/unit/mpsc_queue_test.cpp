@@ -3,7 +3,8 @@
 // boundaries and recycling, bulk pops and try_pop_each, size_approx, single-producer FIFO, the
 // debug check against two consumers, and producer handles (make_producer): per-handle FIFO,
 // mixing with plain push, close, dropped and reused lanes, moves, throwing constructors,
-// size_approx, wake-ups (pop*, poller, select), bulk pops, fairness between sources, drops.
+// size_approx, wake-ups (pop*, poller, select), bulk pops, fairness between sources, drops;
+// a producer stalled between claiming its slot and writing it (what waits, close, drops).
 #include <tether/mpsc_queue.hpp>
 #include <tether/select.hpp>
 
@@ -2073,4 +2074,173 @@ TEST_CASE("mpsc_queue plain pushes from different threads come out in happens-be
   CHECK(refused == 0);
   CHECK(popped == total);
   CHECK(out_of_order == 0);
+}
+
+// ---- a producer stalled between claiming its slot and publishing it ------------------------
+//
+// An item whose constructor waits on a gate stands for a producer preempted mid-push: its
+// slot is claimed (in index order) but not published until the gate opens.
+namespace {
+struct stall_gate {
+  std::atomic<bool> entered{false};
+  std::atomic<bool> open{false};
+  bool throw_on_open = false;
+  void wait_entered() const {
+    while (!entered.load(std::memory_order_acquire)) std::this_thread::yield();
+  }
+  void release() {
+    open.store(true, std::memory_order_release);
+    open.notify_all();
+  }
+};
+
+struct stall_item {
+  std::uint64_t v;
+  explicit stall_item(std::uint64_t x) : v(x) { ++live(); }
+  stall_item(std::uint64_t x, stall_gate& g) : v(x) {
+    g.entered.store(true, std::memory_order_release);
+    g.open.wait(false, std::memory_order_acquire);
+    if (g.throw_on_open) throw std::runtime_error("stall_item: constructor threw");
+    ++live();
+  }
+  stall_item(stall_item&& o) noexcept : v(o.v) { ++live(); }
+  stall_item& operator=(stall_item&& o) noexcept {
+    v = o.v;
+    return *this;
+  }
+  ~stall_item() { --live(); }
+  static std::atomic<int>& live() {
+    static std::atomic<int> n{0};
+    return n;
+  }
+};
+
+// A thread whose push of v stalls in the constructor until g opens; returns once the slot
+// is claimed. The thread's push result (or exception) lands in *outcome.
+std::thread start_stalled_push(tether::mpsc_queue<stall_item>& q, std::uint64_t v, stall_gate& g, int* outcome) {
+  std::thread t([&q, v, &g, outcome] {
+    try {
+      *outcome = q.emplace(v, g) ? 1 : 0;
+    } catch (const std::runtime_error&) {
+      *outcome = -1;
+    }
+  });
+  g.wait_entered();
+  return t;
+}
+
+std::vector<std::uint64_t> drain_ready(tether::mpsc_queue<stall_item>& q) {
+  std::vector<std::uint64_t> out;
+  while (auto r = q.try_pop()) out.push_back(r->v);
+  return out;
+}
+
+std::vector<std::uint64_t> iota_values(std::uint64_t from, std::uint64_t to) {
+  std::vector<std::uint64_t> v;
+  for (std::uint64_t i = from; i < to; ++i) v.push_back(i);
+  return v;
+}
+}  // namespace
+
+// Plain pushes share one ring read in slot order: a slot claimed but not yet written holds
+// the items claimed after it until it lands (then they all come, in order), and nothing is
+// lost or reported closed meanwhile.
+TEST_CASE("mpsc_queue a stalled producer's slot holds the items behind it until it lands, then all come in order", "[mpsc_queue][stall]") {
+  {
+    tether::mpsc_queue<stall_item> q;
+    stall_gate g;
+    int outcome = 2;
+    std::thread t = start_stalled_push(q, 0, g, &outcome);
+    // Several blocks' worth behind the stalled slot.
+    constexpr std::uint64_t behind = 5000;
+    for (std::uint64_t i = 1; i <= behind; ++i) REQUIRE(q.emplace(i));
+    CHECK(q.try_pop().is_empty());
+    CHECK(q.pop_for(std::chrono::milliseconds(10)).is_timeout());
+    CHECK(q.size_approx() == behind + 1);
+    g.release();
+    t.join();
+    CHECK(outcome == 1);
+    CHECK(drain_ready(q) == iota_values(0, behind + 1));
+    CHECK(q.size_approx() == 0);
+  }
+  CHECK(stall_item::live() == 0);
+}
+
+TEST_CASE("mpsc_queue a stalled slot whose constructor then throws is skipped", "[mpsc_queue][stall][exceptions]") {
+  tether::mpsc_queue<stall_item> q;
+  stall_gate g;
+  g.throw_on_open = true;
+  int outcome = 2;
+  std::thread t = start_stalled_push(q, 0, g, &outcome);
+  REQUIRE(q.emplace(std::uint64_t{1}));
+  REQUIRE(q.emplace(std::uint64_t{2}));
+  CHECK(q.try_pop().is_empty());
+  g.release();
+  t.join();
+  CHECK(outcome == -1);
+  CHECK(drain_ready(q) == std::vector<std::uint64_t>{1, 2});
+  CHECK(q.size_approx() == 0);
+}
+
+TEST_CASE("mpsc_queue a consumer parked on a stalled slot wakes when it lands", "[mpsc_queue][stall][blocking]") {
+  tether::mpsc_queue<stall_item> q;
+  stall_gate g;
+  int outcome = 2;
+  std::thread t = start_stalled_push(q, 0, g, &outcome);
+  REQUIRE(q.emplace(std::uint64_t{42}));
+  std::vector<std::uint64_t> got;
+  std::thread consumer([&] {
+    std::vector<stall_item> out;
+    while (out.size() < 2 && q.pop_bulk_for(std::back_inserter(out), 8, std::chrono::seconds(10)) != 0) {
+    }
+    for (auto& i : out) got.push_back(i.v);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // most likely parked by now
+  g.release();
+  consumer.join();
+  t.join();
+  CHECK(got == std::vector<std::uint64_t>{0, 42});
+}
+
+TEST_CASE("mpsc_queue closed with a stalled slot: not closed until it lands, then everything, then closed", "[mpsc_queue][stall][close]") {
+  tether::mpsc_queue<stall_item> q;
+  stall_gate g;
+  int outcome = 2;
+  std::thread t = start_stalled_push(q, 0, g, &outcome);
+  REQUIRE(q.emplace(std::uint64_t{1}));
+  CHECK(q.close());
+  CHECK(!q.emplace(std::uint64_t{2}));
+  CHECK(q.try_pop().is_empty());  // not closed: a push is in flight
+  CHECK(q.pop_for(std::chrono::milliseconds(20)).is_timeout());
+  std::thread opener([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    g.release();
+  });
+  auto r = q.pop();  // parked until the stalled push lands
+  REQUIRE(r);
+  CHECK(r->v == 0);
+  r = q.pop();
+  REQUIRE(r);
+  CHECK(r->v == 1);
+  CHECK(q.pop().is_closed());
+  opener.join();
+  t.join();
+  CHECK(outcome == 1);
+}
+
+TEST_CASE("mpsc_queue destroyed after a stalled push landed destroys each item once", "[mpsc_queue][stall][drops]") {
+  {
+    tether::mpsc_queue<stall_item> q;
+    stall_gate g;
+    int outcome = 2;
+    std::thread t = start_stalled_push(q, 0, g, &outcome);
+    for (std::uint64_t i = 1; i <= 3; ++i) REQUIRE(q.emplace(i));
+    g.release();
+    t.join();
+    auto r = q.try_pop();
+    REQUIRE(r);
+    CHECK(r->v == 0);
+    CHECK(stall_item::live() == 4);  // 1, 2, 3 queued and the one popped
+  }
+  CHECK(stall_item::live() == 0);
 }
