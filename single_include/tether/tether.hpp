@@ -697,10 +697,33 @@ bool park_until(parker& p, Ready&& ready, steady_time deadline) {
 
 // What a queue's one consumer remembers between its waits to tell a stream from a
 // ping-pong (see park_until_streaming). Consumer only: it lives on the consumer's line.
+// The policy (see park_until_streaming) is here, so that an executor's owner, which waits
+// through its own park, follows the same one.
 struct stream_watch {
   std::uint32_t taken_at_wait = 0;  // the consumer's count of items taken, at its last wait
   std::uint8_t quick_waits = 0;     // waits in a row that ended at their first re-check
   bool streaming = false;
+
+  // Before a wait, given the items taken so far: true if it should pause() before its first
+  // re-check. A wait that follows a single item ends the stream (a ping-pong).
+  bool before_wait(std::uint32_t taken) noexcept {
+    if (streaming && taken - taken_at_wait < 2) streaming = false;
+    taken_at_wait = taken;
+    return streaming;
+  }
+  static void pause() noexcept {
+    for (int k = 0; k < stream_pause; ++k) cpu_relax();
+  }
+  // After a wait that spun: did it end at its first re-check?
+  void after_wait(bool ended_at_first_check) noexcept {
+    if (!ended_at_first_check) {
+      quick_waits = 0;
+      streaming = false;
+    } else if (!streaming && ++quick_waits >= stream_quick_waits) {
+      streaming = true;
+      quick_waits = 0;
+    }
+  }
 };
 
 // park_until for a queue's one consumer waiting for its producers; taken counts the items it
@@ -715,23 +738,15 @@ struct stream_watch {
 // when the pause was not enough for the next item to arrive.
 template <class Ready>
 bool park_until_streaming(parker& p, Ready&& ready, steady_time deadline, stream_watch& w, std::uint32_t taken) {
-  if (w.streaming && taken - w.taken_at_wait < 2) w.streaming = false;
-  w.taken_at_wait = taken;
+  const bool pause_first = w.before_wait(taken);
   if (!p.spin_hint()) {
     w.quick_waits = 0;
     return park_after_spin(p, ready, deadline, false);
   }
-  if (w.streaming && (deadline == no_deadline || std::chrono::steady_clock::now() < deadline))
-    for (int k = 0; k < stream_pause; ++k) cpu_relax();
-  if (ready()) {  // the first re-check, at once
-    if (!w.streaming && ++w.quick_waits >= stream_quick_waits) {
-      w.streaming = true;
-      w.quick_waits = 0;
-    }
-    return true;
-  }
-  w.quick_waits = 0;
-  w.streaming = false;
+  if (pause_first && (deadline == no_deadline || std::chrono::steady_clock::now() < deadline)) stream_watch::pause();
+  const bool at_first_check = ready();
+  w.after_wait(at_first_check);
+  if (at_first_check) return true;
   switch (const spun s = spin_phase(ready, deadline)) {
     case spun::ready:
     case spun::ready_after_yield: note_spin_ready(p, s); return true;
@@ -4973,9 +4988,9 @@ class executor_core {
       woken_at_.store(0, std::memory_order_relaxed);      // relaxed: as above
     if (raise_at == 0) asleep_.store(true, std::memory_order_seq_cst);  // [EA1]
     if (on_park_) run_hook(on_park_);
-    const bool pause_first = spin && streaming_before_idle();
-    if (pause_first)
-      for (int k = 0; k < detail::stream_pause; ++k) detail::cpu_relax();
+    // A stream: the owner keeps catching up with a poster (see stream_).
+    if (spin && stream_.before_wait(static_cast<std::uint32_t>(ran_.load(std::memory_order_relaxed))))  // relaxed: owner's own counter
+      detail::stream_watch::pause();
     const auto t0 = clock::now();
     const bool woken = detail::park(
         owner_wait_,
@@ -4993,7 +5008,7 @@ class executor_core {
     const clock::rep woke = woken_at_.load(std::memory_order_relaxed);  // relaxed: as above
     const auto end = woke != 0 ? clock::time_point(clock::duration(woke)) : clock::now();
     after_idle(spin, woken, checks <= detail::park_spin_checks(), end - t0 < short_idle);
-    after_stream_idle(spin && woken && checks == 1);
+    stream_.after_wait(spin && woken && checks == 1);
     if (on_unpark_) run_hook(on_unpark_);
     return woken;
   }
@@ -5018,29 +5033,6 @@ class executor_core {
     } else if (short_period) {
       spin_skip_step_ = detail::next_spin_skips(spin_skip_step_);  // the parker's counts: the same trade-off
       skip_spins_ = spin_skip_step_;
-    }
-  }
-
-  // An owner that keeps catching up with a streaming poster finds the queue empty after
-  // nearly every task and, looking at once, pulls the line the poster is writing: the two
-  // hand a line back and forth per task. As a queue's consumer does (park_until_streaming in
-  // parker.hpp): once stream_quick_waits idle periods in a row ended at their first look,
-  // the owner counts as streaming and pauses stream_pause before it looks; it stops when an
-  // idle period follows a single task (a ping-pong: the pause buys no batch) or the pause
-  // was not enough. Owner only.
-  bool streaming_before_idle() noexcept {
-    const auto taken = static_cast<std::uint32_t>(ran_.load(std::memory_order_relaxed));  // relaxed: owner's own counter
-    if (stream_.streaming && taken - stream_.taken_at_wait < 2) stream_.streaming = false;
-    stream_.taken_at_wait = taken;
-    return stream_.streaming;
-  }
-  void after_stream_idle(bool ended_at_first_look) noexcept {
-    if (!ended_at_first_look) {
-      stream_.quick_waits = 0;
-      stream_.streaming = false;
-    } else if (!stream_.streaming && ++stream_.quick_waits >= detail::stream_quick_waits) {
-      stream_.streaming = true;
-      stream_.quick_waits = 0;
     }
   }
 
@@ -5494,7 +5486,13 @@ class executor_core {
 
   // Statistics: written by the owner, read by stats().
   std::atomic<std::uint64_t> ran_{0};
-  detail::stream_watch stream_;  // owner only: see streaming_before_idle()
+  // Owner only. An owner that keeps catching up with a streaming poster finds the queue empty
+  // after nearly every task and, looking at once, pulls the line the poster is writing: the
+  // two hand a line back and forth per task. So it follows a queue consumer's stream policy
+  // (park_until_streaming in parker.hpp): after stream_quick_waits idle periods in a row that
+  // ended at its first look, it pauses before looking, until an idle period follows a single
+  // task (a ping-pong) or the pause was not enough.
+  detail::stream_watch stream_;
   std::atomic<std::uint64_t> cancelled_{0};
   std::atomic<std::uint64_t> wait_ns_{0};
   std::atomic<std::uint64_t> run_ns_{0};

@@ -2115,19 +2115,36 @@ struct stall_item {
   }
 };
 
-// A thread whose push of v stalls in the constructor until g opens; returns once the slot
-// is claimed. The thread's push result (or exception) lands in *outcome.
-std::thread start_stalled_push(tether::mpsc_queue<stall_item>& q, std::uint64_t v, stall_gate& g, int* outcome) {
-  std::thread t([&q, v, &g, outcome] {
-    try {
-      *outcome = q.emplace(v, g) ? 1 : 0;
-    } catch (const std::runtime_error&) {
-      *outcome = -1;
-    }
-  });
-  g.wait_entered();
-  return t;
-}
+// A thread whose push of v stalls in the constructor until land(); constructed once the
+// slot is claimed. land() returns the push's outcome: 1 ok, 0 refused, -1 the constructor
+// threw (throw_on_open).
+struct stalled_push {
+  stall_gate gate;
+  int outcome = 2;
+  std::thread thread;
+
+  stalled_push(tether::mpsc_queue<stall_item>& q, std::uint64_t v, bool throw_on_open = false) {
+    gate.throw_on_open = throw_on_open;
+    thread = std::thread([this, &q, v] {
+      try {
+        outcome = q.emplace(v, gate) ? 1 : 0;
+      } catch (const std::runtime_error&) {
+        outcome = -1;
+      }
+    });
+    gate.wait_entered();
+  }
+  stalled_push(const stalled_push&) = delete;
+  stalled_push& operator=(const stalled_push&) = delete;
+  ~stalled_push() {
+    if (thread.joinable()) land();
+  }
+  int land() {
+    gate.release();
+    thread.join();
+    return outcome;
+  }
+};
 
 std::vector<std::uint64_t> drain_ready(tether::mpsc_queue<stall_item>& q) {
   std::vector<std::uint64_t> out;
@@ -2148,18 +2165,14 @@ std::vector<std::uint64_t> iota_values(std::uint64_t from, std::uint64_t to) {
 TEST_CASE("mpsc_queue a stalled producer's slot holds the items behind it until it lands, then all come in order", "[mpsc_queue][stall]") {
   {
     tether::mpsc_queue<stall_item> q;
-    stall_gate g;
-    int outcome = 2;
-    std::thread t = start_stalled_push(q, 0, g, &outcome);
+    stalled_push stalled(q, 0);
     // Several blocks' worth behind the stalled slot.
     constexpr std::uint64_t behind = 5000;
     for (std::uint64_t i = 1; i <= behind; ++i) REQUIRE(q.emplace(i));
     CHECK(q.try_pop().is_empty());
     CHECK(q.pop_for(std::chrono::milliseconds(10)).is_timeout());
     CHECK(q.size_approx() == behind + 1);
-    g.release();
-    t.join();
-    CHECK(outcome == 1);
+    CHECK(stalled.land() == 1);
     CHECK(drain_ready(q) == iota_values(0, behind + 1));
     CHECK(q.size_approx() == 0);
   }
@@ -2168,25 +2181,18 @@ TEST_CASE("mpsc_queue a stalled producer's slot holds the items behind it until 
 
 TEST_CASE("mpsc_queue a stalled slot whose constructor then throws is skipped", "[mpsc_queue][stall][exceptions]") {
   tether::mpsc_queue<stall_item> q;
-  stall_gate g;
-  g.throw_on_open = true;
-  int outcome = 2;
-  std::thread t = start_stalled_push(q, 0, g, &outcome);
+  stalled_push stalled(q, 0, true);
   REQUIRE(q.emplace(std::uint64_t{1}));
   REQUIRE(q.emplace(std::uint64_t{2}));
   CHECK(q.try_pop().is_empty());
-  g.release();
-  t.join();
-  CHECK(outcome == -1);
+  CHECK(stalled.land() == -1);
   CHECK(drain_ready(q) == std::vector<std::uint64_t>{1, 2});
   CHECK(q.size_approx() == 0);
 }
 
 TEST_CASE("mpsc_queue a consumer parked on a stalled slot wakes when it lands", "[mpsc_queue][stall][blocking]") {
   tether::mpsc_queue<stall_item> q;
-  stall_gate g;
-  int outcome = 2;
-  std::thread t = start_stalled_push(q, 0, g, &outcome);
+  stalled_push stalled(q, 0);
   REQUIRE(q.emplace(std::uint64_t{42}));
   std::vector<std::uint64_t> got;
   std::thread consumer([&] {
@@ -2196,17 +2202,14 @@ TEST_CASE("mpsc_queue a consumer parked on a stalled slot wakes when it lands", 
     for (auto& i : out) got.push_back(i.v);
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // most likely parked by now
-  g.release();
+  CHECK(stalled.land() == 1);
   consumer.join();
-  t.join();
   CHECK(got == std::vector<std::uint64_t>{0, 42});
 }
 
 TEST_CASE("mpsc_queue closed with a stalled slot: not closed until it lands, then everything, then closed", "[mpsc_queue][stall][close]") {
   tether::mpsc_queue<stall_item> q;
-  stall_gate g;
-  int outcome = 2;
-  std::thread t = start_stalled_push(q, 0, g, &outcome);
+  stalled_push stalled(q, 0);
   REQUIRE(q.emplace(std::uint64_t{1}));
   CHECK(q.close());
   CHECK(!q.emplace(std::uint64_t{2}));
@@ -2214,7 +2217,7 @@ TEST_CASE("mpsc_queue closed with a stalled slot: not closed until it lands, the
   CHECK(q.pop_for(std::chrono::milliseconds(20)).is_timeout());
   std::thread opener([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    g.release();
+    stalled.gate.release();
   });
   auto r = q.pop();  // parked until the stalled push lands
   REQUIRE(r);
@@ -2224,19 +2227,15 @@ TEST_CASE("mpsc_queue closed with a stalled slot: not closed until it lands, the
   CHECK(r->v == 1);
   CHECK(q.pop().is_closed());
   opener.join();
-  t.join();
-  CHECK(outcome == 1);
+  CHECK(stalled.land() == 1);
 }
 
 TEST_CASE("mpsc_queue destroyed after a stalled push landed destroys each item once", "[mpsc_queue][stall][drops]") {
   {
     tether::mpsc_queue<stall_item> q;
-    stall_gate g;
-    int outcome = 2;
-    std::thread t = start_stalled_push(q, 0, g, &outcome);
+    stalled_push stalled(q, 0);
     for (std::uint64_t i = 1; i <= 3; ++i) REQUIRE(q.emplace(i));
-    g.release();
-    t.join();
+    REQUIRE(stalled.land() == 1);
     auto r = q.try_pop();
     REQUIRE(r);
     CHECK(r->v == 0);

@@ -322,10 +322,33 @@ bool park_until(parker& p, Ready&& ready, steady_time deadline) {
 
 // What a queue's one consumer remembers between its waits to tell a stream from a
 // ping-pong (see park_until_streaming). Consumer only: it lives on the consumer's line.
+// The policy (see park_until_streaming) is here, so that an executor's owner, which waits
+// through its own park, follows the same one.
 struct stream_watch {
   std::uint32_t taken_at_wait = 0;  // the consumer's count of items taken, at its last wait
   std::uint8_t quick_waits = 0;     // waits in a row that ended at their first re-check
   bool streaming = false;
+
+  // Before a wait, given the items taken so far: true if it should pause() before its first
+  // re-check. A wait that follows a single item ends the stream (a ping-pong).
+  bool before_wait(std::uint32_t taken) noexcept {
+    if (streaming && taken - taken_at_wait < 2) streaming = false;
+    taken_at_wait = taken;
+    return streaming;
+  }
+  static void pause() noexcept {
+    for (int k = 0; k < stream_pause; ++k) cpu_relax();
+  }
+  // After a wait that spun: did it end at its first re-check?
+  void after_wait(bool ended_at_first_check) noexcept {
+    if (!ended_at_first_check) {
+      quick_waits = 0;
+      streaming = false;
+    } else if (!streaming && ++quick_waits >= stream_quick_waits) {
+      streaming = true;
+      quick_waits = 0;
+    }
+  }
 };
 
 // park_until for a queue's one consumer waiting for its producers; taken counts the items it
@@ -340,23 +363,15 @@ struct stream_watch {
 // when the pause was not enough for the next item to arrive.
 template <class Ready>
 bool park_until_streaming(parker& p, Ready&& ready, steady_time deadline, stream_watch& w, std::uint32_t taken) {
-  if (w.streaming && taken - w.taken_at_wait < 2) w.streaming = false;
-  w.taken_at_wait = taken;
+  const bool pause_first = w.before_wait(taken);
   if (!p.spin_hint()) {
     w.quick_waits = 0;
     return park_after_spin(p, ready, deadline, false);
   }
-  if (w.streaming && (deadline == no_deadline || std::chrono::steady_clock::now() < deadline))
-    for (int k = 0; k < stream_pause; ++k) cpu_relax();
-  if (ready()) {  // the first re-check, at once
-    if (!w.streaming && ++w.quick_waits >= stream_quick_waits) {
-      w.streaming = true;
-      w.quick_waits = 0;
-    }
-    return true;
-  }
-  w.quick_waits = 0;
-  w.streaming = false;
+  if (pause_first && (deadline == no_deadline || std::chrono::steady_clock::now() < deadline)) stream_watch::pause();
+  const bool at_first_check = ready();
+  w.after_wait(at_first_check);
+  if (at_first_check) return true;
   switch (const spun s = spin_phase(ready, deadline)) {
     case spun::ready:
     case spun::ready_after_yield: note_spin_ready(p, s); return true;
