@@ -72,6 +72,25 @@ TEST_CASE("confined: local() on the owner, wrong_thread elsewhere", "[confined]"
   CHECK(h.with([&](hostile&) { return h.with([](hostile& x) { return x.bump(); }); }) == 2);
 }
 
+// The owner check sits on every call's path (local(), with() inline, each queued call): on the
+// owner it must cost no allocation (the error's message is built only for the error).
+TEST_CASE("confined: the owner's own calls allocate nothing", "[confined]") {
+  tether::executor ex{{.name = "lua-owner"}};
+  tether::confined<hostile> h{ex, 0};
+  const int bumps = ex.call([&] {
+    tether_test::failing_allocations oom;  // any operator new on this thread throws
+    int n = 0;
+    try {
+      for (int i = 0; i < 100; ++i) n = h.local().bump();
+      n = h.with([](hostile& x) { return x.bump(); });
+    } catch (const std::bad_alloc&) {
+      return -1;
+    }
+    return n;
+  });
+  CHECK(bumps == 101);
+}
+
 TEST_CASE("confined: exceptions come back to the caller", "[confined]") {
   tether::executor ex;
   tether::confined<std::string> s{ex, "abc"};

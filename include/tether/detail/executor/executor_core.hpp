@@ -862,10 +862,7 @@ class executor_core {
   const std::function<void()> on_unpark_;
   const detail::tick_t long_task_ticks_;     // 0: no threshold
   const detail::tick_t depth_sample_ticks_;
-  // Owner only: inside run_ready(), the end of the last traced task of the batch (0: none
-  // yet); no_chain outside a batch.
-  static constexpr detail::tick_t no_chain = -1;
-  detail::tick_t chain_ = no_chain;
+  static constexpr detail::tick_t no_chain = -1;  // chain_ outside a batch
 
   detail::thread_record* owner_record_ = nullptr;  // set once by the constructor
   std::uint64_t owner_serial_ = 0;                 // set once by the constructor
@@ -912,6 +909,10 @@ class executor_core {
   std::uint16_t spin_skip_step_ = 0;  // the last count set; 0: the last spin caught its work
   bool in_run_ = false;   // inside run()/try_run() (or the own thread's loop)
   bool in_task_ = false;  // inside a task (inline calls then skip around_task)
+  // Inside run_ready(), the end of the last traced task of the batch (0: none yet); no_chain
+  // outside a batch. Here, not beside owner_serial_: it is written per batch, and every
+  // caller's running_in_this_thread() reads owner_serial_.
+  detail::tick_t chain_ = no_chain;
 
   // Statistics: written by the owner, read by stats().
   std::atomic<std::uint64_t> ran_{0};
