@@ -56,10 +56,15 @@
 
 namespace tether {
 
+namespace detail {
+class executor_core;
+}  // namespace detail
+
 template <class T>
 class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   using base = detail::consumer_ops<mpsc_queue<T>, T>;
   friend base;
+  friend class detail::executor_core;  // its owner's idle wait watches the head (head_has_item)
   static_assert(std::is_nothrow_destructible_v<T>, "tether::mpsc_queue<T>: T's destructor must not throw");
   static_assert(std::is_move_constructible_v<T>, "tether::mpsc_queue<T>: T must be move-constructible");
 
@@ -450,6 +455,11 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     if ((tail >> index_shift) != head_) in_flight = true;  // a claimed ring slot not yet published
     return in_flight ? head_state::in_flight : head_state::closed;
   }
+
+  // Some source has an item ready at its head (made current). Reads the consumer's own lines
+  // and the slots the producers publish into, never the ring's tail: a waiting owner can poll
+  // it without pulling the line every push writes. Consumer thread only.
+  bool head_has_item() noexcept { return current_ready() || switch_to_ready(); }
 
   // The condition a parked consumer waits for: some source has an item, or the queue is
   // closed with nothing in flight. seq_cst loads: the re-check half of the parker handshake.

@@ -2076,10 +2076,15 @@ class producer_lane {
 
 namespace tether {
 
+namespace detail {
+class executor_core;
+}  // namespace detail
+
 template <class T>
 class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
   using base = detail::consumer_ops<mpsc_queue<T>, T>;
   friend base;
+  friend class detail::executor_core;  // its owner's idle wait watches the head (head_has_item)
   static_assert(std::is_nothrow_destructible_v<T>, "tether::mpsc_queue<T>: T's destructor must not throw");
   static_assert(std::is_move_constructible_v<T>, "tether::mpsc_queue<T>: T must be move-constructible");
 
@@ -2470,6 +2475,11 @@ class mpsc_queue : public detail::consumer_ops<mpsc_queue<T>, T> {
     if ((tail >> index_shift) != head_) in_flight = true;  // a claimed ring slot not yet published
     return in_flight ? head_state::in_flight : head_state::closed;
   }
+
+  // Some source has an item ready at its head (made current). Reads the consumer's own lines
+  // and the slots the producers publish into, never the ring's tail: a waiting owner can poll
+  // it without pulling the line every push writes. Consumer thread only.
+  bool head_has_item() noexcept { return current_ready() || switch_to_ready(); }
 
   // The condition a parked consumer waits for: some source has an item, or the queue is
   // closed with nothing in flight. seq_cst loads: the re-check half of the parker handshake.
@@ -4953,13 +4963,26 @@ class executor_core {
   // Adds to `ran` the task it ran, if any.
   //
   // Outline:
+  //   0. an owner that keeps catching up with a streaming poster pauses first (stream_);
   //   1. a task claimed but not yet published (a producer between its claim and its
   //      publish): wait in the queue's own pop, which parks on that slot;
   //   2. otherwise raise asleep_ and park on owner_wait_ until a producer lowers it (only
   //      that one producer pays the wake-up system call: the rest see it lowered) or the
   //      queue shows work. While raised, producers flip it; the spin phase catches most.
+  // The ring's tail line is the one every push writes: the owner reads it (size_approx,
+  // is_closed) only when the head shows nothing - in 1, and from the moment asleep_ is up,
+  // where the handshake needs it (a claimed slot is seen there before it is published).
+  // Before that it watches the head, whose line the next task brings anyway.
   bool idle_until(detail::steady_time until, std::size_t& ran) {
-    if (queue_.size_approx() != 0) {
+    // Spin only while idle periods stay short (after one that outlasted the spin, park at
+    // once), while spinning catches the work (see after_idle()), and while at most one caller
+    // is blocked in call(): with the queue empty, several callers in call() have all been
+    // answered and need cores to come back - a spinning owner would take one from the very
+    // threads that feed it.
+    const bool spin = spin_when_idle_ && skip_spins_ == 0 && callers_.load(std::memory_order_relaxed) <= 1;  // relaxed: a hint
+    if (spin && stream_.before_wait(static_cast<std::uint32_t>(ran_.load(std::memory_order_relaxed))))  // relaxed: owner's own counter
+      detail::stream_watch::pause();
+    if (!queue_.head_has_item() && queue_.size_approx() != 0) {
       if (on_park_) run_hook(on_park_);
       pop_result<detail::task> r = queue_.pop_until(until);
       if (on_unpark_) run_hook(on_unpark_);
@@ -4971,15 +4994,9 @@ class executor_core {
       }
       return !r.is_timeout();
     }
-    // Spin only while idle periods stay short (after one that outlasted the spin, park at
-    // once), while spinning catches the work (see after_idle()), and while at most one caller
-    // is blocked in call(): with the queue empty, several callers in call() have all been
-    // answered and need cores to come back - a spinning owner would take one from the very
-    // threads that feed it.
     // Spinning, the flag is raised halfway through park_until's spin: short gaps between
     // tasks cost producers nothing, and it is up (before the parker's fence) when the owner
     // sleeps. Parking at once, it is raised first.
-    const bool spin = spin_when_idle_ && skip_spins_ == 0 && callers_.load(std::memory_order_relaxed) <= 1;  // relaxed: a hint
     const int raise_at = spin ? raise_asleep_at : 0;
     int checks = 0;
     // Stores only when needed, here and below: producers read this line on every push, and
@@ -4988,17 +5005,15 @@ class executor_core {
       woken_at_.store(0, std::memory_order_relaxed);      // relaxed: as above
     if (raise_at == 0) asleep_.store(true, std::memory_order_seq_cst);  // [EA1]
     if (on_park_) run_hook(on_park_);
-    // A stream: the owner keeps catching up with a poster (see stream_).
-    if (spin && stream_.before_wait(static_cast<std::uint32_t>(ran_.load(std::memory_order_relaxed))))  // relaxed: owner's own counter
-      detail::stream_watch::pause();
     const auto t0 = clock::now();
     const bool woken = detail::park(
         owner_wait_,
         [this, &checks, raise_at] {
           if (++checks == raise_at) asleep_.store(true, std::memory_order_seq_cst);  // [EA1] pairs with [EA2]
           else if (checks > raise_at && !asleep_.load(std::memory_order_seq_cst)) return true;
-          return queue_.size_approx() != 0 || queue_.is_closed() ||
-                 deferred_.load(std::memory_order_seq_cst) != nullptr;
+          if (queue_.head_has_item() || deferred_.load(std::memory_order_seq_cst) != nullptr) return true;
+          // Before the flag is up the head is enough (see above); a close is seen from then on.
+          return checks >= raise_at && (queue_.size_approx() != 0 || queue_.is_closed());
         },
         until, spin);
     if (asleep_.load(std::memory_order_relaxed))        // relaxed: only saves producers a wake

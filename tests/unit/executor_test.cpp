@@ -1021,3 +1021,57 @@ TEST_CASE("executor: many callers at once: every answer right, and none left cou
   INFO("owner yields to woken callers: " << s.owner_yields);
   CHECK(s.tasks_run == callers * calls);
 }
+
+namespace {
+// A task whose move into the queue waits on a gate the first time: its poster stalls between
+// claiming its ring slot and publishing it (a preempted poster, held as long as the test likes).
+struct stalling_task {
+  std::latch* entered;
+  gate* release;
+  std::atomic<bool>* armed;  // the first move (into the slot) stalls; later ones do not
+  std::vector<int>* ran;     // owner only
+  int value;
+  stalling_task(std::latch& e, gate& r, std::atomic<bool>& a, std::vector<int>& out, int v)
+      : entered(&e), release(&r), armed(&a), ran(&out), value(v) {}
+  stalling_task(stalling_task&& o) noexcept
+      : entered(o.entered), release(o.release), armed(o.armed), ran(o.ran), value(o.value) {
+    if (armed->exchange(false)) {
+      entered->count_down();
+      release->wait();
+    }
+  }
+  void operator()() const { ran->push_back(value); }
+};
+}  // namespace
+
+// The owner watches the head of its queue while it spins and reads the tail only from the
+// moment it may sleep: a post claimed but not yet published must still be seen (not slept
+// through), run once it lands, and hold the posts behind it until then - with the owner
+// spinning, or parked for a while, when the post stalls.
+TEST_CASE("executor: a post stalled between claiming its slot and publishing it runs once it lands, the posts behind it after it", "[executor][stall]") {
+  for (const auto idle_first : {0ms, 30ms}) {
+    executor ex;
+    std::vector<int> ran;
+    std::atomic<int> behind_ran{0};
+    REQUIRE(ex.post([] {}));
+    std::this_thread::sleep_for(idle_first);  // 0: the owner may still spin; 30 ms: it has parked
+    std::latch entered{1};
+    gate release;
+    std::atomic<bool> armed{true};
+    std::thread poster([&] { (void)ex.post(stalling_task(entered, release, armed, ran, 0)); });
+    entered.wait();
+    for (int i = 1; i <= 100; ++i)
+      REQUIRE(ex.post([&ran, &behind_ran, i] {
+        ran.push_back(i);
+        behind_ran.fetch_add(1);
+      }));
+    std::this_thread::sleep_for(30ms);  // the owner idles (spin, then sleep) on the stalled slot
+    CHECK(behind_ran.load() == 0);
+    release.open();
+    poster.join();
+    ex.call([] {});  // everything posted before has run
+    std::vector<int> expected;
+    for (int i = 0; i <= 100; ++i) expected.push_back(i);
+    CHECK(ran == expected);
+  }
+}
