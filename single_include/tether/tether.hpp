@@ -4969,10 +4969,14 @@ class executor_core {
   //   2. otherwise raise asleep_ and park on owner_wait_ until a producer lowers it (only
   //      that one producer pays the wake-up system call: the rest see it lowered) or the
   //      queue shows work. While raised, producers flip it; the spin phase catches most.
-  // The ring's tail line is the one every push writes: the owner reads it (size_approx,
-  // is_closed) only when the head shows nothing - in 1, and from the moment asleep_ is up,
-  // where the handshake needs it (a claimed slot is seen there before it is published).
-  // Before that it watches the head, whose line the next task brings anyway.
+  // The ring's tail line is the one every push writes. An owner whose last idle period ended
+  // within its first quick_checks looks (tasks coming from another core faster than it can
+  // look away: coroutine sessions answered by a runtime) reads it (size_approx, is_closed)
+  // only when the head shows nothing - in 1, and from the moment asleep_ is up, where the
+  // handshake needs it (a claimed slot is seen there before it is published); before that
+  // it watches the head, whose line the next task brings anyway. Otherwise (a call answered,
+  // the next one a round trip away) it watches the tail from the start: the claim shows
+  // there before the task is written, and the owner reaches for the slot sooner.
   bool idle_until(detail::steady_time until, std::size_t& ran) {
     // Spin only while idle periods stay short (after one that outlasted the spin, park at
     // once), while spinning catches the work (see after_idle()), and while at most one caller
@@ -4980,9 +4984,11 @@ class executor_core {
     // answered and need cores to come back - a spinning owner would take one from the very
     // threads that feed it.
     const bool spin = spin_when_idle_ && skip_spins_ == 0 && callers_.load(std::memory_order_relaxed) <= 1;  // relaxed: a hint
-    if (spin && stream_.before_wait(static_cast<std::uint32_t>(ran_.load(std::memory_order_relaxed))))  // relaxed: owner's own counter
+    // relaxed: the owner's own counter.
+    if (spin && stream_.before_wait(static_cast<std::uint32_t>(ran_.load(std::memory_order_relaxed))))
       detail::stream_watch::pause();
-    if (!queue_.head_has_item() && queue_.size_approx() != 0) {
+    const bool head_only = spin && work_came_quickly_;
+    if ((!head_only || !queue_.head_has_item()) && queue_.size_approx() != 0) {
       if (on_park_) run_hook(on_park_);
       pop_result<detail::task> r = queue_.pop_until(until);
       if (on_unpark_) run_hook(on_unpark_);
@@ -5008,12 +5014,12 @@ class executor_core {
     const auto t0 = clock::now();
     const bool woken = detail::park(
         owner_wait_,
-        [this, &checks, raise_at] {
+        [this, &checks, raise_at, head_only] {
           if (++checks == raise_at) asleep_.store(true, std::memory_order_seq_cst);  // [EA1] pairs with [EA2]
           else if (checks > raise_at && !asleep_.load(std::memory_order_seq_cst)) return true;
-          if (queue_.head_has_item() || deferred_.load(std::memory_order_seq_cst) != nullptr) return true;
-          // Before the flag is up the head is enough (see above); a close is seen from then on.
-          return checks >= raise_at && (queue_.size_approx() != 0 || queue_.is_closed());
+          if (deferred_.load(std::memory_order_seq_cst) != nullptr) return true;
+          if (head_only && checks < raise_at) return queue_.head_has_item();  // until the flag is up (above)
+          return queue_.size_approx() != 0 || queue_.is_closed();
         },
         until, spin);
     if (asleep_.load(std::memory_order_relaxed))        // relaxed: only saves producers a wake
@@ -5024,6 +5030,7 @@ class executor_core {
     const auto end = woke != 0 ? clock::time_point(clock::duration(woke)) : clock::now();
     after_idle(spin, woken, checks <= detail::park_spin_checks(), end - t0 < short_idle);
     stream_.after_wait(spin && woken && checks == 1);
+    work_came_quickly_ = woken && checks <= quick_checks;
     if (on_unpark_) run_hook(on_unpark_);
     return woken;
   }
@@ -5052,6 +5059,7 @@ class executor_core {
   }
 
   static constexpr int raise_asleep_at = detail::park_spin_checks() / 2;  // 0: before parking at all
+  static constexpr int quick_checks = 2;  // an idle period that ended within these: work_came_quickly_
   // An idle period this short would have ended inside park_until's spin.
   static constexpr std::chrono::microseconds short_idle{50};
 
@@ -5495,6 +5503,7 @@ class executor_core {
   std::uint16_t spin_skip_step_ = 0;  // the last count set; 0: the last spin caught its work
   bool in_run_ = false;   // inside run()/try_run() (or the own thread's loop)
   bool in_task_ = false;  // inside a task (inline calls then skip around_task)
+  bool work_came_quickly_ = false;  // the last idle period ended within quick_checks (idle_until)
   // Inside run_ready(), the end of the last traced task of the batch (0: none yet); no_chain
   // outside a batch. Here, not beside owner_serial_: it is written per batch, and every
   // caller's running_in_this_thread() reads owner_serial_.

@@ -1044,17 +1044,26 @@ struct stalling_task {
 };
 }  // namespace
 
-// The owner watches the head of its queue while it spins and reads the tail only from the
-// moment it may sleep: a post claimed but not yet published must still be seen (not slept
-// through), run once it lands, and hold the posts behind it until then - with the owner
-// spinning, or parked for a while, when the post stalls.
+// An owner fed quickly watches the head of its queue while it spins and reads the tail only
+// from the moment it may sleep; otherwise it watches the tail. Either way a post claimed but
+// not yet published must be seen (not slept through), run once it lands, and hold the posts
+// behind it until then - whether the owner was just fed a stream, was spinning after one
+// task, or had parked when the post stalled.
 TEST_CASE("executor: a post stalled between claiming its slot and publishing it runs once it lands, the posts behind it after it", "[executor][stall]") {
-  for (const auto idle_first : {0ms, 30ms}) {
+  enum class before_stall { stream, one_task, parked };
+  for (const auto before : {before_stall::stream, before_stall::one_task, before_stall::parked}) {
     executor ex;
     std::vector<int> ran;
     std::atomic<int> behind_ran{0};
-    REQUIRE(ex.post([] {}));
-    std::this_thread::sleep_for(idle_first);  // 0: the owner may still spin; 30 ms: it has parked
+    if (before == before_stall::stream) {
+      std::thread feeder([&ex] {
+        for (int i = 0; i < 20000; ++i) (void)ex.post([] {});
+      });
+      feeder.join();
+    } else {
+      REQUIRE(ex.post([] {}));
+      if (before == before_stall::parked) std::this_thread::sleep_for(30ms);
+    }
     std::latch entered{1};
     gate release;
     std::atomic<bool> armed{true};
