@@ -470,7 +470,7 @@ class call_awaiter {
   call_awaiter(executor& ex, G&& g, const source_location& loc) : ex_(ex), fn_(std::forward<G>(g)), loc_(loc) {}
   call_awaiter(call_awaiter&&) = delete;
   ~call_awaiter() {
-    cancel_.reset();
+    if (chain_ != nullptr) disarm_stop(*chain_, hook_);
     edge_.reset();
     if (state_ != nullptr) state_->unref();
   }
@@ -497,7 +497,10 @@ class call_awaiter {
     s->target_name = ex_.name().empty() ? "(unnamed)" : ex_.name().c_str();
     state_ = s;
     mode_ = mode::queued;
-    if (c.token.stop_possible()) cancel_.emplace(c.token, call_canceller<F, R>{s});  // may cancel at once
+    hook_.fire = &call_canceller<F, R>::fire;
+    hook_.target = s;
+    chain_ = &c;
+    arm_stop(c, hook_);  // may cancel at once
     if (s->phase.load(std::memory_order_acquire) == call_phase::pending) {  // acquire: pairs with [CA1]
       call_job<F, R> job(s);
       try {
@@ -529,7 +532,7 @@ class call_awaiter {
       case mode::queued:
         break;
     }
-    cancel_.reset();  // waits out a stop callback still running elsewhere
+    disarm_stop(*std::exchange(chain_, nullptr), hook_);  // waits out a stop callback still running elsewhere
     edge_.reset();
     return state_->take();
   }
@@ -539,7 +542,8 @@ class call_awaiter {
   std::optional<F> fn_;
   source_location loc_;
   call_state<F, R>* state_ = nullptr;
-  std::optional<std::stop_callback<call_canceller<F, R>>> cancel_;
+  stop_hook hook_;                 // armed on the chain while queued (arm_stop)
+  coro_chain* chain_ = nullptr;    // set once armed; cleared when disarmed
   std::optional<blocking_call> edge_;  // only under sync_wait()
   enum class mode : std::uint8_t { queued, run_inline, stopped, cancelled } mode_ = mode::queued;
 };

@@ -6526,6 +6526,26 @@ auto install_context(context_t<Tag>* value) {
 
 namespace tether::detail {
 
+struct coro_chain;
+
+// A suspended await that a stop request on the chain's token cancels (co_call arms one per
+// suspension). fire() runs on the requesting thread; it may resume the frame elsewhere or
+// destroy the chain where it stands.
+struct stop_hook {
+  void (*fire)(stop_hook&) noexcept = nullptr;
+  void* target = nullptr;             // what fire() cancels
+  std::atomic<bool> fired{false};     // set by the chain's stop callback once fire() returned
+  bool* destroyed = nullptr;          // the callback's flag while fire() runs (see disarm_stop)
+};
+inline thread_local const stop_hook* firing_hook = nullptr;  // the hook this thread's fire() runs
+
+// The chain's one stop callback (registered at its first armed await, not per await: a
+// std::stop_callback costs a lock of the stop state to register and one to remove).
+struct chain_stop {
+  coro_chain* chain;
+  void operator()() noexcept;
+};
+
 // The shared state of one chain. Lives in the root frame's promise.
 struct coro_chain : deferred_destroy {
   executor* home = nullptr;            // where the chain's frames run now
@@ -6533,7 +6553,63 @@ struct coro_chain : deferred_destroy {
   std::stop_token token;               // from spawn() / sync_wait(); awaits observe it
   std::coroutine_handle<> root;        // destroying it destroys every frame of the chain
   std::coroutine_handle<> waiting;     // the frame an allocation-free resumption resumes
+  // The armed hook (a stop_hook*), | 1 once the stop callback took it to fire; 0: none. A
+  // chain runs one frame at a time, so at most one await is armed.
+  std::atomic<std::uintptr_t> armed{0};
+  std::optional<std::stop_callback<chain_stop>> on_stop;  // last: removed before the rest goes
 };
+
+// Outline: take the armed hook (mark it | 1), fire it, then - unless fire() destroyed the
+// chain here - say so through the hook. Touches neither the chain nor this callback after
+// fire(): either may be gone.
+inline void chain_stop::operator()() noexcept {
+  full_fence();  // request_stop()'s write before the load below; pairs with arm_stop()'s fence
+  std::atomic<std::uintptr_t>& armed = chain->armed;
+  std::uintptr_t w = armed.load(std::memory_order_relaxed);  // relaxed: the CAS below decides
+  do {
+    if (w == 0 || (w & 1) != 0) return;  // nothing armed
+  } while (!armed.compare_exchange_weak(w, w | 1, std::memory_order_acq_rel));  // acq_rel: the hook's setup
+  stop_hook& h = *reinterpret_cast<stop_hook*>(w);
+  bool destroyed = false;
+  h.destroyed = &destroyed;
+  const stop_hook* const outer = std::exchange(firing_hook, &h);
+  h.fire(h);
+  firing_hook = outer;
+  if (destroyed) return;
+  h.destroyed = nullptr;
+  h.fired.store(true, std::memory_order_release);  // release: fire()'s effects before disarm_stop() returns
+  exit_parker_for(&h).notify_all();               // a static parker: h may be gone once fired is seen
+}
+
+// Arms h for the chain's current await (its home thread, after the await is set up). If the
+// stop was requested before the callback could see h, fires h here (as a std::stop_callback
+// constructed on a stopped token runs at once).
+inline void arm_stop(coro_chain& c, stop_hook& h) {
+  if (!c.token.stop_possible()) return;
+  c.armed.store(reinterpret_cast<std::uintptr_t>(&h), std::memory_order_relaxed);  // relaxed: the fence below
+  if (!c.on_stop) {
+    c.on_stop.emplace(c.token, chain_stop{&c});  // fires h at once if the stop came first
+    return;
+  }
+  full_fence();  // our arming before the load below; pairs with chain_stop's fence
+  if (!c.token.stop_requested()) return;
+  std::uintptr_t w = reinterpret_cast<std::uintptr_t>(&h);
+  if (c.armed.compare_exchange_strong(w, 0, std::memory_order_acq_rel)) h.fire(h);  // the callback ran before we armed
+}
+
+// Disarms h when its await ends (resumed, or its frame destroyed). If the stop callback took
+// h, waits until fire() has returned - unless this is fire() itself destroying the chain.
+inline void disarm_stop(coro_chain& c, stop_hook& h) noexcept {
+  std::uintptr_t w = reinterpret_cast<std::uintptr_t>(&h);
+  if (c.armed.compare_exchange_strong(w, 0, std::memory_order_acq_rel)) return;  // never taken
+  if (w != (reinterpret_cast<std::uintptr_t>(&h) | 1)) return;  // not armed (or fired by arm_stop)
+  if (firing_hook == &h) {
+    *h.destroyed = true;  // inside fire(), on this thread: it must not touch h afterwards
+    return;
+  }
+  park_until(exit_parker_for(&h), [&h] { return h.fired.load(std::memory_order_acquire); }, no_deadline);  // acquire: pairs with chain_stop
+  c.armed.store(0, std::memory_order_relaxed);  // relaxed: the chain's own thread re-arms it
+}
 
 // Every promise that may await tether's awaitables derives from this.
 struct chained_promise {
@@ -6765,11 +6841,11 @@ struct call_job {
   call_state<F, R>* state;
 };
 
-// The stop callback of an awaited call: abandons it if it has not started.
+// The stop hook of an awaited call (stop_hook::fire): abandons it if it has not started.
 template <class F, class R>
 struct call_canceller {
-  call_state<F, R>* state;
-  void operator()() noexcept {
+  static void fire(stop_hook& h) noexcept {
+    auto* state = static_cast<call_state<F, R>*>(h.target);
     if (state->decide(call_phase::cancelled)) state->finish();
   }
 };
@@ -8777,7 +8853,7 @@ class call_awaiter {
   call_awaiter(executor& ex, G&& g, const source_location& loc) : ex_(ex), fn_(std::forward<G>(g)), loc_(loc) {}
   call_awaiter(call_awaiter&&) = delete;
   ~call_awaiter() {
-    cancel_.reset();
+    if (chain_ != nullptr) disarm_stop(*chain_, hook_);
     edge_.reset();
     if (state_ != nullptr) state_->unref();
   }
@@ -8804,7 +8880,10 @@ class call_awaiter {
     s->target_name = ex_.name().empty() ? "(unnamed)" : ex_.name().c_str();
     state_ = s;
     mode_ = mode::queued;
-    if (c.token.stop_possible()) cancel_.emplace(c.token, call_canceller<F, R>{s});  // may cancel at once
+    hook_.fire = &call_canceller<F, R>::fire;
+    hook_.target = s;
+    chain_ = &c;
+    arm_stop(c, hook_);  // may cancel at once
     if (s->phase.load(std::memory_order_acquire) == call_phase::pending) {  // acquire: pairs with [CA1]
       call_job<F, R> job(s);
       try {
@@ -8836,7 +8915,7 @@ class call_awaiter {
       case mode::queued:
         break;
     }
-    cancel_.reset();  // waits out a stop callback still running elsewhere
+    disarm_stop(*std::exchange(chain_, nullptr), hook_);  // waits out a stop callback still running elsewhere
     edge_.reset();
     return state_->take();
   }
@@ -8846,7 +8925,8 @@ class call_awaiter {
   std::optional<F> fn_;
   source_location loc_;
   call_state<F, R>* state_ = nullptr;
-  std::optional<std::stop_callback<call_canceller<F, R>>> cancel_;
+  stop_hook hook_;                 // armed on the chain while queued (arm_stop)
+  coro_chain* chain_ = nullptr;    // set once armed; cleared when disarmed
   std::optional<blocking_call> edge_;  // only under sync_wait()
   enum class mode : std::uint8_t { queued, run_inline, stopped, cancelled } mode_ = mode::queued;
 };

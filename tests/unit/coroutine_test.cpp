@@ -255,6 +255,40 @@ TEST_CASE("a stop request abandons a queued co_call: it resumes at once and the 
   CHECK(ran == 0);
 }
 
+// The chain's stop callback fires the queued call's hook on the requesting thread; when the
+// chain's home has finished, the refused resumption destroys the chain right there, inside
+// that callback - its await and its stop registration go while the callback runs.
+TEST_CASE("a stop request whose resumption is refused destroys the chain on the requesting thread, once", "[coroutine][cancel][frames]") {
+  const long live_before = counted::live.load();
+  const long twice_before = counted::destroyed_twice.load();
+  tether::executor target{{.name = "target"}};
+  blocker b;
+  b.block(target);
+  std::atomic<int> ran{0};
+  std::stop_source stop;
+  std::future<int> f;
+  {
+    tether::executor home{{.name = "home"}};
+    auto t = [&]() -> tether::task<int> {
+      counted frame_local;
+      co_return co_await tether::co_call(target, [&] { return ++ran; });
+    };
+    f = tether::spawn(home, t(), stop.get_token());
+    while (target.stats().queue_depth < 1) std::this_thread::sleep_for(1ms);
+    CHECK(counted::live.load() - live_before == 1);  // suspended in the call
+    home.stop();
+    home.join();  // finished: nobody may resume the chain there any more
+    stop.request_stop();  // cancels the call; the chain is destroyed on this thread
+    CHECK(counted::live.load() == live_before);
+  }
+  CHECK(f.wait_for(5s) == std::future_status::ready);
+  CHECK(throws_as<tether::executor_stopped>(f));
+  b.open();
+  target.call([] {});  // the abandoned job has been reached
+  CHECK(ran == 0);
+  CHECK(counted::destroyed_twice.load() == twice_before);
+}
+
 TEST_CASE("a stop already requested cancels without queueing; a started call completes", "[coroutine][cancel]") {
   tether::executor home{{.name = "home"}}, target{{.name = "target"}};
   std::atomic<int> ran{0};

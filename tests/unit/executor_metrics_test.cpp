@@ -382,7 +382,17 @@ TEST_CASE("router: subshell stats carry their executor's metrics", "[executor][m
   for (int i = 0; i < n; ++i) REQUIRE(r.send(child, std::string("x"), static_cast<std::uint64_t>(i)));
   REQUIRE(r.send(tether::parent_subshell, std::string("y"), 99));
   for (int i = 0; i < n + 1; ++i) REQUIRE(r.replies().pop());
+  // A task's statistics are recorded after it returns, and the replies leave from inside the
+  // tasks: the last records may land just after the last reply (bounded wait for them).
+  auto settled = [](const std::vector<tether::subshell_stats>& v) {
+    return v.size() == 2 && v[0].executor.task_time.count >= 1 && v[1].executor.task_time.count >= 2 &&
+           v[1].executor.tasks_run == v[1].executor.task_time.count;
+  };
   auto all = r.stats();
+  for (int i = 0; i < 2000 && all && !settled(*all); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    all = r.stats();
+  }
   REQUIRE(all);
   REQUIRE(all->size() == 2);  // the parent, then the child
   const tether::subshell_stats& p = (*all)[0];

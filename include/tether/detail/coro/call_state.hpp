@@ -115,11 +115,11 @@ struct call_job {
   call_state<F, R>* state;
 };
 
-// The stop callback of an awaited call: abandons it if it has not started.
+// The stop hook of an awaited call (stop_hook::fire): abandons it if it has not started.
 template <class F, class R>
 struct call_canceller {
-  call_state<F, R>* state;
-  void operator()() noexcept {
+  static void fire(stop_hook& h) noexcept {
+    auto* state = static_cast<call_state<F, R>*>(h.target);
     if (state->decide(call_phase::cancelled)) state->finish();
   }
 };
