@@ -102,7 +102,9 @@ inline void chain_stop::operator()() noexcept {
 // constructed on a stopped token runs at once).
 inline void arm_stop(coro_chain& c, stop_hook& h) {
   if (!c.token.stop_possible()) return;
-  c.armed.store(reinterpret_cast<std::uintptr_t>(&h), std::memory_order_relaxed);  // relaxed: the fence below
+  // release: h's fields before the callback's acq_rel CAS takes it (the order against the
+  // stop request comes from the fences).
+  c.armed.store(reinterpret_cast<std::uintptr_t>(&h), std::memory_order_release);
   if (!c.on_stop) {
     c.on_stop.emplace(c.token, chain_stop{&c});  // fires h at once if the stop came first
     return;
