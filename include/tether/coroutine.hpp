@@ -497,10 +497,12 @@ class call_awaiter {
     s->target_name = ex_.name().empty() ? "(unnamed)" : ex_.name().c_str();
     state_ = s;
     mode_ = mode::queued;
-    hook_.fire = &call_canceller<F, R>::fire;
-    hook_.target = s;
-    chain_ = &c;
-    arm_stop(c, hook_);  // may cancel at once
+    if (c.token.stop_possible()) {  // a token that can never stop costs nothing
+      hook_.fire = &call_canceller<F, R>::fire;
+      hook_.target = s;
+      chain_ = &c;
+      arm_stop(c, hook_);  // may cancel at once
+    }
     if (s->phase.load(std::memory_order_acquire) == call_phase::pending) {  // acquire: pairs with [CA1]
       call_job<F, R> job(s);
       try {
@@ -532,7 +534,7 @@ class call_awaiter {
       case mode::queued:
         break;
     }
-    disarm_stop(*std::exchange(chain_, nullptr), hook_);  // waits out a stop callback still running elsewhere
+    if (coro_chain* c = std::exchange(chain_, nullptr)) disarm_stop(*c, hook_);  // waits out a callback still firing
     edge_.reset();
     return state_->take();
   }
@@ -543,7 +545,7 @@ class call_awaiter {
   source_location loc_;
   call_state<F, R>* state_ = nullptr;
   stop_hook hook_;                 // armed on the chain while queued (arm_stop)
-  coro_chain* chain_ = nullptr;    // set once armed; cleared when disarmed
+  coro_chain* chain_ = nullptr;    // set while hook_ is armed (the token can stop)
   std::optional<blocking_call> edge_;  // only under sync_wait()
   enum class mode : std::uint8_t { queued, run_inline, stopped, cancelled } mode_ = mode::queued;
 };

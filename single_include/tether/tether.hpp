@@ -696,9 +696,9 @@ bool park_until(parker& p, Ready&& ready, steady_time deadline) {
 }
 
 // What a queue's one consumer remembers between its waits to tell a stream from a
-// ping-pong (see park_until_streaming). Consumer only: it lives on the consumer's line.
-// The policy (see park_until_streaming) is here, so that an executor's owner, which waits
-// through its own park, follows the same one.
+// ping-pong, and the policy itself (described at park_until_streaming), kept here so that an
+// executor's owner, which waits through its own park, follows the same one. Consumer only:
+// it lives on the consumer's line.
 struct stream_watch {
   std::uint32_t taken_at_wait = 0;  // the consumer's count of items taken, at its last wait
   std::uint8_t quick_waits = 0;     // waits in a row that ended at their first re-check
@@ -6581,11 +6581,11 @@ inline void chain_stop::operator()() noexcept {
   exit_parker_for(&h).notify_all();               // a static parker: h may be gone once fired is seen
 }
 
-// Arms h for the chain's current await (its home thread, after the await is set up). If the
+// Arms h for the chain's current await (its home thread, after the await is set up; the
+// chain's token can stop). If the
 // stop was requested before the callback could see h, fires h here (as a std::stop_callback
 // constructed on a stopped token runs at once).
 inline void arm_stop(coro_chain& c, stop_hook& h) {
-  if (!c.token.stop_possible()) return;
   // release: h's fields before the callback's acq_rel CAS takes it (the order against the
   // stop request comes from the fences).
   c.armed.store(reinterpret_cast<std::uintptr_t>(&h), std::memory_order_release);
@@ -6596,13 +6596,15 @@ inline void arm_stop(coro_chain& c, stop_hook& h) {
   full_fence();  // our arming before the load below; pairs with chain_stop's fence
   if (!c.token.stop_requested()) return;
   std::uintptr_t w = reinterpret_cast<std::uintptr_t>(&h);
-  if (c.armed.compare_exchange_strong(w, 0, std::memory_order_acq_rel)) h.fire(h);  // the callback ran before we armed
+  // acq_rel: one of this CAS and the callback's takes h (the callback ran before we armed).
+  if (c.armed.compare_exchange_strong(w, 0, std::memory_order_acq_rel)) h.fire(h);
 }
 
 // Disarms h when its await ends (resumed, or its frame destroyed). If the stop callback took
 // h, waits until fire() has returned - unless this is fire() itself destroying the chain.
 inline void disarm_stop(coro_chain& c, stop_hook& h) noexcept {
   std::uintptr_t w = reinterpret_cast<std::uintptr_t>(&h);
+  // acq_rel: against the callback's CAS, which takes h first or finds nothing armed.
   if (c.armed.compare_exchange_strong(w, 0, std::memory_order_acq_rel)) return;  // never taken
   if (w != (reinterpret_cast<std::uintptr_t>(&h) | 1)) return;  // not armed (or fired by arm_stop)
   if (firing_hook == &h) {
@@ -8882,10 +8884,12 @@ class call_awaiter {
     s->target_name = ex_.name().empty() ? "(unnamed)" : ex_.name().c_str();
     state_ = s;
     mode_ = mode::queued;
-    hook_.fire = &call_canceller<F, R>::fire;
-    hook_.target = s;
-    chain_ = &c;
-    arm_stop(c, hook_);  // may cancel at once
+    if (c.token.stop_possible()) {  // a token that can never stop costs nothing
+      hook_.fire = &call_canceller<F, R>::fire;
+      hook_.target = s;
+      chain_ = &c;
+      arm_stop(c, hook_);  // may cancel at once
+    }
     if (s->phase.load(std::memory_order_acquire) == call_phase::pending) {  // acquire: pairs with [CA1]
       call_job<F, R> job(s);
       try {
@@ -8917,7 +8921,7 @@ class call_awaiter {
       case mode::queued:
         break;
     }
-    disarm_stop(*std::exchange(chain_, nullptr), hook_);  // waits out a stop callback still running elsewhere
+    if (coro_chain* c = std::exchange(chain_, nullptr)) disarm_stop(*c, hook_);  // waits out a callback still firing
     edge_.reset();
     return state_->take();
   }
@@ -8928,7 +8932,7 @@ class call_awaiter {
   source_location loc_;
   call_state<F, R>* state_ = nullptr;
   stop_hook hook_;                 // armed on the chain while queued (arm_stop)
-  coro_chain* chain_ = nullptr;    // set once armed; cleared when disarmed
+  coro_chain* chain_ = nullptr;    // set while hook_ is armed (the token can stop)
   std::optional<blocking_call> edge_;  // only under sync_wait()
   enum class mode : std::uint8_t { queued, run_inline, stopped, cancelled } mode_ = mode::queued;
 };

@@ -97,11 +97,11 @@ inline void chain_stop::operator()() noexcept {
   exit_parker_for(&h).notify_all();               // a static parker: h may be gone once fired is seen
 }
 
-// Arms h for the chain's current await (its home thread, after the await is set up). If the
+// Arms h for the chain's current await (its home thread, after the await is set up; the
+// chain's token can stop). If the
 // stop was requested before the callback could see h, fires h here (as a std::stop_callback
 // constructed on a stopped token runs at once).
 inline void arm_stop(coro_chain& c, stop_hook& h) {
-  if (!c.token.stop_possible()) return;
   // release: h's fields before the callback's acq_rel CAS takes it (the order against the
   // stop request comes from the fences).
   c.armed.store(reinterpret_cast<std::uintptr_t>(&h), std::memory_order_release);
@@ -112,13 +112,15 @@ inline void arm_stop(coro_chain& c, stop_hook& h) {
   full_fence();  // our arming before the load below; pairs with chain_stop's fence
   if (!c.token.stop_requested()) return;
   std::uintptr_t w = reinterpret_cast<std::uintptr_t>(&h);
-  if (c.armed.compare_exchange_strong(w, 0, std::memory_order_acq_rel)) h.fire(h);  // the callback ran before we armed
+  // acq_rel: one of this CAS and the callback's takes h (the callback ran before we armed).
+  if (c.armed.compare_exchange_strong(w, 0, std::memory_order_acq_rel)) h.fire(h);
 }
 
 // Disarms h when its await ends (resumed, or its frame destroyed). If the stop callback took
 // h, waits until fire() has returned - unless this is fire() itself destroying the chain.
 inline void disarm_stop(coro_chain& c, stop_hook& h) noexcept {
   std::uintptr_t w = reinterpret_cast<std::uintptr_t>(&h);
+  // acq_rel: against the callback's CAS, which takes h first or finds nothing armed.
   if (c.armed.compare_exchange_strong(w, 0, std::memory_order_acq_rel)) return;  // never taken
   if (w != (reinterpret_cast<std::uintptr_t>(&h) | 1)) return;  // not armed (or fired by arm_stop)
   if (firing_hook == &h) {

@@ -321,9 +321,9 @@ bool park_until(parker& p, Ready&& ready, steady_time deadline) {
 }
 
 // What a queue's one consumer remembers between its waits to tell a stream from a
-// ping-pong (see park_until_streaming). Consumer only: it lives on the consumer's line.
-// The policy (see park_until_streaming) is here, so that an executor's owner, which waits
-// through its own park, follows the same one.
+// ping-pong, and the policy itself (described at park_until_streaming), kept here so that an
+// executor's owner, which waits through its own park, follows the same one. Consumer only:
+// it lives on the consumer's line.
 struct stream_watch {
   std::uint32_t taken_at_wait = 0;  // the consumer's count of items taken, at its last wait
   std::uint8_t quick_waits = 0;     // waits in a row that ended at their first re-check
