@@ -5266,7 +5266,10 @@ class executor_core {
     // In a batch, the previous task's end (a clock reading saved per task; what the owner did
     // in between - destroying that task, popping this one - counts as this task's).
     detail::tick_t start = chain_ > 0 ? chain_ : detail::ticks_now();
-    const detail::tick_t delay = start - ready;
+    // A task posted after the previous one ended has a start stamp older than its own post
+    // stamp; the readings of two cores may also differ by a few ticks. Neither is a queue
+    // delay below zero.
+    const detail::tick_t delay = start > ready ? start - ready : 0;
     task_info info;
     const bool hooks = before_task_ || after_task_ || on_long_task_;
     if (hooks)

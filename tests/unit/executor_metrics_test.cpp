@@ -174,6 +174,33 @@ TEST_CASE("hooks: before and after once per task, on the owner thread", "[execut
   CHECK_FALSE(ex.stats().metrics);
 }
 
+TEST_CASE("hooks: a task posted after the one before it ended has no negative queue delay", "[executor][metrics]") {
+  // In a batch a task's start is the previous task's end; a task posted while the owner
+  // destroys the previous one (here by that task's own destructor) carries a later post
+  // stamp than that end. Its queue delay is zero then, not below zero.
+  recorder rec;
+  executor ex{tether::adopt_current_thread, {.name = "late", .before_task = [&](const task_info& i) { rec.on_before(i); }}};
+  struct posts_on_destruction {
+    executor* ex;
+    posts_on_destruction(executor* e) : ex(e) {}
+    posts_on_destruction(posts_on_destruction&& o) noexcept : ex(std::exchange(o.ex, nullptr)) {}
+    ~posts_on_destruction() {
+      if (ex != nullptr) (void)ex->post([] {});
+    }
+  };
+  constexpr int n = 20;
+  std::size_t ran = 0;
+  for (int i = 0; i < n; ++i) {  // one at a time: the posted task is the next one popped
+    REQUIRE(ex.post([p = posts_on_destruction{&ex}] { (void)p; }));
+    ran += ex.try_run();
+  }
+  ran += ex.try_run();
+  REQUIRE(ran == 2 * n);
+  std::lock_guard l(rec.m);
+  REQUIRE(rec.before.size() == 2 * n);
+  for (const task_info& i : rec.before) CHECK(i.queue_delay >= 0ns);
+}
+
 TEST_CASE("hooks: the recorded location is the caller's line, for every verb", "[executor][metrics]") {
   recorder rec;
   executor other{{.name = "reply-to"}};
