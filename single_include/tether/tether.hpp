@@ -4950,9 +4950,10 @@ class executor_core {
       }
       const auto t0 = clock::now();
       parked_since_ns_.store(t0.time_since_epoch().count(), std::memory_order_relaxed);  // relaxed: statistic
-      const bool woken = idle_until(until, n);
+      clock::duration ran_for{0};
+      const bool woken = idle_until(until, n, ran_for);
       parked_since_ns_.store(0, std::memory_order_relaxed);  // relaxed: statistic
-      add(wait_ns_, clock::now() - t0);
+      add(wait_ns_, clock::now() - t0 - ran_for);  // a task it ran counts as run time only
       if (n >= want) return n;
       if (woken) continue;
       if (deadline != detail::no_deadline && clock::now() >= deadline) return n;
@@ -4960,7 +4961,7 @@ class executor_core {
   }
 
   // Parks the owner until work may be ready, the queue closed, or `until`; false on timeout.
-  // Adds to `ran` the task it ran, if any.
+  // Adds to `ran` the task it ran, if any, and to `ran_for` the time that task took.
   //
   // Outline:
   //   0. an owner that keeps catching up with a streaming poster pauses first (stream_);
@@ -4977,7 +4978,7 @@ class executor_core {
   // it watches the head, whose line the next task brings anyway. Otherwise (a call answered,
   // the next one a round trip away) it watches the tail from the start: the claim shows
   // there before the task is written, and the owner reaches for the slot sooner.
-  bool idle_until(detail::steady_time until, std::size_t& ran) {
+  bool idle_until(detail::steady_time until, std::size_t& ran, clock::duration& ran_for) {
     // Spin only while idle periods stay short (after one that outlasted the spin, park at
     // once), while spinning catches the work (see after_idle()), and while at most one caller
     // is blocked in call(): with the queue empty, several callers in call() have all been
@@ -4996,7 +4997,8 @@ class executor_core {
         const auto t1 = clock::now();
         ran += run_item(*r);
         r = status::empty;  // destroy the task before timing stops
-        add(run_ns_, clock::now() - t1);
+        ran_for = clock::now() - t1;
+        add(run_ns_, ran_for);
       }
       return !r.is_timeout();
     }

@@ -650,6 +650,25 @@ TEST_CASE("executor: statistics count posted, run, waiting and running", "[execu
   CHECK(s.wait_time > 0ns);
 }
 
+TEST_CASE("executor: busy and idle time add up to no more than the owner's life", "[executor]") {
+  // Each stretch of the owner's time is counted once, in one of the two, however the owner
+  // alternates (one task per wake-up here; a task run from inside an idle period is run time).
+  const auto born = std::chrono::steady_clock::now();
+  executor ex;
+  constexpr int n = 20;
+  for (int i = 0; i < n; ++i) {
+    REQUIRE(ex.post([] { std::this_thread::sleep_for(1ms); }));
+    std::this_thread::sleep_for(3ms);  // the owner finishes it and goes idle before the next
+  }
+  ex.call([] {});
+  const auto s = ex.stats();  // after the call returned: the owner is idle again, or about to be
+  const auto lived = std::chrono::steady_clock::now() - born;
+  CHECK(s.tasks_run == n + 1);
+  CHECK(s.run_time >= n * 1ms);
+  CHECK(s.wait_time >= n * 1ms);  // about 2 ms per gap (3 ms apart, 1 ms running)
+  CHECK(s.run_time + s.wait_time <= lived);
+}
+
 TEST_CASE("executor: post_and_reply's reply learns every outcome", "[executor][reply]") {
   std::atomic<int> worker_errors{0};
   std::string worker_error;
