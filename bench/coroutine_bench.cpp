@@ -12,9 +12,11 @@
 //       first spawn to then, divided by N, is bytes_per_session (the frames, the call states,
 //       the futures: what a waiting session costs). Then the runtime is freed and the figure is
 //       calls per second (items/s, and counter calls_per_s) until the last session finishes;
-//       p50_us / p99_us: the latency of one call, timed around each co_await. Every session
-//       has all its calls queued at once, so a call's latency is mostly the N - 1 calls ahead
-//       of it: compare the forms at the same N.
+//       p50_us / p99_us: the latency of one call, from the end of the one before (one clock
+//       reading per call: on a VM a reading costs 25-35 ns, a large share of a call's cost on
+//       the session thread, the same for every form; the bookkeeping between two calls is a
+//       few adds). Every session has all its calls queued at once, so a call's latency is
+//       mostly the N - 1 calls ahead of it: compare the forms at the same N.
 //   coro_sessions/threads/sessions:200   the same session as a std::thread making blocking
 //       confined::with() calls: what the coroutines replace. K = 50,000 / N (a blocking call
 //       from 200 threads on 2 cores is slow; the per-call figures do not depend on K).
@@ -59,6 +61,7 @@
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <tether/confined.hpp>
@@ -249,11 +252,12 @@ tether::task<std::uint64_t> tether_session(tether_sessions& r, session_plan& pla
   }
   std::int64_t* lat = plan.latencies_of(id);
   std::uint64_t sum = 0, last = 0;
+  auto t0 = clock_type::now();
   for (std::uint64_t i = 0; i < plan.calls; ++i) {
-    const auto t0 = clock_type::now();
     auto call = tether::co_with(r.counter, [](std::uint64_t& n) { return ++n; });
     const std::uint64_t v = co_await call;
-    lat[i] = ns_between(t0, clock_type::now());
+    const auto t1 = clock_type::now();
+    lat[i] = ns_between(std::exchange(t0, t1), t1);
     plan.saw(v, last);
     sum += v;
   }
@@ -340,10 +344,11 @@ void run_thread_sessions(benchmark::State& state, const std::string& run, int se
           (void)counter.with([](std::uint64_t&) { return std::uint64_t{0}; });
           std::int64_t* lat = plan.latencies_of(s);
           std::uint64_t sum = 0, last = 0;
+          auto t0 = clock_type::now();
           for (std::uint64_t i = 0; i < plan.calls; ++i) {
-            const auto t0 = clock_type::now();
             const std::uint64_t v = counter.with([](std::uint64_t& n) { return ++n; });
-            lat[i] = ns_between(t0, clock_type::now());
+            const auto t1 = clock_type::now();
+            lat[i] = ns_between(std::exchange(t0, t1), t1);
             plan.saw(v, last);
             sum += v;
           }
@@ -530,14 +535,15 @@ asio::awaitable<std::uint64_t> asio_session(asio_sessions& r, asio_thread& home,
   co_await asio::post(at_home());
   std::int64_t* lat = plan.latencies_of(id);
   std::uint64_t sum = 0, last = 0;
+  auto t0 = clock_type::now();
   for (std::uint64_t i = 0; i < plan.calls; ++i) {
-    const auto t0 = clock_type::now();
     co_await asio::post(on_runtime());
     if (!r.runtime.executor().running_in_this_thread())
       plan.misplaced.fetch_add(1, std::memory_order_relaxed);  // relaxed: read after all sessions ended
     const std::uint64_t v = ++r.counter;
     co_await asio::post(at_home());
-    lat[i] = ns_between(t0, clock_type::now());
+    const auto t1 = clock_type::now();
+    lat[i] = ns_between(std::exchange(t0, t1), t1);
     plan.saw(v, last);
     sum += v;
   }

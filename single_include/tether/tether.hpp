@@ -702,14 +702,23 @@ bool park_until(parker& p, Ready&& ready, steady_time deadline) {
 struct stream_watch {
   std::uint32_t taken_at_wait = 0;  // the consumer's count of items taken, at its last wait
   std::uint8_t quick_waits = 0;     // waits in a row that ended at their first re-check
+  std::uint8_t since_probe = 0;     // waits outside a stream since the last probe (wraps)
   bool streaming = false;
+  bool probing = false;             // this wait pauses as a probe (see before_wait)
 
   // Before a wait, given the items taken so far: true if it should pause() before its first
   // re-check. A wait that follows a single item ends the stream (a ping-pong).
+  //
+  // Every 256th wait outside a stream pauses too, as a probe. A consumer and a producer that
+  // hand items over one at a time can each be slow because the other keeps pulling the line
+  // it writes: the consumer then finds one item per wait, which keeps it out of a stream, and
+  // the pair stays slow. A probe whose pause let work in enters the stream (a real ping-pong
+  // leaves it again at the next wait); the probe costs one pause per 256 waits.
   bool before_wait(std::uint32_t taken) noexcept {
     if (streaming && taken - taken_at_wait < 2) streaming = false;
     taken_at_wait = taken;
-    return streaming;
+    probing = !streaming && ++since_probe == 0;
+    return streaming || probing;
   }
   static void pause() noexcept {
     for (int k = 0; k < stream_pause; ++k) cpu_relax();
@@ -719,10 +728,11 @@ struct stream_watch {
     if (!ended_at_first_check) {
       quick_waits = 0;
       streaming = false;
-    } else if (!streaming && ++quick_waits >= stream_quick_waits) {
+    } else if (probing || (!streaming && ++quick_waits >= stream_quick_waits)) {
       streaming = true;
       quick_waits = 0;
     }
+    probing = false;
   }
 };
 

@@ -318,6 +318,28 @@ TEST_CASE("park_until_streaming: quick waits in a row mark a stream; a single it
     CHECK(slow_wait(5));
     CHECK_FALSE(w.streaming);
   }
+  SECTION("outside a stream every 256th wait probes; a probe that finds work starts a stream") {
+    // One item per wait, found only on a later re-check: never a stream by itself.
+    for (int i = 0; i < 255; ++i) CHECK(slow_wait(1));
+    CHECK_FALSE(w.streaming);
+    bool probed = false;
+    taken += 1;
+    CHECK(park_until_streaming(p, [&] { return probed = w.probing; }, no_deadline, w, taken));
+    CHECK(probed);  // the 256th paused first, and its first re-check found the work
+    CHECK(w.streaming);
+    CHECK(quick_wait(4));  // the pause bought a batch: the stream stays
+    CHECK(w.streaming);
+    CHECK(quick_wait(1));  // a ping-pong: a single item ends it at the next wait
+    CHECK_FALSE(w.streaming);
+  }
+  SECTION("a probe whose pause brought nothing starts no stream") {
+    for (int i = 0; i < 255; ++i) CHECK(slow_wait(1));
+    CHECK(slow_wait(1));
+    CHECK_FALSE(w.streaming);
+    CHECK_FALSE(w.probing);
+    for (int i = 0; i < 255; ++i) CHECK(slow_wait(1));  // and the next probe is 256 waits on
+    CHECK_FALSE(w.streaming);
+  }
   SECTION("a streaming wait still honours its deadline") {
     for (int i = 0; i < stream_quick_waits; ++i) CHECK(quick_wait(1));
     REQUIRE(w.streaming);
