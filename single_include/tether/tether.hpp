@@ -5010,6 +5010,8 @@ class executor_core {
         ran_for = clock::now() - t1;
         add(run_ns_, ran_for);
       }
+      // work_came_quickly_ and stream_ keep what the last parked period said: recording this
+      // path as a quick period was tried and measured no different (bench/README.md).
       return !r.is_timeout();
     }
     // Spinning, the flag is raised halfway through park_until's spin: short gaps between
@@ -6597,9 +6599,8 @@ inline void chain_stop::operator()() noexcept {
 }
 
 // Arms h for the chain's current await (its home thread, after the await is set up; the
-// chain's token can stop). If the
-// stop was requested before the callback could see h, fires h here (as a std::stop_callback
-// constructed on a stopped token runs at once).
+// chain's token can stop). If the stop was requested before the callback could see h, fires
+// h here (as a std::stop_callback constructed on a stopped token runs at once).
 inline void arm_stop(coro_chain& c, stop_hook& h) {
   // release: h's fields before the callback's acq_rel CAS takes it (the order against the
   // stop request comes from the fences).

@@ -98,9 +98,8 @@ inline void chain_stop::operator()() noexcept {
 }
 
 // Arms h for the chain's current await (its home thread, after the await is set up; the
-// chain's token can stop). If the
-// stop was requested before the callback could see h, fires h here (as a std::stop_callback
-// constructed on a stopped token runs at once).
+// chain's token can stop). If the stop was requested before the callback could see h, fires
+// h here (as a std::stop_callback constructed on a stopped token runs at once).
 inline void arm_stop(coro_chain& c, stop_hook& h) {
   // release: h's fields before the callback's acq_rel CAS takes it (the order against the
   // stop request comes from the fences).

@@ -419,6 +419,8 @@ class executor_core {
         ran_for = clock::now() - t1;
         add(run_ns_, ran_for);
       }
+      // work_came_quickly_ and stream_ keep what the last parked period said: recording this
+      // path as a quick period was tried and measured no different (bench/README.md).
       return !r.is_timeout();
     }
     // Spinning, the flag is raised halfway through park_until's spin: short gaps between
