@@ -494,6 +494,7 @@ class call_awaiter {
     fn_.reset();
     s->frame = h;
     s->chain = &c;
+    s->home = &coro_access::as_gate(c.home_gate);
     s->target_name = ex_.name().empty() ? "(unnamed)" : ex_.name().c_str();
     state_ = s;
     mode_ = mode::queued;

@@ -6726,12 +6726,14 @@ inline void destroy_orphan(coro_chain& c, bool here) noexcept {
 
 // Resumes `frame` (a frame of chain c) on c's home. See the file comment for refusals.
 // destroy_here: false when the caller must not destroy frames itself (destroy_orphan).
-inline void resume_on(coro_chain& c, std::coroutine_handle<> frame, bool destroy_here = true) noexcept {
+inline void resume_on(coro_chain& c, std::coroutine_handle<> frame, bool destroy_here = true,
+                      coro_access::gate* home = nullptr) noexcept {
   // The gate, not the executor: it stays valid (refusing) if the home is being destroyed.
   // Not copied: c (which holds it) lives until the frame resumes, and once we are inside
   // the gate a live home's destructor waits for us to leave before it lets its own
   // reference go, so the gate outlives this call even if the resumed frame ends the chain.
-  auto& gate = coro_access::as_gate(c.home_gate);
+  // `home`: the same gate, read from c by the awaiting thread before it suspended.
+  auto& gate = home != nullptr ? *home : coro_access::as_gate(c.home_gate);
   resume_job job(frame, &c);
   bool refused = false;
   try {
@@ -6801,7 +6803,7 @@ struct call_state {
   bool arrive() noexcept { return arrivals.fetch_add(1, std::memory_order_acq_rel) == 1; }  // [CA4]
 
   void finish() noexcept {
-    if (arrive()) resume_on(*chain, frame);
+    if (arrive()) resume_on(*chain, frame, true, home);
   }
 
   void unref() noexcept {
@@ -6834,6 +6836,9 @@ struct call_state {
   const char* target_name = "";       // the target's name, for messages (outlives the call)
   std::coroutine_handle<> frame;
   coro_chain* chain = nullptr;
+  // The chain's home gate, copied here by the awaiter: the thread that decides the outcome
+  // then reads nothing of the awaiting frame, whose lines its own thread keeps writing.
+  coro_access::gate* home = nullptr;
   F fn;
   call_outcome<R> out;
 };
@@ -8897,6 +8902,7 @@ class call_awaiter {
     fn_.reset();
     s->frame = h;
     s->chain = &c;
+    s->home = &coro_access::as_gate(c.home_gate);
     s->target_name = ex_.name().empty() ? "(unnamed)" : ex_.name().c_str();
     state_ = s;
     mode_ = mode::queued;

@@ -55,7 +55,7 @@ struct call_state {
   bool arrive() noexcept { return arrivals.fetch_add(1, std::memory_order_acq_rel) == 1; }  // [CA4]
 
   void finish() noexcept {
-    if (arrive()) resume_on(*chain, frame);
+    if (arrive()) resume_on(*chain, frame, true, home);
   }
 
   void unref() noexcept {
@@ -88,6 +88,9 @@ struct call_state {
   const char* target_name = "";       // the target's name, for messages (outlives the call)
   std::coroutine_handle<> frame;
   coro_chain* chain = nullptr;
+  // The chain's home gate, copied here by the awaiter: the thread that decides the outcome
+  // then reads nothing of the awaiting frame, whose lines its own thread keeps writing.
+  coro_access::gate* home = nullptr;
   F fn;
   call_outcome<R> out;
 };

@@ -225,12 +225,14 @@ inline void destroy_orphan(coro_chain& c, bool here) noexcept {
 
 // Resumes `frame` (a frame of chain c) on c's home. See the file comment for refusals.
 // destroy_here: false when the caller must not destroy frames itself (destroy_orphan).
-inline void resume_on(coro_chain& c, std::coroutine_handle<> frame, bool destroy_here = true) noexcept {
+inline void resume_on(coro_chain& c, std::coroutine_handle<> frame, bool destroy_here = true,
+                      coro_access::gate* home = nullptr) noexcept {
   // The gate, not the executor: it stays valid (refusing) if the home is being destroyed.
   // Not copied: c (which holds it) lives until the frame resumes, and once we are inside
   // the gate a live home's destructor waits for us to leave before it lets its own
   // reference go, so the gate outlives this call even if the resumed frame ends the chain.
-  auto& gate = coro_access::as_gate(c.home_gate);
+  // `home`: the same gate, read from c by the awaiting thread before it suspended.
+  auto& gate = home != nullptr ? *home : coro_access::as_gate(c.home_gate);
   resume_job job(frame, &c);
   bool refused = false;
   try {
