@@ -4953,6 +4953,11 @@ class executor_core {
         if (timers_.next_deadline() <= clock::now()) continue;  // registered just now, and due
         return n;
       }
+      // A stop request's wake-up task may have been taken (and skipped) by this round's
+      // run_ready, after the check at the top: look again before parking, or the owner would
+      // sleep with the request seen by nobody. (The request is made before that task is
+      // pushed, so having taken the task, this load sees it.)
+      if (token != nullptr && token->stop_requested()) return n;
       const detail::steady_time until = std::min(deadline, timers_.next_deadline());
       if (until != detail::no_deadline && clock::now() >= until) {
         if (clock::now() >= deadline) return n;
