@@ -539,10 +539,17 @@ TEST_CASE("router: a subshell may delete itself, and create others, from its han
   tether::executor parent{named("parent")};
   int_router* self = nullptr;
   std::atomic<u64> created{0};
+  // The delete waits until message 3 is sent: both go through the router's one inbox, so 3
+  // is then ahead of the delete. (Without this wait the handler could delete before the
+  // test thread sent 3, which is then answered subshell_deleted - correct, but not this test.)
+  std::atomic<bool> third_sent{false};
   int_router r{parent, [&](subshell_id id) {
     return [&, id](u64&& v) -> u64 {
       if (v == 1) created.store(self->create_subshell()->value());
-      if (v == 2) return self->delete_subshell(id).code() == routing_errc::ok ? 1 : 0;
+      if (v == 2) {
+        third_sent.wait(false);
+        return self->delete_subshell(id).code() == routing_errc::ok ? 1 : 0;
+      }
       return v;
     };
   }};
@@ -550,7 +557,10 @@ TEST_CASE("router: a subshell may delete itself, and create others, from its han
   const subshell_id child = *r.create_subshell();
   REQUIRE(r.send(child, u64{1}, 1));
   REQUIRE(r.send(child, u64{2}, 2));
-  REQUIRE(r.send(child, u64{3}, 3));  // queued before the delete: drained
+  const bool sent = static_cast<bool>(r.send(child, u64{3}, 3));  // queued before the delete: drained
+  third_sent.store(true);
+  third_sent.notify_one();
+  REQUIRE(sent);
   std::map<u64, u64> got;
   for (int i = 0; i < 3; ++i) {
     auto rep = next_reply(r);
