@@ -54,7 +54,7 @@ struct executor_stats {
   std::chrono::nanoseconds run_time{0};   // owner running tasks
   std::uint32_t callers_blocked = 0;  // threads blocked in call() now
   std::uint32_t callers_woken = 0;    // of those, answered and waiting for a core to run again
-  std::uint64_t owner_yields = 0;     // times the owner gave its core to callers it had woken first
+  std::uint64_t owner_yields = 0;     // times the owner gave its core to callers it had woken (pacing, or idle)
   // With executor_options::metrics (all zero without):
   bool metrics = false;               // the fields below are recorded
   latency_summary queue_delay{};      // per task: accepted (posted, or a delayed task due) -> started

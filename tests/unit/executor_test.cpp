@@ -1068,6 +1068,52 @@ TEST_CASE("executor: many callers at once: every answer right, and none left cou
   CHECK(s.tasks_run == callers * calls);
 }
 
+TEST_CASE("executor: an owner that gives its core to answered callers still runs its timers",
+          "[executor][call][pacing]") {
+  // Four callers keep the owner answering; when its queue runs dry while answered callers
+  // have not run yet, it yields instead of parking. Delayed tasks must still run, and stop
+  // (the destructor) must still return.
+  tether::executor ex{{.name = "yielding"}};
+  constexpr int callers = 4;
+  std::atomic<bool> stop_calls{false};
+  std::atomic<std::uint64_t> answered{0}, wrong{0};
+  std::atomic<int> timers_ran{0};
+  std::atomic<std::int64_t> latest_ns{0};
+  {
+    std::vector<std::jthread> threads;
+    for (int c = 0; c < callers; ++c)
+      threads.emplace_back([&, c] {
+        for (std::uint64_t i = 0; !stop_calls.load(); ++i) {
+          const std::uint64_t x = static_cast<std::uint64_t>(c) << 32 | i;
+          if (ex.call([x] { return x + 1; }) != x + 1) wrong.fetch_add(1);
+          answered.fetch_add(1);
+        }
+      });
+    for (int k = 0; k < 20; ++k) {
+      std::promise<void> ran;
+      std::future<void> ran_f = ran.get_future();
+      const auto due = std::chrono::steady_clock::now() + 2ms;
+      ex.post_at(due, [&ran, &timers_ran, &latest_ns, due] {
+        const std::int64_t late = (std::chrono::steady_clock::now() - due).count();
+        if (late > latest_ns.load()) latest_ns.store(late);
+        timers_ran.fetch_add(1);
+        ran.set_value();
+      });
+      REQUIRE(ran_f.wait_for(10s) == std::future_status::ready);
+    }
+    stop_calls.store(true);
+  }
+  const tether::executor_stats s = ex.stats();
+  INFO("calls answered: " << answered.load() << ", owner yields: " << s.owner_yields
+                          << ", latest timer: " << latest_ns.load() << " ns");
+  CHECK(wrong == 0);
+  CHECK(answered.load() > 0);
+  CHECK(timers_ran == 20);
+  CHECK(latest_ns.load() < std::chrono::nanoseconds(1s).count());
+  CHECK(s.callers_blocked == 0);
+  CHECK(s.callers_woken == 0);
+}
+
 namespace {
 // A task whose move into the queue waits on a gate the first time: its poster stalls between
 // claiming its ring slot and publishing it (a preempted poster, held as long as the test likes).
