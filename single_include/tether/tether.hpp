@@ -5039,9 +5039,9 @@ class executor_core {
         [this, &checks, raise_at, head_only] {
           if (++checks == raise_at) asleep_.store(true, std::memory_order_seq_cst);  // [EA1] pairs with [EA2]
           else if (checks > raise_at && !asleep_.load(std::memory_order_seq_cst)) return true;
-          if (deferred_.load(std::memory_order_seq_cst) != nullptr) return true;
-          if (head_only && checks < raise_at) return queue_.head_has_item();  // until the flag is up (above)
-          return queue_.size_approx() != 0 || queue_.is_closed();
+          if (head_only && checks < raise_at)  // until the flag is up (above)
+            return deferred_.load(std::memory_order_seq_cst) != nullptr || queue_.head_has_item();
+          return has_work();
         },
         until, spin);
     if (asleep_.load(std::memory_order_relaxed))        // relaxed: only saves producers a wake
@@ -5069,16 +5069,25 @@ class executor_core {
   std::optional<bool> yield_to_woken_callers(detail::steady_time until) noexcept {
     for (int i = 0; i < woken_yields; ++i) {
       if (woken_callers_.load(std::memory_order_relaxed) == 0) return std::nullopt;  // relaxed: a hint
-      std::this_thread::yield();
-      // relaxed: statistic; owner-only writes, so no read-modify-write.
-      owner_yields_.store(owner_yields_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      if (queue_.size_approx() != 0 || queue_.is_closed() || deferred_.load(std::memory_order_seq_cst) != nullptr)
-        return true;
+      yield_to_callers();
+      if (has_work()) return true;
       if (until != detail::no_deadline && clock::now() >= until) return false;
     }
     return std::nullopt;
   }
   static constexpr int woken_yields = 64;
+
+  // What ends an idle period: a handed-over destruction, a task, or the close.
+  bool has_work() const noexcept {
+    return deferred_.load(std::memory_order_seq_cst) != nullptr || queue_.size_approx() != 0 || queue_.is_closed();
+  }
+
+  // The owner gives its core to callers it answered (pace_callers, yield_to_woken_callers).
+  void yield_to_callers() const noexcept {
+    std::this_thread::yield();
+    // relaxed: a statistic; owner-only writes, so no read-modify-write.
+    owner_yields_.store(owner_yields_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
 
   // Whether the next idle periods spin. A long period turns the spin off until a short one
   // comes. A short period whose work arrived only after the pause phase (while the owner
@@ -5119,11 +5128,8 @@ class executor_core {
   // nothing but one load per call.
   void pace_callers() const noexcept {
     const std::uint32_t woken = woken_callers_.load(std::memory_order_relaxed);  // relaxed: a hint
-    if (woken >= pace_floor() && woken >= callers_.load(std::memory_order_relaxed) / 8) {  // relaxed: as above
-      std::this_thread::yield();
-      // relaxed: a statistic; owner-only writes, so no read-modify-write.
-      owner_yields_.store(owner_yields_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    }
+    if (woken >= pace_floor() && woken >= callers_.load(std::memory_order_relaxed) / 8)  // relaxed: as above
+      yield_to_callers();
   }
   // Twice the cores: fewer woken callers than that can all run at once, or soon.
   static std::uint32_t pace_floor() noexcept {
